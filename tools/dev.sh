@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The one command for a fresh clone: sets up ./.venv (idempotent, a no-op when nothing changed),
+# then runs the tests (`tools/dev.sh test [pytest args]`) or the demo (`tools/dev.sh demo`).
+#
+# torch comes first so that nothing else pulls the multi-GB CUDA build: an importable torch
+# (system or venv) is kept; with no GPU the CPU wheel torch==2.13.0 is installed; override
+# with TORCH_SPEC (and TORCH_INDEX_URL for a wheel index). DeepSpeed is built with
+# DS_BUILD_OPS=0 and without build isolation, so it compiles no CUDA op and sees our torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${MFVIDEO_VENV:-.venv}
+python=${PYTHON:-python3}
+stamp="$venv/.mfvideo-setup"
+want=$(cat pyproject.toml tools/dev.sh | sha256sum | cut -c1-16)
+
+setup() {
+  if [ ! -x "$venv/bin/python" ]; then
+    if "$python" -c "import torch" 2>/dev/null; then
+      echo "[dev] using the torch already installed for $python"
+      "$python" -m venv --system-site-packages "$venv"
+    else
+      "$python" -m venv "$venv"
+    fi
+  fi
+  local pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+  if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+    local spec=${TORCH_SPEC:-}
+    if [ -z "$spec" ]; then
+      if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        spec=torch
+      else
+        spec=torch==2.13.0
+      fi
+    fi
+    echo "[dev] installing $spec"
+    "${pip[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$spec"
+  fi
+  "${pip[@]}" "setuptools>=68" wheel numpy
+  echo "[dev] installing mfvideo and its dependencies"
+  DS_BUILD_OPS=0 "${pip[@]}" --no-build-isolation -e ".[test]"
+  echo "$want" >"$stamp"
+}
+
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  setup 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] || { echo "[dev] set-up failed" >&2; exit 1; }
+fi
+
+cmd=${1:-test}
+shift || true
+case "$cmd" in
+  test) exec "$venv/bin/python" -m pytest "$@" ;;
+  setup) ;;
+  *) echo "usage: tools/dev.sh {test|setup} [args]" >&2; exit 2 ;;
+esac
