@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Benchmarks; each writes its section of docs/benchmarks.md. Argument parsing only: the work is in mfvideo."""
+
+import argparse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="which", required=True)
+    # Each benchmark adds its sub-parser below and sets `run` to the package function that executes it.
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
