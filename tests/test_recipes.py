@@ -1,0 +1,119 @@
+"""Recipe system: inheritance, overrides, and every error case stopping with exit code 2 and a named culprit."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mfvideo.config import Recipe, RecipeError, derive_batch_split, load_recipe, recipe_to_yaml, save_recipe
+from mfvideo.config.schema import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def chain(tmp_path):
+    """grand (root) <- parent (in a sub-folder) <- child: two levels of inheritance."""
+    write(tmp_path / "common" / "grand.yaml", """
+        data: {train: "shards/a-{000000..000003}.tar", num_frames: 16}
+        optim: {lr: 8.0e-4, epochs: 300}
+        train: {global_batch_size: 256, micro_batch_size: 4}
+    """)
+    write(tmp_path / "common" / "parent.yaml", """
+        base: grand.yaml
+        optim: {lr: 6.0e-4}
+        model: {arch: mvit_l}
+    """)
+    return write(tmp_path / "child.yaml", """
+        base: common/parent.yaml
+        optim: {epochs: 75}
+    """)
+
+
+def test_two_levels_of_inheritance(chain):
+    recipe = load_recipe(chain)
+    assert isinstance(recipe, Recipe)
+    assert recipe.data.train == "shards/a-{000000..000003}.tar"  # from the root
+    assert recipe.optim.lr == pytest.approx(6e-4)                 # parent overrides root
+    assert recipe.optim.epochs == 75                              # child overrides root
+    assert recipe.model.arch == "mvit_l"                          # parent only
+    assert recipe.optim.weight_decay == pytest.approx(0.05)       # schema default untouched
+
+
+def test_command_line_overrides_win_and_are_typed(chain):
+    recipe = load_recipe(chain, ["optim.lr=1e-3", "train.micro_batch_size=8", "data.flip=false",
+                                 "data.train_crop_area=[0.08, 1.0]", "model.init=/ckpt/pt.pt"])
+    assert recipe.optim.lr == pytest.approx(1e-3)
+    assert recipe.train.micro_batch_size == 8
+    assert recipe.data.flip is False
+    assert recipe.data.train_crop_area == [0.08, 1.0]
+    assert recipe.model.init == "/ckpt/pt.pt"
+
+
+def test_resolved_recipe_round_trips(chain, tmp_path):
+    recipe = load_recipe(chain, ["optim.lr=2e-4"])
+    saved = save_recipe(recipe, tmp_path / "out")
+    assert saved.read_text() == recipe_to_yaml(recipe)
+    assert load_recipe(saved) == recipe
+
+
+@pytest.mark.parametrize("text, overrides, expect", [
+    ("data: {train: x, num_framez: 8}", [], ["num_framez", "leaf.yaml"]),
+    ("data: {train: x, num_frames: sixteen}", [], ["data.num_frames", "leaf.yaml"]),
+    ("data: {train: x}\nmask: {mode: blob}", [], ["mask.mode", "blob", "leaf.yaml"]),
+    ("data: {num_frames: 8}", [], ["data.train", "leaf.yaml"]),
+    ("colour: {x: 1}", [], ["colour", "leaf.yaml"]),
+    ("data: {train: x}", ["optim.lrr=1"], ["optim.lrr", "command-line override"]),
+    ("data: {train: x}", ["train.micro_batch_size=four"], ["train.micro_batch_size", "command-line override"]),
+    ("data: {train: x}", ["optim.lr"], ["optim.lr", "section.key=value"]),
+    ("base: nowhere.yaml\ndata: {train: x}", [], ["nowhere.yaml", "leaf.yaml"]),
+])
+def test_errors_name_key_and_file(tmp_path, text, overrides, expect):
+    leaf = write(tmp_path / "leaf.yaml", text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(leaf, overrides)
+    for fragment in expect:
+        assert fragment in str(err.value)
+
+
+def test_error_in_a_base_names_the_base(tmp_path):
+    write(tmp_path / "base.yaml", "optim: {lr: fast}")
+    leaf = write(tmp_path / "leaf.yaml", "base: base.yaml\ndata: {train: x}")
+    with pytest.raises(RecipeError, match=r"base\.yaml: key 'optim\.lr'"):
+        load_recipe(leaf)
+
+
+def test_cycle_between_bases_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", "base: b.yaml")
+    leaf = write(tmp_path / "b.yaml", "base: a.yaml")
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(leaf)
+
+
+def test_entry_point_exits_2_before_any_work(tmp_path):
+    leaf = write(tmp_path / "leaf.yaml", "data: {train: x}\ntrain: {zero_stag: 2}")
+    code = "import sys; from mfvideo.config import load_recipe_or_exit; load_recipe_or_exit(sys.argv[1]); print('WORK')"
+    proc = subprocess.run([sys.executable, "-c", code, str(leaf)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert "WORK" not in proc.stdout
+    assert "zero_stag" in proc.stderr and "leaf.yaml" in proc.stderr
+
+
+@pytest.mark.parametrize("global_batch, micro, world, accumulation", [(256, 4, 64, 1), (256, 4, 8, 8), (8, 2, 2, 2)])
+def test_batch_split_is_derived_from_the_global_batch(global_batch, micro, world, accumulation):
+    split = derive_batch_split(TrainConfig(global_batch_size=global_batch, micro_batch_size=micro), world)
+    assert split.accumulation_steps == accumulation
+    assert split.micro_batch_size * split.accumulation_steps * split.world_size == global_batch
+
+
+def test_batch_split_that_does_not_divide_names_the_keys():
+    with pytest.raises(ValueError, match=r"train\.global_batch_size=256.*train\.micro_batch_size=6"):
+        derive_batch_split(TrainConfig(global_batch_size=256, micro_batch_size=6), 8)
