@@ -117,3 +117,21 @@ def test_batch_split_is_derived_from_the_global_batch(global_batch, micro, world
 def test_batch_split_that_does_not_divide_names_the_keys():
     with pytest.raises(ValueError, match=r"train\.global_batch_size=256.*train\.micro_batch_size=6"):
         derive_batch_split(TrainConfig(global_batch_size=256, micro_batch_size=6), 8)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path):
+    load_recipe(path)
+
+
+def test_k400_pretraining_recipes_carry_the_paper_values():
+    for name, arch in [("k400_mvit_s_pt.yaml", "mvit_s"), ("k400_mvit_l_pt.yaml", "mvit_l")]:
+        recipe = load_recipe(REPO / "recipes" / name)
+        assert recipe.model.arch == arch and recipe.model.task == "pretrain" and recipe.model.drop_path == 0
+        assert (recipe.data.num_frames, recipe.data.sampling_rate, recipe.data.crop_size) == (16, 4, 224)
+        assert recipe.data.train_crop_area == [0.5, 1.0] and recipe.data.flip
+        assert (recipe.mask.mode, recipe.mask.ratio) == ("cube", 0.4)
+        assert recipe.train.global_batch_size == 256 and recipe.optim.lr == pytest.approx(8e-4)
+        assert recipe.optim.clip_grad == pytest.approx(0.02) and recipe.optim.weight_decay == pytest.approx(0.05)
+        assert (recipe.optim.epochs, recipe.optim.warmup_epochs) == (300, 10)
+        assert recipe.optim.warmup_start_lr == pytest.approx(1e-6) and recipe.optim.min_lr == pytest.approx(1e-6)

@@ -25,7 +25,7 @@ CHOICES = {
     "mask.mode": ("cube", "tube", "frame", "block", "none"),
     "model.task": ("pretrain", "classify", "detect"),
     "train.precision": ("auto", "bf16", "fp32"),
-    "train.zero_stage": (0, 1, 2, 3),
+    "train.zero_stage": (1, 2, 3),
 }
 
 

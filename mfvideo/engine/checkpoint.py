@@ -1,0 +1,112 @@
+"""Atomic, resumable checkpoints on top of DeepSpeed's sharded save.
+
+Layout under `<output_dir>/checkpoints/`: one folder per step (`step_00001234/`) holding DeepSpeed's model and
+optimizer shards plus `rank_<r>.pt` (that rank's data-pipeline state and RNG streams), and a `latest` file
+naming the last *complete* folder. `latest` is replaced atomically only after every rank finished writing,
+so a job killed mid-save resumes from the previous checkpoint; folders newer than `latest` are debris.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+LATEST = "latest"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].copy()), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy(), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def latest_tag(directory: Path) -> str | None:
+    marker = directory / LATEST
+    if not marker.is_file():
+        return None
+    tag = marker.read_text().strip()
+    return tag if (directory / tag).is_dir() else None
+
+
+def save(engine, directory: Path, step: int, client_state: dict, rank_state: dict, keep_last: int) -> None:
+    """Collective: every rank must call it. Returns once `latest` names the new checkpoint."""
+    tag = tag_for(step)
+    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+    torch.save(rank_state, directory / tag / f"rank_{dist.get_rank()}.pt")
+    dist.barrier()
+    if dist.get_rank() == 0:
+        for path in (directory / tag).rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        _write_atomic(directory / LATEST, tag)
+        _prune(directory, keep_last)
+        log.info("checkpoint %s written", directory / tag)
+    dist.barrier()
+
+
+def _prune(directory: Path, keep_last: int) -> None:
+    tags = sorted(p.name for p in directory.glob("step_*") if p.is_dir())
+    current = (directory / LATEST).read_text().strip()
+    keep = set(tags[-keep_last:]) | {current} if keep_last > 0 else set(tags)
+    for name in tags:
+        if name not in keep:
+            shutil.rmtree(directory / name, ignore_errors=True)
+
+
+def load(engine, directory: Path) -> tuple[dict, dict] | None:
+    """(client_state, this rank's state) of the latest complete checkpoint, or None when there is none."""
+    tag = latest_tag(directory)
+    if tag is None:
+        return None
+    if dist.get_rank() == 0:
+        for debris in directory.glob("step_*"):
+            if debris.is_dir() and debris.name > tag:
+                log.warning("removing incomplete checkpoint %s (newer than %s)", debris, tag)
+                shutil.rmtree(debris, ignore_errors=True)
+    dist.barrier()
+    _, client_state = engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
+                                             load_lr_scheduler_states=False)
+    rank_file = directory / tag / f"rank_{dist.get_rank()}.pt"
+    if not rank_file.is_file():
+        raise RuntimeError(f"{rank_file} is missing: the checkpoint was written by a different number of ranks "
+                           f"than the {dist.get_world_size()} now running; resume with the same world size")
+    rank_state: dict[str, Any] = torch.load(rank_file, weights_only=True)
+    log.info("resumed from %s", directory / tag)
+    return client_state, rank_state
