@@ -39,12 +39,9 @@ class Progress:
 
 
 def default_model(recipe: Recipe) -> torch.nn.Module:
-    from mfvideo.models import build_model, load_pretrained
+    from mfvideo.models import build_model
 
-    model = build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size)
-    if recipe.model.init:
-        load_pretrained(model, recipe.model.init)
-    return model
+    return build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size)  # loads model.init
 
 
 def default_loader(recipe: Recipe, micro_batch_size: int, info: DistInfo):

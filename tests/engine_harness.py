@@ -1,0 +1,94 @@
+"""Runs the real trainer (tiny MaskFeat model, real DeepSpeed) on a synthetic, world-size-invariant clip stream.
+
+Launched by tests under torchrun / plain python: `python tests/engine_harness.py RECIPE [key=value ...]`.
+Sample i of an epoch is a fixed random clip with a cube mask, both drawn from (seed, epoch, i), and optimizer
+step s always covers samples [s·G, (s+1)·G) whatever the world size and accumulation, so runs with different
+numbers of processes must produce the same per-step losses. `harness.nan_steps=[...]` makes the loss of those
+optimizer steps (1-based) non-finite, to exercise the skipping logic.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import torch
+
+from mfvideo.config import load_recipe_or_exit
+from mfvideo.engine.trainer import default_model, train
+from mfvideo.targets.masks import build_mask_generator, mask_grid
+
+
+class SyntheticClips:
+    def __init__(self, recipe, micro_batch_size: int, rank: int, world_size: int, num_samples: int = 96):
+        self.data, self.micro, self.rank, self.world = recipe.data, micro_batch_size, rank, world_size
+        self.num_samples, self.seed = num_samples, recipe.train.seed
+        self.masks = build_mask_generator(recipe.mask.mode, mask_grid(recipe.data.num_frames, recipe.data.crop_size),
+                                          ratio=recipe.mask.ratio, min_units=recipe.mask.min_units)
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        return self.num_samples // (self.micro * self.world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+
+    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        shape = (3, self.data.num_frames, self.data.crop_size, self.data.crop_size)
+        video = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+        return video, torch.from_numpy(self.masks(rng))
+
+    def __iter__(self):
+        while self.position < len(self):
+            first = (self.position * self.world + self.rank) * self.micro
+            videos, masks = zip(*(self.sample(first + k) for k in range(self.micro)))
+            self.position += 1
+            yield {"video": torch.stack(videos), "mask": torch.stack(masks),
+                   "key": [f"s{first + k}" for k in range(self.micro)]}
+
+
+class NanAtSteps(torch.nn.Module):
+    """Wraps a model so that the loss of chosen optimizer steps is NaN (counted by forward calls)."""
+
+    def __init__(self, model: torch.nn.Module, nan_steps: set[int], accumulation: int):
+        super().__init__()
+        self.model, self.nan_steps, self.accumulation = model, nan_steps, accumulation
+        self.calls = 0
+        self.num_layers = model.num_layers
+        self.layer_id = lambda name: model.layer_id(name.removeprefix("model."))
+
+    def forward(self, video, mask):
+        out = self.model(video, mask)
+        if video.abs().sum() > 0:  # the zero-gradient stand-in of a skipped batch is all zeros
+            self.calls += 1
+            if (self.calls - 1) // self.accumulation + 1 in self.nan_steps:
+                out = dict(out, loss=out["loss"] * float("nan"))
+        return out
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("harness.") and not a.startswith("--local_rank")]
+    nan_steps = {int(s) for a in sys.argv[1:] if a.startswith("harness.nan_steps=")
+                 for s in a.split("=", 1)[1].strip("[]").split(",") if s}
+    recipe = load_recipe_or_exit(args[0], args[1:])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = recipe.train.global_batch_size // (recipe.train.micro_batch_size * world)
+
+    def model_factory(r):
+        model = default_model(r)
+        return NanAtSteps(model, nan_steps, accumulation) if nan_steps else model
+
+    train(recipe, model_factory=model_factory,
+          loader_factory=lambda r, micro, info: SyntheticClips(r, micro, info.rank, info.world_size))
+
+
+if __name__ == "__main__":
+    main()
