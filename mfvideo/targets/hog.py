@@ -59,20 +59,19 @@ class HogTarget(nn.Module):
         self.gaussian_window = gaussian_window
         self.temporal_stride = temporal_stride
         self.token_size = token_size
-        if gaussian_window:
-            self.register_buffer("window", gaussian_window_weights(gaussian_window), persistent=False)
-        else:
-            self.window = None
+        window = gaussian_window_weights(gaussian_window) if gaussian_window else None
+        self.register_buffer("window", window, persistent=False)
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         _check_video(video, self.temporal_stride, self.token_size, self.gaussian_window)
         batch, channels, _, height, width = video.shape
-        cells = self._histograms(video, self.temporal_stride).view(-1, channels * self.bins, height // self.cell_size,
-                                                                   width // self.cell_size)
-        group = self.token_size // self.cell_size
+        histograms = self._histograms(video, self.temporal_stride)          # (B·T'·C)×bins×cells
+        group = self.token_size // self.cell_size                           # cells per token side
         tokens_h, tokens_w = height // self.token_size, width // self.token_size
-        tokens = cells.view(-1, channels * self.bins, tokens_h, group, tokens_w, group).permute(0, 2, 4, 1, 3, 5)
+        # Cells are row-major (cell row = token row · group + dy), so one view splits them per token.
+        tokens = histograms.view(-1, channels * self.bins, tokens_h, group, tokens_w, group)
+        tokens = tokens.permute(0, 2, 4, 1, 3, 5)                           # n, ty, tx, colour·bins, dy, dx
         return tokens.reshape(batch, -1, tokens_h, tokens_w, channels * self.bins * group * group)
 
     @torch.no_grad()
@@ -82,8 +81,8 @@ class HogTarget(nn.Module):
             raise ValueError(f"HogTarget.cell_histograms expects N×C×H×W images, got shape {tuple(images.shape)}")
         batch, channels, height, width = images.shape
         _check_frame_size(height, width, self.cell_size, self.gaussian_window)
-        return self._histograms(images.unsqueeze(2), 1).view(batch, channels, self.bins, height // self.cell_size,
-                                             width // self.cell_size)
+        histograms = self._histograms(images.unsqueeze(2), 1)
+        return histograms.view(batch, channels, self.bins, height // self.cell_size, width // self.cell_size)
 
     def _histograms(self, video: torch.Tensor, temporal_stride: int) -> torch.Tensor:
         """Frames 0, s, 2s, … of B×C×T×H×W → normalised histograms (B·T'·C)×bins×cells (cells row-major).
