@@ -56,6 +56,9 @@ class MViTClassifier(nn.Module):
             return self.backbone.layer_id(name[len("backbone."):])
         return self.num_layers - 1
 
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         x, _ = self.backbone(video)
-        return self.head(x)
+        return self.predict(x)

@@ -87,6 +87,10 @@ class MaskFeat(nn.Module):
         m = upsample_mask(mask, grid).unsqueeze(-1).to(tokens.dtype)
         return tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
 
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """HOG features predicted for every non-cls token (only the masked ones enter the loss)."""
+        return self.pred_head(x[:, 1:])
+
     @torch.no_grad()
     def target(self, video: torch.Tensor, grid: Grid) -> torch.Tensor:
         """HOG features per output token, B×N×D, of the input as fed (normalised), in float32."""
@@ -100,7 +104,7 @@ class MaskFeat(nn.Module):
         tokens, grid = self.backbone.embed(video)
         tokens = self.insert_mask_token(tokens, mask, grid)
         x, out_grid = self.backbone.encode(tokens, grid)
-        pred = self.pred_head(x[:, 1:])
+        pred = self.predict(x)
         target = self.target(video, out_grid)
         out_mask = upsample_mask(mask, out_grid)
         b = video.shape[0]
