@@ -129,23 +129,25 @@ def peak_bf16_flops(name: str) -> float | None:
     return None
 
 
+def gpu_row(arch: str, batch_size: int, repeats: int, device: torch.device, peak: float | None) -> str:
+    cfg = ModelConfig(arch=arch, task="pretrain")
+    train_flops = 3 * 2 * count_macs(build_on_meta(cfg))  # forward + backward ≈ 3 forwards; FLOPs = 2 MACs
+    model = build_model(cfg, 16, 224).to(device).train()
+    batch = pretrain_batch(batch_size, 16, 224, device)
+    ms = step_ms(model, batch, repeats, device, bf16=True)
+    hog_ms = median_ms({"hog": lambda: model.hog(batch["video"])}, repeats, device)["hog"]
+    clips_per_s = batch_size / (ms / 1e3)
+    mfu = f"{100 * train_flops * clips_per_s / peak:.1f}%" if peak else "peak unknown"
+    return (f"| MaskFeat {arch} | {batch_size} | {ms:.0f} | {clips_per_s:.1f} | {mfu} | "
+            f"{100 * hog_ms / ms:.2f}% ({'met' if hog_ms / ms < 0.03 else 'NOT met'}) |")
+
+
 def gpu_benchmark(repeats: int) -> str:
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
-    peak = peak_bf16_flops(name)
     rows = []
     for arch, batch_size in (("mvit_s", 8), ("mvit_l", 2)):
-        cfg = ModelConfig(arch=arch, task="pretrain")
-        train_flops = 3 * 2 * count_macs(build_on_meta(cfg))  # forward + backward ≈ 3 forwards; FLOPs = 2 MACs
-        model = build_model(cfg, 16, 224).to(device).train()
-        batch = pretrain_batch(batch_size, 16, 224, device)
-        ms = step_ms(model, batch, repeats, device, bf16=True)
-        hog_ms = median_ms({"hog": lambda: model.hog(batch["video"])}, repeats, device)["hog"]
-        clips_per_s = batch_size / (ms / 1e3)
-        mfu = f"{100 * train_flops * clips_per_s / peak:.1f}%" if peak else "peak unknown"
-        rows.append(f"| MaskFeat {arch} | {batch_size} | {ms:.0f} | {clips_per_s:.1f} | {mfu} | "
-                    f"{100 * hog_ms / ms:.2f}% ({'met' if hog_ms / ms < 0.03 else 'NOT met'}) |")
-        del model
+        rows.append(gpu_row(arch, batch_size, repeats, device, peak_bf16_flops(name)))
         torch.cuda.empty_cache()
     return "\n".join([
         f"GPU ({name}), bf16 autocast, 16×224², forward + backward (no optimizer step), median of {repeats}. "
