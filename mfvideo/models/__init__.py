@@ -9,6 +9,7 @@ from torch import nn
 from mfvideo.config.schema import ModelConfig
 from mfvideo.models.checkpoint import load_pretrained
 from mfvideo.models.classifier import MViTClassifier
+from mfvideo.models.maskfeat import MaskFeat
 from mfvideo.models.mvit import ARCHS, MViTConfig
 
 TASKS = ("pretrain", "classify")
@@ -32,8 +33,6 @@ def build_model(model_cfg: ModelConfig, num_frames: int, crop_size: int) -> nn.M
     cfg = backbone_config(model_cfg)
     input_size = (num_frames, crop_size, crop_size)
     if model_cfg.task == "pretrain":
-        from mfvideo.models.maskfeat import MaskFeat  # needs mfvideo.targets (HOG)
-
         hog = model_cfg.hog
         model: nn.Module = MaskFeat(replace(cfg, keep_last_q_stride=False), input_size, cell_size=hog.cell_size,
                                     bins=hog.bins, gaussian_window=hog.gaussian_window)
@@ -44,4 +43,4 @@ def build_model(model_cfg: ModelConfig, num_frames: int, crop_size: int) -> nn.M
     return model
 
 
-__all__ = ["build_model", "backbone_config", "load_pretrained", "MViTClassifier", "MViTConfig"]
+__all__ = ["build_model", "backbone_config", "load_pretrained", "MaskFeat", "MViTClassifier", "MViTConfig"]
