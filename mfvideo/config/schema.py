@@ -60,6 +60,10 @@ class ModelConfig:
     init: Optional[str] = None            # checkpoint to start from (mfvideo, PySlowFast or torchvision layout)
     activation_checkpointing: bool = False
     hog: HogConfig = field(default_factory=HogConfig)
+    # models: where a stage's channels grow — false: in the MLP (MaskFeat checkpoints), true: in the attention
+    # (supervised MViTv2, torchvision's mvit_v2_s); the two checkpoint layouts differ.
+    dim_mul_in_att: bool = False
+    pooling: str = "mean"                 # models, classify: mean (MaskFeat fine-tuning) | cls (torchvision mvit_v2_s)
 
 
 @dataclass

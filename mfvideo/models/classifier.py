@@ -1,0 +1,64 @@
+"""Video classification with an MViTv2 backbone: pooled tokens → LayerNorm → dropout → Linear."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from mfvideo.models.mvit import INIT_BIAS, INIT_STD, LAYER_NORM_EPS, MViT, MViTConfig
+
+HEAD_INIT_SCALE = 0.001
+POOLINGS = ("mean", "cls")
+
+
+class ClassificationHead(nn.Module):
+    """pooling="mean": mean of the non-cls tokens (MaskFeat fine-tuning); "cls": the cls token (supervised MViTv2,
+    torchvision's mvit_v2_s). Head weights and bias are scaled by 0.001 at init."""
+
+    def __init__(self, dim: int, num_classes: int, dropout: float, pooling: str = "mean") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"model.pooling={pooling!r}: expected one of {POOLINGS}")
+        self.pooling = pooling
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(dim, num_classes)
+        nn.init.constant_(self.norm.bias, INIT_BIAS)
+        nn.init.trunc_normal_(self.proj.weight, std=INIT_STD)
+        nn.init.constant_(self.proj.bias, INIT_BIAS)
+        with torch.no_grad():
+            self.proj.weight.mul_(HEAD_INIT_SCALE)
+            self.proj.bias.mul_(HEAD_INIT_SCALE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x[:, 1:].mean(dim=1) if self.pooling == "mean" else x[:, 0]
+        return self.proj(self.dropout(self.norm(pooled)))
+
+
+class MViTClassifier(nn.Module):
+    """forward(video B×3×T×H×W) -> logits B×num_classes."""
+
+    def __init__(self, cfg: MViTConfig, input_size: Sequence[int], num_classes: int, dropout: float = 0.5,
+                 pooling: str = "mean") -> None:
+        super().__init__()
+        self.backbone = MViT(cfg, input_size)
+        self.head = ClassificationHead(self.backbone.dim_out, num_classes, dropout, pooling)
+
+    @property
+    def num_layers(self) -> int:
+        """Layer ids run from 0 (embedding, cls token) to depth + 1 (final norm and head)."""
+        return self.backbone.cfg.depth + 2
+
+    def layer_id(self, name: str) -> int:
+        if name.startswith("backbone."):
+            return self.backbone.layer_id(name[len("backbone."):])
+        return self.num_layers - 1
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        x, _ = self.backbone(video)
+        return self.predict(x)

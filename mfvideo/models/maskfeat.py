@@ -1,0 +1,114 @@
+"""MaskFeat pretraining model: mask token after the patch embedding, MViTv2 over all tokens, HOG regression.
+
+The mask comes from the loader on the coarse mask-unit grid (8×7×7 for 16×224², 1×14×14 for images) and is
+upsampled (nearest) to the patch-embedding grid for the mask token and to the output grid for the loss.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mfvideo.models.mvit import LAYER_NORM_EPS, INIT_STD, Grid, MViT, MViTConfig
+from mfvideo.targets.hog import HogTarget
+
+
+def upsample_mask(mask: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """B×t×h×w bool mask → B×(T·H·W) float, each unit repeated over the (T/t, H/h, W/w) tokens it covers."""
+    if mask.dim() != 4:
+        raise ValueError(f"mask must be B×T'×H'×W' (bool), got shape {tuple(mask.shape)}")
+    if any(n % m for n, m in zip(grid, mask.shape[1:])):
+        raise ValueError(f"mask grid {tuple(mask.shape[1:])} does not divide the token grid {tuple(grid)}; "
+                         "use mfvideo.targets.masks.mask_grid(num_frames, crop_size) for the clip size")
+    return F.interpolate(mask[:, None].float(), size=tuple(grid), mode="nearest").flatten(1)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the features of masked tokens (B×N×D, B×N×D, B×N); 0 when nothing is masked.
+
+    Weighting instead of boolean indexing keeps shapes static and avoids a device→host sync per step."""
+    per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)
+    return (per_token * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+class PredictionHead(nn.Module):
+    """LayerNorm (eps 1e-6) + Linear(dim → target features), zero biases (as PySlowFast's MSSeparateHead)."""
+
+    def __init__(self, dim: int, out_features: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.proj = nn.Linear(dim, out_features)
+        nn.init.trunc_normal_(self.proj.weight, std=INIT_STD)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x))
+
+
+class MaskFeat(nn.Module):
+    """forward(video B×3×T×H×W, mask B×T'×H'×W' bool) -> {"loss", "pred", "target", "mask"}.
+
+    pred and target are B×T×H×W×D on the output grid (D = 108 for the default HOG), mask is that grid's bool mask.
+    """
+
+    def __init__(self, cfg: MViTConfig, input_size: Sequence[int], cell_size: int = 8, bins: int = 9,
+                 gaussian_window: int = 0) -> None:
+        super().__init__()
+        if cfg.keep_last_q_stride:
+            raise ValueError(f"{cfg.name}: MaskFeat pretraining needs keep_last_q_stride=False (1/16 output grid)")
+        token_size = cfg.output_stride[1]
+        if cfg.output_stride[2] != token_size or token_size % cell_size:
+            raise ValueError(f"{cfg.name}: output stride {cfg.output_stride} needs square tokens made of "
+                             f"whole {cell_size}-pixel HOG cells")
+        self.backbone = MViT(cfg, input_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=INIT_STD)
+        self.hog = HogTarget(cell_size=cell_size, bins=bins, gaussian_window=gaussian_window,
+                             temporal_stride=cfg.patch_stride[0], token_size=token_size)
+        self.target_dim = 3 * bins * (token_size // cell_size) ** 2
+        self.pred_head = PredictionHead(self.backbone.dim_out, self.target_dim)
+
+    @property
+    def num_layers(self) -> int:
+        """Layer ids run from 0 (embedding, tokens) to depth + 1 (prediction head)."""
+        return self.backbone.cfg.depth + 2
+
+    def layer_id(self, name: str) -> int:
+        if name.startswith("backbone."):
+            return self.backbone.layer_id(name[len("backbone."):])
+        if name.startswith("pred_head."):
+            return self.num_layers - 1
+        return 0  # mask_token
+
+    def insert_mask_token(self, tokens: torch.Tensor, mask: torch.Tensor, grid: Grid) -> torch.Tensor:
+        m = upsample_mask(mask, grid).unsqueeze(-1).to(tokens.dtype)
+        return tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """HOG features predicted for every non-cls token (only the masked ones enter the loss)."""
+        return self.pred_head(x[:, 1:])
+
+    @torch.no_grad()
+    def target(self, video: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """HOG features per output token, B×N×D, of the input as fed (normalised), in float32."""
+        hog = self.hog(video.float())
+        if tuple(hog.shape[1:4]) != tuple(grid):
+            raise ValueError(f"HOG target grid {tuple(hog.shape[1:4])} differs from the model's output grid "
+                             f"{tuple(grid)} for a clip of shape {tuple(video.shape)}")
+        return hog.flatten(1, 3)
+
+    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        tokens, grid = self.backbone.embed(video)
+        tokens = self.insert_mask_token(tokens, mask, grid)
+        x, out_grid = self.backbone.encode(tokens, grid)
+        pred = self.predict(x)
+        target = self.target(video, out_grid)
+        out_mask = upsample_mask(mask, out_grid)
+        b = video.shape[0]
+        return {"loss": masked_mse(pred, target, out_mask),
+                "pred": pred.reshape(b, *out_grid, -1),
+                "target": target.reshape(b, *out_grid, -1),
+                "mask": out_mask.reshape(b, *out_grid).bool()}
