@@ -21,7 +21,7 @@ from mfvideo.targets.masks import build_mask_generator, mask_grid
 
 
 class SyntheticClips:
-    def __init__(self, recipe, micro_batch_size: int, rank: int, world_size: int, num_samples: int = 96):
+    def __init__(self, recipe, micro_batch_size: int, rank: int, world_size: int, num_samples: int = 48):
         self.data, self.micro, self.rank, self.world = recipe.data, micro_batch_size, rank, world_size
         self.num_samples, self.seed = num_samples, recipe.train.seed
         self.masks = build_mask_generator(recipe.mask.mode, mask_grid(recipe.data.num_frames, recipe.data.crop_size),

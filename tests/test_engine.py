@@ -18,8 +18,9 @@ from mfvideo.engine.monitor import read_metrics
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = REPO / "tests" / "engine_harness.py"
 # Tolerance for losses of runs that differ only in how the global batch is spread over processes: fp32 sums in
-# another order (all-reduce, ZeRO partitions) move the 6th significant digit after a few AdamW steps.
-LOSS_RTOL = 2e-4
+# another order (all-reduce, ZeRO partitions), and clipping at 0.02 then Adam amplify that to ~3e-4 relative
+# after a dozen steps. A different sample order or a wrong gradient average moves losses by percents.
+LOSS_RTOL = 1e-3
 
 
 def free_port() -> int:
@@ -73,14 +74,13 @@ def single_process(tmp_path_factory):
 
 def test_single_process_trains_and_writes_its_outputs(single_process):
     records = read_metrics(single_process)
-    assert list(records) == list(range(1, 25))  # 96 samples / 8 per step × 2 epochs
+    assert list(records) == list(range(1, 13))  # 48 samples / 8 per step × 2 epochs
     assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in records.values())
-    first, last = records[1], records[24]
-    assert last["loss"] < first["loss"]
-    assert records[24]["lr"] < records[7]["lr"]  # cosine decay after the warmup peak
+    assert records[12]["loss"] < 0.5 * records[1]["loss"]
+    assert records[12]["lr"] < records[4]["lr"]  # cosine decay after the warmup peak (step 3)
     for name in ("recipe.yaml", "model.pt", "loss.png", "checkpoints/latest"):
         assert (single_process / name).exists(), name
-    assert (single_process / "checkpoints" / "step_00000024").is_dir()  # the final step and epoch ends
+    assert {p.name for p in (single_process / "checkpoints").glob("step_*")} == {"step_00000006", "step_00000012"}
 
 
 @pytest.mark.slow
