@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command for a fresh clone: sets up ./.venv (idempotent, a no-op when nothing changed),
-# then runs the tests (`tools/dev.sh test [pytest args]`) or the demo (`tools/dev.sh demo`).
+# then runs the tests (`tools/dev.sh test [pytest args]`) or the demo (`tools/dev.sh demo [overrides]`).
 #
 # torch comes first so that nothing else pulls the multi-GB CUDA build: an importable torch
 # (system or venv) is kept; with no GPU the CPU wheel torch==2.13.0 is installed; override
@@ -50,6 +50,12 @@ cmd=${1:-test}
 shift || true
 case "$cmd" in
   test) exec "$venv/bin/python" -m pytest "$@" ;;
+  demo)
+    # Both steps resume: finished shards are kept, and training continues from outputs/demo's last checkpoint
+    # (delete outputs/demo to train again from scratch).
+    "$venv/bin/python" tools/make_shards.py demo --out shards/demo/train --num-videos 384 --width 96 --height 96 \
+      --max-count 64 --seed 0
+    exec "$venv/bin/python" tools/train.py recipes/demo_pt.yaml "$@" ;;
   setup) ;;
-  *) echo "usage: tools/dev.sh {test|setup} [args]" >&2; exit 2 ;;
+  *) echo "usage: tools/dev.sh {test|demo|setup} [args]" >&2; exit 2 ;;
 esac
