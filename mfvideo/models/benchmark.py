@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from dataclasses import replace
 from typing import Callable, Dict, List
@@ -162,10 +163,14 @@ def gpu_benchmark(repeats: int) -> str:
 def run(args: argparse.Namespace) -> None:
     """args.repeats: timed runs per measurement."""
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     hog = benchmark_hog(batch=2, frames=16, size=224, repeats=args.repeats)
     sections = [format_hog_benchmark(hog), attention_benchmark(args.repeats, torch.device("cpu")),
                 cpu_step_benchmark(args.repeats)]
     sections.append(gpu_benchmark(args.repeats) if torch.cuda.is_available() else "GPU: no GPU on this machine.")
+    sections.append(f"CPU load average (1 min) at start / end of the run: {load_before:.1f} / "
+                    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; absolute CPU times scale with it, "
+                    "the side-by-side ratios much less.")
     body = "\n\n".join(sections)
     print(body)
     write_section("model", body)
