@@ -37,6 +37,15 @@ def test_pretraining_outputs_on_the_output_grid():
     assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
 
 
+def test_bf16_autocast_matches_float32():
+    model = build_model(TINY, 16, 64)
+    video, mask = clip_batch(1, 16, 64, 64), cube_masks(1, 16, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(video, mask)
+    assert low["pred"].dtype == torch.bfloat16 and low["target"].dtype == torch.float32
+    torch.testing.assert_close(low["loss"], model(video, mask)["loss"], rtol=2e-2, atol=1e-3)
+
+
 def test_target_is_the_hog_of_the_input_as_fed():
     model = build_model(TINY, 16, 64)
     video = clip_batch(1, 16, 64, 64)

@@ -11,7 +11,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="which", required=True)
     # Each benchmark adds its sub-parser below and sets `run` to the package function that executes it.
     model = sub.add_parser("model", help="HOG target, SDPA vs explicit attention, MaskFeat training-step timings")
-    model.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
+    model.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     model.set_defaults(run=model_benchmark.run)
     args = parser.parse_args()
     args.run(args)

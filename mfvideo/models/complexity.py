@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mfvideo.config.schema import ModelConfig
+from mfvideo.models import build_model
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,6 @@ def count_macs(model: nn.Module, num_frames: int = 16, crop_size: int = 224) -> 
 
 
 def build_on_meta(model_cfg: ModelConfig, num_frames: int = 16, crop_size: int = 224) -> nn.Module:
-    from mfvideo.models import build_model
-
     with torch.device("meta"):
         return build_model(model_cfg, num_frames, crop_size)
 

@@ -16,14 +16,15 @@ from mfvideo.models.mvit import LAYER_NORM_EPS, INIT_STD, Grid, MViT, MViTConfig
 from mfvideo.targets.hog import HogTarget
 
 
-def upsample_mask(mask: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """B×t×h×w bool mask → B×(T·H·W) float, each unit repeated over the (T/t, H/h, W/w) tokens it covers."""
+def upsample_mask(mask: torch.Tensor, grid: Grid, device: torch.device) -> torch.Tensor:
+    """B×t×h×w bool mask → B×(T·H·W) float on `device`, each unit repeated over the (T/t, H/h, W/w) tokens it
+    covers."""
     if mask.dim() != 4:
         raise ValueError(f"mask must be B×T'×H'×W' (bool), got shape {tuple(mask.shape)}")
     if any(n % m for n, m in zip(grid, mask.shape[1:])):
         raise ValueError(f"mask grid {tuple(mask.shape[1:])} does not divide the token grid {tuple(grid)}; "
                          "use mfvideo.targets.masks.mask_grid(num_frames, crop_size) for the clip size")
-    return F.interpolate(mask[:, None].float(), size=tuple(grid), mode="nearest").flatten(1)
+    return F.interpolate(mask.to(device)[:, None].float(), size=tuple(grid), mode="nearest").flatten(1)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -84,7 +85,7 @@ class MaskFeat(nn.Module):
         return 0  # mask_token
 
     def insert_mask_token(self, tokens: torch.Tensor, mask: torch.Tensor, grid: Grid) -> torch.Tensor:
-        m = upsample_mask(mask, grid).unsqueeze(-1).to(tokens.dtype)
+        m = upsample_mask(mask, grid, tokens.device).unsqueeze(-1).to(tokens.dtype)
         return tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ class MaskFeat(nn.Module):
         x, out_grid = self.backbone.encode(tokens, grid)
         pred = self.predict(x)
         target = self.target(video, out_grid)
-        out_mask = upsample_mask(mask, out_grid)
+        out_mask = upsample_mask(mask, out_grid, pred.device)
         b = video.shape[0]
         return {"loss": masked_mse(pred, target, out_mask),
                 "pred": pred.reshape(b, *out_grid, -1),
