@@ -23,6 +23,8 @@ BASE_KEY = "base"
 CHOICES = {
     "data.sampling": ("random", "segment"),
     "mask.mode": ("cube", "tube", "frame", "block", "none"),
+    "model.arch": ("mvit_s", "mvit_b", "mvit_l", "mvit_tiny"),
+    "model.pooling": ("mean", "cls"),
     "model.task": ("pretrain", "classify", "detect"),
     "train.precision": ("auto", "bf16", "fp32"),
     "train.zero_stage": (1, 2, 3),
