@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mfvideo.data.shards.sources.ava import AvaSource
+from mfvideo.data.shards.sources.common import SourceError
 from mfvideo.data.shards.sources.demo import DemoSource
 from mfvideo.data.shards.sources.images import ImageFolderSource
 from mfvideo.data.shards.sources.kinetics import KineticsSource
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                            progress=not args.no_progress)
     try:
         summary = make_shards(source, options)
-    except OutputMismatch as err:
+    except (OutputMismatch, SourceError, OSError) as err:
         log.error("%s", err)
         return 2
     print(f"{summary.num_samples} samples in {summary.num_shards} shards under {summary.out}"
