@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OutputMismatch, SourceError, OSError) as err:
         log.error("%s", err)
         return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: finished shards are kept; run the same command again to resume")
+        return 130
     print(f"{summary.num_samples} samples in {summary.num_shards} shards under {summary.out}"
           f" ({summary.resumed_shards} found finished); "
           f"{summary.num_rejects} rejected (see {summary.out / 'rejects.jsonl'})", file=sys.stderr)
