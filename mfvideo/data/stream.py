@@ -183,9 +183,11 @@ class ClipStream(IterableDataset):
         self._cursor = self._start(plan, worker)
         return self._batches(plan, self._cursor)
 
-    def _pull(self, cursor: _Cursor, stream: Iterator[tuple[int, RawSample]], capacity: int) -> tuple[int, RawSample]:
-        """Next sample out of the shuffle buffer, refilled lazily so that nothing is read ahead of need."""
-        while len(cursor.buffer) < capacity:
+    def _pull(self, cursor: _Cursor, stream: Iterator[tuple[int, RawSample]], capacity: int,
+              per_cycle: int) -> tuple[int, RawSample]:
+        """Next sample out of the shuffle buffer, refilled lazily so that nothing is read ahead of need. The buffer
+        drains at the end of a cycle before refilling, so a slot shows all its samples before repeating any."""
+        while len(cursor.buffer) < capacity and not (cursor.read % per_cycle == 0 and cursor.buffer):
             cursor.buffer.append(next(stream))
             cursor.read += 1
         if not cursor.buffer:
@@ -204,7 +206,7 @@ class ClipStream(IterableDataset):
         capacity = min(self.shuffle_buffer, plan.cycle_samples) if self.shuffle_buffer > 1 else 0
         stream = samples_from(plan, cursor.read)
         while True:
-            position, sample = self._pull(cursor, stream, capacity)
+            position, sample = self._pull(cursor, stream, capacity, plan.cycle_samples)
             yield position, sample, 0
 
     def _clips(self, sample: RawSample, cursor: _Cursor) -> Optional[list[Clip]]:
