@@ -144,20 +144,26 @@ def test_three_crops_cover_start_centre_end_of_the_long_side():
     assert (scaled.top, scaled.left, scaled.height, scaled.width) == (16, 96, 448, 448)
 
 
-def test_resize_box_converts_only_the_box():
+def test_resize_box_copies_only_the_box_and_keeps_uint8():
     frames = torch.arange(2 * 6 * 8 * 3, dtype=torch.uint8).reshape(2, 6, 8, 3)
     box = eval_crop_boxes(6, 8, 6, 6, 1)[0]
     out = resize_box(frames, box, 6)
-    assert out.shape == (2, 3, 6, 6) and out.dtype == torch.float32
-    assert torch.equal(out, frames[:, :, 1:7].permute(0, 3, 1, 2).float())
+    assert out.shape == (2, 3, 6, 6) and out.dtype == torch.uint8
+    assert torch.equal(out, frames[:, :, 1:7].permute(0, 3, 1, 2))
+    picked = resize_box(frames, box, 6, positions=torch.tensor([1, 1, 0]))
+    assert torch.equal(picked, out[[1, 1, 0]])
+    smaller = resize_box(frames, box, 3)
+    assert smaller.shape == (2, 3, 3, 3) and smaller.dtype == torch.uint8
 
 
-def test_normalise_gives_c_t_h_w_with_recipe_statistics():
-    clip = torch.full((4, 3, 5, 5), 0.45 * 255)
-    out = Normalise(MEAN, STD)(clip)
-    assert out.shape == (3, 4, 5, 5)
-    assert torch.allclose(out, torch.zeros_like(out), atol=1e-5)
-    assert torch.allclose(Normalise(MEAN, STD)(torch.full((1, 3, 1, 1), 255.0)), torch.tensor((1 - 0.45) / 0.225))
+def test_normalise_builds_a_b_c_t_h_w_batch_with_recipe_statistics():
+    clip = torch.zeros(4, 3, 5, 5, dtype=torch.uint8)
+    clip[2, 1] = 255  # frame 2, channel 1
+    batch = Normalise(MEAN, STD)([clip, torch.full_like(clip, 255)])
+    assert batch.shape == (2, 3, 4, 5, 5) and batch.dtype == torch.float32
+    low, high = -0.45 / 0.225, (1 - 0.45) / 0.225
+    assert torch.allclose(batch[0, 1, 2], torch.full((5, 5), high)) and torch.allclose(batch[0, 0, 2], torch.full((5, 5), low))
+    assert torch.allclose(batch[0, 1, 1], torch.full((5, 5), low)) and torch.allclose(batch[1], torch.full_like(batch[1], high))
 
 
 def test_train_transform_treats_every_frame_alike():
@@ -167,11 +173,10 @@ def test_train_transform_treats_every_frame_alike():
     flips = set()
     for seed in range(20):
         clip = transform(frames, np.random.default_rng(seed))
-        assert clip.shape == (3, 8, 32, 32)
-        assert torch.equal(clip[:, :1].expand_as(clip), clip)
+        assert clip.shape == (8, 3, 32, 32) and clip.dtype == torch.uint8
+        assert torch.equal(clip[:1].expand_as(clip), clip)
         box_rng = np.random.default_rng(seed)
-        box = random_resized_crop_box(48, 64, (0.3, 1.0), (0.75, 4 / 3), box_rng)
-        plain = Normalise(MEAN, STD)(resize_box(frames, box, 32))
+        plain = resize_box(frames, random_resized_crop_box(48, 64, (0.3, 1.0), (0.75, 4 / 3), box_rng), 32)
         flipped = box_rng.uniform() < 0.5
         flips.add(flipped)
         assert torch.equal(clip, plain.flip(-1) if flipped else plain)
@@ -181,8 +186,7 @@ def test_train_transform_treats_every_frame_alike():
 def test_flip_off_never_flips():
     frames = torch.randint(0, 255, (2, 48, 64, 3), dtype=torch.uint8)
     transform = TrainTransform(32, (1.0, 1.0), (64 / 48, 64 / 48), False, MEAN, STD)
-    expected = Normalise(MEAN, STD)(resize_box(frames, random_resized_crop_box(48, 64, (1, 1), (4 / 3, 4 / 3),
-                                                                              np.random.default_rng(0)), 32))
+    expected = resize_box(frames, random_resized_crop_box(48, 64, (1, 1), (4 / 3, 4 / 3), np.random.default_rng(0)), 32)
     for seed in range(10):
         assert torch.equal(transform(frames, np.random.default_rng(seed)), expected)
 
@@ -201,8 +205,9 @@ def test_test_views_show_decords_frames_at_their_indices(video_file):
         assert np.array_equal(clip.frame_indices, expected_indices)
         frames = torch.from_numpy(reader.get_batch(expected_indices.tolist()).asnumpy())
         left = [0, 8, 16][clip.view % 3]
-        expected = Normalise(MEAN, STD)(frames[:, :, left:left + 48].permute(0, 3, 1, 2).float())
-        assert torch.allclose(clip.video, expected, atol=1e-5)
+        assert torch.equal(clip.video, frames[:, :, left:left + 48].permute(0, 3, 1, 2))
+    batch = maker.batch_video(clips)
+    assert batch.shape == (6, 3, 8, 48, 48) and batch.dtype == torch.float32
 
 
 def test_repeated_sampling_draws_independent_clips_from_one_decode(video_file, monkeypatch):

@@ -3,11 +3,14 @@
 
 import argparse
 
+from mfvideo.data import benchmark as data_benchmark
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="which", required=True)
     # Each benchmark adds its sub-parser below and sets `run` to the package function that executes it.
+    data_benchmark.add_parser(sub)
     args = parser.parse_args()
     args.run(args)
 

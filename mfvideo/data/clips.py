@@ -25,7 +25,7 @@ SAMPLING_MODES = ("random", "segment")
 
 @dataclass
 class Clip:
-    video: torch.Tensor            # float32 C×T×H×W, normalised
+    video: torch.Tensor            # uint8 T×C×H×W, cropped and resized (normalised when batched)
     frame_indices: np.ndarray      # the decoded frames it shows (debugging and tests)
     view: int
     mask: Optional[np.ndarray] = None
@@ -55,11 +55,13 @@ class TemporalSampling:
         return sampling.uniform_clips(media.num_frames, self.num_frames, stride, num_clips)
 
 
-def decode_clips(media: DecodedMedia, clip_indices: list[np.ndarray]) -> list[torch.Tensor]:
-    """Decode the union of the clips' frames once; uint8 T×H×W×C per clip."""
+def decode_clips(media: DecodedMedia, clip_indices: list[np.ndarray]) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
+    """Decode the union of the clips' frames once: uint8 T×H×W×C, and per clip the positions of its frames in it
+    (None when the clip is the whole decoded run, which saves a copy)."""
     union, positions = sampling.frame_union(clip_indices)
     frames = torch.from_numpy(media.frames(union))
-    return [frames[torch.from_numpy(p)] for p in positions]
+    whole = np.arange(len(union))
+    return frames, [None if np.array_equal(p, whole) else torch.from_numpy(p) for p in positions]
 
 
 class TrainClips:
@@ -76,11 +78,15 @@ class TrainClips:
     def clips_per_video(self) -> int:
         return self.repeats
 
+    def batch_video(self, clips: list[Clip]) -> torch.Tensor:
+        return self.transform.normalise([clip.video for clip in clips])
+
     def __call__(self, media: DecodedMedia, rng: np.random.Generator) -> list[Clip]:
         indices = [self.temporal.train(media, rng) for _ in range(self.repeats)]
+        frames, positions = decode_clips(media, indices)
         clips = []
-        for view, (frames, frame_indices) in enumerate(zip(decode_clips(media, indices), indices)):
-            video = self.transform(frames, rng)
+        for view, (clip_positions, frame_indices) in enumerate(zip(positions, indices)):
+            video = self.transform(frames, rng, clip_positions)
             mask = self.mask_generator(rng) if self.mask_generator is not None else None
             clips.append(Clip(video, frame_indices, view, mask))
         return clips
@@ -98,10 +104,14 @@ class EvalClips:
     def clips_per_video(self) -> int:
         return self.num_clips * self.transform.num_crops
 
+    def batch_video(self, clips: list[Clip]) -> torch.Tensor:
+        return self.transform.normalise([clip.video for clip in clips])
+
     def __call__(self, media: DecodedMedia, rng: np.random.Generator) -> list[Clip]:
         indices = self.temporal.test(media, self.num_clips)
+        frames, positions = decode_clips(media, indices)
         clips = []
-        for temporal_view, (frames, frame_indices) in enumerate(zip(decode_clips(media, indices), indices)):
-            for crop, video in enumerate(self.transform(frames)):
+        for temporal_view, (clip_positions, frame_indices) in enumerate(zip(positions, indices)):
+            for crop, video in enumerate(self.transform(frames, clip_positions)):
                 clips.append(Clip(video, frame_indices, temporal_view * self.transform.num_crops + crop))
         return clips

@@ -250,7 +250,7 @@ class ClipStream(IterableDataset):
 
     def _collate(self, batch: list[tuple[RawSample, Clip]]) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "video": torch.stack([clip.video for _, clip in batch]),
+            "video": self.clip_maker.batch_video([clip for _, clip in batch]),
             "label": torch.tensor([int(sample.meta.get("label", -1)) for sample, _ in batch], dtype=torch.int64),
             "key": [sample.key for sample, _ in batch],
         }
