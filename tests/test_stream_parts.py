@@ -8,7 +8,7 @@ import torch
 from mfvideo.data import sampling
 from mfvideo.data.clips import EvalClips, TemporalSampling, TrainClips
 from mfvideo.data.decode import DecodeError, open_media
-from mfvideo.data.transforms import (EvalTransform, Normalise, TrainTransform, eval_crop_boxes,
+from mfvideo.data.transforms import (EvalTransform, Normalise, TrainTransform, eval_crop_boxes, pack_clips,
                                      random_resized_crop_box, resize_box)
 from stream_helpers import encode_jpg, encode_video
 
@@ -156,20 +156,25 @@ def test_resize_box_copies_only_the_box_and_keeps_uint8():
     assert smaller.shape == (2, 3, 3, 3) and smaller.dtype == torch.uint8
 
 
-def test_normalise_builds_a_b_c_t_h_w_batch_with_recipe_statistics():
+def test_clips_pack_into_b_c_t_h_w_and_normalise_with_recipe_statistics():
     clip = torch.zeros(4, 3, 5, 5, dtype=torch.uint8)
     clip[2, 1] = 255  # frame 2, channel 1
-    batch = Normalise(MEAN, STD)([clip, torch.full_like(clip, 255)])
+    packed = pack_clips([clip, torch.full_like(clip, 255)])
+    assert packed.shape == (2, 3, 4, 5, 5) and packed.dtype == torch.uint8
+    assert packed[0, 1, 2].eq(255).all() and packed[0, 1, 1].eq(0).all() and packed[0, 0, 2].eq(0).all()
+    batch = Normalise(MEAN, STD)(packed)
     assert batch.shape == (2, 3, 4, 5, 5) and batch.dtype == torch.float32
     low, high = -0.45 / 0.225, (1 - 0.45) / 0.225
     assert torch.allclose(batch[0, 1, 2], torch.full((5, 5), high)) and torch.allclose(batch[0, 0, 2], torch.full((5, 5), low))
-    assert torch.allclose(batch[0, 1, 1], torch.full((5, 5), low)) and torch.allclose(batch[1], torch.full_like(batch[1], high))
+    assert torch.allclose(batch[1], torch.full_like(batch[1], high))
+    per_channel = Normalise([0.0, 0.5, 1.0], [1.0, 0.5, 0.25])(torch.full((1, 3, 1, 1, 1), 255, dtype=torch.uint8))
+    assert torch.allclose(per_channel.flatten(), torch.tensor([1.0, 1.0, 0.0]), atol=1e-6)
 
 
 def test_train_transform_treats_every_frame_alike():
     frame = torch.randint(0, 255, (1, 48, 64, 3), dtype=torch.uint8)
     frames = frame.repeat(8, 1, 1, 1)
-    transform = TrainTransform(32, (0.3, 1.0), (0.75, 4 / 3), True, MEAN, STD)
+    transform = TrainTransform(32, (0.3, 1.0), (0.75, 4 / 3), True)
     flips = set()
     for seed in range(20):
         clip = transform(frames, np.random.default_rng(seed))
@@ -185,7 +190,7 @@ def test_train_transform_treats_every_frame_alike():
 
 def test_flip_off_never_flips():
     frames = torch.randint(0, 255, (2, 48, 64, 3), dtype=torch.uint8)
-    transform = TrainTransform(32, (1.0, 1.0), (64 / 48, 64 / 48), False, MEAN, STD)
+    transform = TrainTransform(32, (1.0, 1.0), (64 / 48, 64 / 48), False)
     expected = resize_box(frames, random_resized_crop_box(48, 64, (1, 1), (4 / 3, 4 / 3), np.random.default_rng(0)), 32)
     for seed in range(10):
         assert torch.equal(transform(frames, np.random.default_rng(seed)), expected)
@@ -196,7 +201,7 @@ def test_flip_off_never_flips():
 def test_test_views_show_decords_frames_at_their_indices(video_file):
     data, path = video_file
     temporal = TemporalSampling(8, 4, 30.0, "random")
-    maker = EvalClips(temporal, EvalTransform(48, 48, 3, MEAN, STD), num_clips=2)
+    maker = EvalClips(temporal, EvalTransform(48, 48, 3), num_clips=2)
     clips = maker(open_media(data, "mp4", 70), np.random.default_rng(0))
     assert [c.view for c in clips] == list(range(6))
     reader = decord.VideoReader(str(path), num_threads=1)
@@ -206,8 +211,6 @@ def test_test_views_show_decords_frames_at_their_indices(video_file):
         frames = torch.from_numpy(reader.get_batch(expected_indices.tolist()).asnumpy())
         left = [0, 8, 16][clip.view % 3]
         assert torch.equal(clip.video, frames[:, :, left:left + 48].permute(0, 3, 1, 2))
-    batch = maker.batch_video(clips)
-    assert batch.shape == (6, 3, 8, 48, 48) and batch.dtype == torch.float32
 
 
 def test_repeated_sampling_draws_independent_clips_from_one_decode(video_file, monkeypatch):
@@ -216,8 +219,7 @@ def test_repeated_sampling_draws_independent_clips_from_one_decode(video_file, m
     calls = []
     original = media.frames
     monkeypatch.setattr(media, "frames", lambda idx: calls.append(idx) or original(idx))
-    maker = TrainClips(TemporalSampling(8, 2, 30.0, "random"), TrainTransform(32, (0.5, 1), (0.75, 4 / 3), True,
-                                                                              MEAN, STD), 4, None)
+    maker = TrainClips(TemporalSampling(8, 2, 30.0, "random"), TrainTransform(32, (0.5, 1), (0.75, 4 / 3), True), 4, None)
     clips = maker(media, np.random.default_rng(3))
     assert len(calls) == 1 and len(clips) == 4
     assert len({int(c.frame_indices[0]) for c in clips}) > 1

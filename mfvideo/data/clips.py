@@ -25,7 +25,7 @@ SAMPLING_MODES = ("random", "segment")
 
 @dataclass
 class Clip:
-    video: torch.Tensor            # uint8 T×C×H×W, cropped and resized (normalised when batched)
+    video: torch.Tensor            # uint8 T×C×H×W, cropped and resized
     frame_indices: np.ndarray      # the decoded frames it shows (debugging and tests)
     view: int
     mask: Optional[np.ndarray] = None
@@ -78,8 +78,6 @@ class TrainClips:
     def clips_per_video(self) -> int:
         return self.repeats
 
-    def batch_video(self, clips: list[Clip]) -> torch.Tensor:
-        return self.transform.normalise([clip.video for clip in clips])
 
     def __call__(self, media: DecodedMedia, rng: np.random.Generator) -> list[Clip]:
         indices = [self.temporal.train(media, rng) for _ in range(self.repeats)]
@@ -104,8 +102,6 @@ class EvalClips:
     def clips_per_video(self) -> int:
         return self.num_clips * self.transform.num_crops
 
-    def batch_video(self, clips: list[Clip]) -> torch.Tensor:
-        return self.transform.normalise([clip.video for clip in clips])
 
     def __call__(self, media: DecodedMedia, rng: np.random.Generator) -> list[Clip]:
         indices = self.temporal.test(media, self.num_clips)

@@ -36,14 +36,13 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from torchdata.stateful_dataloader import StatefulDataLoader
 
-from mfvideo.data.clips import Clip, EvalClips, TemporalSampling, TrainClips
+from mfvideo.data.clips import Clip, EvalClips, TrainClips
 from mfvideo.data.decode import DecodeError, open_media
 from mfvideo.data.shardlist import (SlotPlan, check_enough_shards, eval_plans, list_shards, train_batches_per_rank,
                                     train_plans)
 from mfvideo.data.tarstream import RawSample, samples_from
-from mfvideo.data.transforms import EvalTransform, TrainTransform
+from mfvideo.data.transforms import pack_clips
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +249,7 @@ class ClipStream(IterableDataset):
 
     def _collate(self, batch: list[tuple[RawSample, Clip]]) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "video": self.clip_maker.batch_video([clip for _, clip in batch]),
+            "video": pack_clips([clip.video for _, clip in batch]),
             "label": torch.tensor([int(sample.meta.get("label", -1)) for sample, _ in batch], dtype=torch.int64),
             "key": [sample.key for sample, _ in batch],
         }

@@ -1,7 +1,8 @@
 """Spatial transforms for clips, identical for every frame of a clip, in plain torch (no torchvision).
 
 Input: decoded frames, uint8 `T×H×W×C` (decord's layout, optionally with the positions of the clip's frames in
-them). Output: uint8 `T×C×H×W` clips; `Normalise` turns a list of them into the float32 `B×C×T×H×W` batch.
+them). Output: uint8 `T×C×H×W` clips; `pack_clips` makes the uint8 `B×C×T×H×W` batch a worker hands over and
+`Normalise` turns it into float32 where it is consumed.
 Every transform is a crop box in source pixels followed by one bilinear resize of only that box to the output
 size, so the cost is proportional to the output, not to the source frame (a short-side resize followed by a crop
 is the same box mapped back to the source). Bilinear, `align_corners=False`, no antialiasing (the usual video
@@ -83,42 +84,45 @@ def resize_box(frames: torch.Tensor, box: CropBox, size: int, positions: Optiona
     return clip
 
 
-def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
-    """Empty float32 tensor; inside a loader worker it lives in shared memory from the start, as torch's own
-    collate does, so handing it to the main process costs no copy."""
+def pack_clips(clips: Sequence[torch.Tensor]) -> torch.Tensor:
+    """uint8 T×C×H×W clips → one uint8 B×C×T×H×W batch. Inside a loader worker the batch lives in shared memory
+    from the start (as torch's own collate does), so handing it to the main process costs no further copy."""
+    frames, channels, height, width = clips[0].shape
+    shape = (len(clips), channels, frames, height, width)
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
-    return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
+        batch = torch.empty(shape, dtype=torch.uint8)
+    else:
+        batch = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
+    for out, clip in zip(batch, clips):
+        out.copy_(clip.transpose(0, 1))
+    return batch
 
 
 class Normalise:
-    """uint8 T×C×H×W clips → float32 B×C×T×H×W batch, (x / 255 − mean) / std per channel, written straight into
-    the batch (no intermediate per-clip float tensors, no stacking copy)."""
+    """uint8 B×C×T×H×W → float32, (x / 255 − mean) / std per channel, on the batch's device.
+
+    Workers hand over uint8 (a quarter of the bytes through shared memory and to the GPU); this runs where the
+    batch is consumed, on the GPU when there is one."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         std_t = torch.tensor(std, dtype=torch.float32)
         self.scale = (1.0 / (255.0 * std_t)).view(-1, 1, 1, 1)
         self.shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(-1, 1, 1, 1)
 
-    def __call__(self, clips: Sequence[torch.Tensor]) -> torch.Tensor:
-        frames, channels, height, width = clips[0].shape
-        batch = _batch_tensor((len(clips), channels, frames, height, width))
-        for out, clip in zip(batch, clips):
-            out.copy_(clip.transpose(0, 1))
-        return torch.addcmul(-self.shift, batch, self.scale, out=batch)
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale.to(video.device), self.shift.to(video.device)
+        out = video.to(torch.float32)
+        return torch.addcmul(-shift, out, scale, out=out)
 
 
 class TrainTransform:
-    """Random resized crop → flip (p = 0.5 when `flip`), drawn from `rng`; `normalise` makes the batch."""
+    """Random resized crop → flip (p = 0.5 when `flip`), drawn from `rng`."""
 
-    def __init__(self, crop_size: int, area_range: Sequence[float], aspect_range: Sequence[float], flip: bool,
-                 mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, crop_size: int, area_range: Sequence[float], aspect_range: Sequence[float], flip: bool):
         self.crop_size = crop_size
         self.area_range = tuple(area_range)
         self.aspect_range = tuple(aspect_range)
         self.flip = flip
-        self.normalise = Normalise(mean, std)
 
     def __call__(self, frames: torch.Tensor, rng: np.random.Generator,
                  positions: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -130,15 +134,14 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Short-side resize → centre crop or three crops; deterministic; `normalise` makes the batch."""
+    """Short-side resize → centre crop or three crops; deterministic."""
 
-    def __init__(self, crop_size: int, short_side: int, num_crops: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, crop_size: int, short_side: int, num_crops: int):
         if crop_size > short_side:
             raise ValueError(f"data.crop_size={crop_size} is larger than data.test_short_side={short_side}")
         self.crop_size = crop_size
         self.short_side = short_side
         self.num_crops = num_crops
-        self.normalise = Normalise(mean, std)
 
     def __call__(self, frames: torch.Tensor, positions: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
         boxes = eval_crop_boxes(frames.shape[1], frames.shape[2], self.short_side, self.crop_size, self.num_crops)
