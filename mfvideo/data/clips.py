@@ -59,7 +59,7 @@ def decode_clips(media: DecodedMedia, clip_indices: list[np.ndarray]) -> tuple[t
     """Decode the union of the clips' frames once: uint8 T×H×W×C, and per clip the positions of its frames in it
     (None when the clip is the whole decoded run, which saves a copy)."""
     union, positions = sampling.frame_union(clip_indices)
-    frames = torch.from_numpy(media.frames(union))
+    frames = media.frames(union)
     whole = np.arange(len(union))
     return frames, [None if np.array_equal(p, whole) else torch.from_numpy(p) for p in positions]
 
