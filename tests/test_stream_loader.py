@@ -1,4 +1,4 @@
-"""The loaders end to end on real tar shards: batch contract, masks, images, ranks, resume, bad samples."""
+"""The loaders end to end on shards made by make_shards: batch contract, masks, images, ranks, resume, bad samples."""
 
 import copy
 import logging
@@ -11,19 +11,22 @@ from omegaconf import OmegaConf
 from mfvideo.config.schema import DataConfig, MaskConfig
 from mfvideo.data.pipeline import build_test_loader, build_train_loader
 from mfvideo.data.stream import TooManyFailures
-from stream_helpers import write_shards
-
-UNEVEN = [5, 9, 3, 7, 6, 11, 4, 8]  # 53 samples
-
-
-@pytest.fixture(scope="module")
-def uneven_shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("uneven"), UNEVEN)
+from mfvideo.data.tarstream import iter_shard
+from mfvideo.data.shardlist import expand_pattern
+from stream_helpers import demo_shards, image_shards as make_image_shards, shard_counts, truncated_copy
 
 
 @pytest.fixture(scope="module")
-def image_shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("images"), [6, 5], kind="image")
+def uneven_shards():
+    pattern = demo_shards()
+    counts = shard_counts(pattern)
+    assert sum(counts) == 53 and len(counts) == 9 and max(counts) - min(counts) >= 4  # really uneven
+    return pattern
+
+
+@pytest.fixture(scope="module")
+def image_shards():
+    return make_image_shards()
 
 
 def data_cfg(pattern, **overrides):
@@ -114,6 +117,7 @@ def test_ranks_with_worker_processes_stay_equal(uneven_shards):
 
 
 def test_test_loader_covers_every_video_once_with_equal_batches(uneven_shards):
+    keys_in_order = [key for url in expand_pattern(uneven_shards) for key, _ in iter_shard(url)]
     lengths, views = [], {}
     for rank in range(3):
         loader = build_test_loader(data_cfg(uneven_shards), 4, rank, 3)
@@ -123,7 +127,7 @@ def test_test_loader_covers_every_video_once_with_equal_batches(uneven_shards):
             assert batch["video"].shape[1:] == (3, 4, 64, 64)
             for key, index, view in zip(batch["key"], batch["video_index"].tolist(), batch["view"].tolist()):
                 views.setdefault(index, set()).add(view)
-                assert key == f"s{index:05d}"
+                assert key == keys_in_order[index]
     assert len({n for n, _ in lengths}) == 1 and all(n == length for n, length in lengths)
     assert sorted(views) == list(range(53)) and all(v == {0, 1} for v in views.values())
 
@@ -170,32 +174,32 @@ def test_resume_restores_the_shuffle_buffer_without_decoding_consumed_samples(un
     assert len(opened) == 4 * len(expected)  # exactly the emitted videos were decoded, none replayed
 
 
-def test_corrupt_sample_is_skipped_counted_and_logged(tmp_path, caplog):
-    pattern = write_shards(tmp_path, [6, 6], corrupt=["s00004"])
+def test_corrupt_sample_is_skipped_counted_and_logged(uneven_shards, tmp_path, caplog):
+    pattern, broken = truncated_copy(uneven_shards, tmp_path / "broken", broken=[4])
     loader = build_train_loader(data_cfg(pattern, shuffle_buffer=0), mask_cfg("none"), 2, 0, 1, seed=0)
     with caplog.at_level(logging.WARNING):
         keys = [k for batch in loader for k in batch["key"]]
-    assert len(keys) == 12 and "s00004" not in keys  # the slot cycles its shards to fill its quota
+    assert len(keys) == 52 and broken[0] not in keys and len(set(keys)) == 52
     assert loader.state_dict()["loader"]["dataset_state"]["failures"] == 1
-    assert any("s00004" in r.message and "demo-000000.tar" in r.message for r in caplog.records)
+    assert any(broken[0] in r.message and "-000000.tar" in r.message for r in caplog.records)
 
 
-def test_too_many_failures_stop_the_run(tmp_path):
-    pattern = write_shards(tmp_path, [6, 6], corrupt=["s00001", "s00002"])
+def test_too_many_failures_stop_the_run(uneven_shards, tmp_path):
+    pattern, _ = truncated_copy(uneven_shards, tmp_path / "broken", broken=[1, 2])
     loader = build_train_loader(data_cfg(pattern, shuffle_buffer=0, max_failure_fraction=0.01), mask_cfg("none"),
                                 2, 0, 1, seed=0)
-    with pytest.raises(TooManyFailures, match=r"2 of 3 samples failed.*max_failure_fraction=0.01"):
+    with pytest.raises(TooManyFailures, match=r"2 of \d+ samples failed.*max_failure_fraction=0.01"):
         list(loader)
 
 
 def test_too_few_shards_is_an_error_naming_the_numbers(uneven_shards):
-    with pytest.raises(ValueError, match=r"8 non-empty shards, fewer than ranks × loader workers = 3 × 3 = 9"):
-        build_train_loader(data_cfg(uneven_shards, num_workers=3), mask_cfg("none"), 2, 0, 3, seed=0)
+    with pytest.raises(ValueError, match=r"9 non-empty shards, fewer than ranks × loader workers = 2 × 5 = 10"):
+        build_train_loader(data_cfg(uneven_shards, num_workers=5), mask_cfg("none"), 2, 0, 2, seed=0)
 
 
 def test_missing_manifest_and_unknown_shard_are_clear_errors(tmp_path, uneven_shards):
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         build_train_loader(data_cfg(str(tmp_path / "x-{000..001}.tar")), mask_cfg("none"), 2, 0, 1, seed=0)
-    extra = uneven_shards.replace("000007}", "000009}")
-    with pytest.raises(ValueError, match="demo-000008.tar' is not listed in manifest"):
+    extra = uneven_shards.replace("000008}", "000009}")
+    with pytest.raises(ValueError, match="demo-000009.tar' is not listed in manifest"):
         build_train_loader(data_cfg(extra), mask_cfg("none"), 2, 0, 1, seed=0)
