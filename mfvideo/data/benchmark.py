@@ -3,7 +3,7 @@
 Synthetic 320p H.264 videos (426×320, 30 fps, one keyframe per second, textured like camera footage) are written to
 temporary shards with `make_shards`. For 16×4 clips at 224:
 (a) decode bound: decord on local files, one reader per video with `num_threads=1`, `get_batch` of exactly the
-    frame indices the pipeline's first clip of that video uses — nothing else;
+    frame indices the pipeline's first clip of that video uses, handed to torch without a copy — nothing else;
 (b) the full training pipeline with one worker process (tar reading, shuffle buffer, decode from bytes, random
     resized crop, flip, normalisation, cube masks, batching, hand-over to the main process);
 (c) the same with repeated sampling ×2 and ×4 (clips per second, k clips per decoded video).
@@ -98,6 +98,7 @@ class Rate:
 def decode_bound(pattern: str, directory: Path, seed: int) -> Rate:
     """Plain decord on extracted files, at the indices the pipeline's first clip of each video draws."""
     import decord
+    from torch.utils.dlpack import from_dlpack
 
     from mfvideo.data import sampling
     from mfvideo.data.shardlist import list_shards
@@ -115,7 +116,7 @@ def decode_bound(pattern: str, directory: Path, seed: int) -> Rate:
         stride = sampling.clip_stride(4, reader.get_avg_fps(), 30.0)
         # The pipeline's per-video generator (epoch 0, first cycle); its first draw is the first clip's start.
         indices = sampling.random_clip(len(reader), 16, stride, np.random.default_rng([seed, 0, index, 0]))
-        reader.get_batch(indices.tolist()).asnumpy()
+        from_dlpack(reader.get_batch(indices.tolist()).to_dlpack())  # frames out as the pipeline takes them
         del reader
     return Rate(len(jobs), time.process_time() - cpu, time.perf_counter() - wall)
 
