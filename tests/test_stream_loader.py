@@ -3,7 +3,6 @@
 import copy
 import logging
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
