@@ -4,6 +4,7 @@
 import argparse
 
 from mfvideo.data import benchmark as data_benchmark
+from mfvideo.data.shards import benchmark as shards_benchmark
 
 
 def main() -> None:
@@ -11,6 +12,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="which", required=True)
     # Each benchmark adds its sub-parser below and sets `run` to the package function that executes it.
     data_benchmark.add_parser(sub)
+    shards_benchmark.add_parser(sub)
     args = parser.parse_args()
     args.run(args)
 

@@ -1,8 +1,14 @@
 """Raw datasets → WebDataset tar shards + manifest (format: shards/README.md)."""
 
 from mfvideo.data.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, sanitize_key
-from mfvideo.data.shards.sources.demo import DemoSource
+from mfvideo.data.shards.sources.ava import AvaSource, parse_action_list
+from mfvideo.data.shards.sources.common import SourceError
+from mfvideo.data.shards.sources.demo import MOTIONS, DemoSource
+from mfvideo.data.shards.sources.images import ImageFolderSource
+from mfvideo.data.shards.sources.kinetics import KineticsSource
+from mfvideo.data.shards.sources.ssv2 import SSv2Source
 from mfvideo.data.shards.writer import FORMAT_VERSION, OutputMismatch, ShardOptions, Summary, make_shards
 
-__all__ = ["DemoSource", "EncodeOptions", "FORMAT_VERSION", "Item", "ItemList", "OutputMismatch", "Reject",
-           "Sample", "ShardOptions", "Summary", "make_shards", "sanitize_key"]
+__all__ = ["AvaSource", "DemoSource", "EncodeOptions", "FORMAT_VERSION", "ImageFolderSource", "Item", "ItemList",
+           "KineticsSource", "MOTIONS", "OutputMismatch", "Reject", "SSv2Source", "Sample", "ShardOptions",
+           "SourceError", "Summary", "make_shards", "parse_action_list", "sanitize_key"]

@@ -8,7 +8,12 @@ import re
 import sys
 from pathlib import Path
 
+from mfvideo.data.shards.sources.ava import AvaSource
+from mfvideo.data.shards.sources.common import SourceError
 from mfvideo.data.shards.sources.demo import DemoSource
+from mfvideo.data.shards.sources.images import ImageFolderSource
+from mfvideo.data.shards.sources.kinetics import KineticsSource
+from mfvideo.data.shards.sources.ssv2 import SSv2Source
 from mfvideo.data.shards.writer import OutputMismatch, ShardOptions, make_shards
 
 log = logging.getLogger("make_shards")
@@ -55,6 +60,51 @@ def _demo_parser(sub) -> None:
     _add_output_options(parser)
 
 
+def _kinetics_parser(sub) -> None:
+    parser = sub.add_parser("kinetics", help="Kinetics 400/600/700 (official CSV or 'path label' list)")
+    parser.add_argument("--videos", required=True, help="video folder, flat or with class sub-folders")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--csv", help="official annotation CSV: label,youtube_id,time_start,time_end,split[,is_cc]")
+    given.add_argument("--list", dest="list_file", help="lines 'path label' (path relative to --videos)")
+    parser.add_argument("--class-map", help="JSON {name: id} or one name per line (default: sorted names)")
+    parser.set_defaults(build_source=lambda a: KineticsSource(
+        videos=a.videos, csv=a.csv, list_file=a.list_file, class_map=a.class_map))
+    _add_output_options(parser)
+
+
+def _ssv2_parser(sub) -> None:
+    parser = sub.add_parser("ssv2", help="Something-Something v2")
+    parser.add_argument("--labels", required=True, help="labels.json")
+    parser.add_argument("--annotations", required=True, help="train.json, validation.json or test.json")
+    parser.add_argument("--videos", required=True, help="folder of <id>.webm")
+    parser.set_defaults(build_source=lambda a: SSv2Source(labels=a.labels, annotations=a.annotations,
+                                                          videos=a.videos))
+    _add_output_options(parser)
+
+
+def _ava_parser(sub) -> None:
+    parser = sub.add_parser("ava", help="AVA v2.2: one clip per keyframe with its boxes")
+    parser.add_argument("--action-list", required=True, help="action-list pbtxt")
+    parser.add_argument("--movies", required=True, help="folder of <video_id>.<ext>")
+    parser.add_argument("--annotations", help="ava_{train,val}_v2.2.csv")
+    parser.add_argument("--excluded", help="ava_{train,val}_excluded_timestamps_v2.2.csv")
+    parser.add_argument("--detections", help="person detections CSV with scores")
+    parser.add_argument("--min-detection-score", type=float, default=0.0)
+    parser.add_argument("--half-span", type=float, default=1.5, help="seconds cut each side of the keyframe")
+    parser.set_defaults(build_source=lambda a: AvaSource(
+        action_list=a.action_list, movies=a.movies, annotations=a.annotations, excluded=a.excluded,
+        detections=a.detections, min_detection_score=a.min_detection_score, half_span=a.half_span))
+    _add_output_options(parser)
+
+
+def _images_parser(sub) -> None:
+    parser = sub.add_parser("images", help="image folder root/<class>/<image> (single-frame samples)")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--class-map", help="JSON {name: id} or one name per line (default: sorted folders)")
+    parser.set_defaults(build_source=lambda a: ImageFolderSource(root=a.root, class_map=a.class_map))
+    _add_output_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Write a dataset split as WebDataset tar shards + manifest.json + rejects.jsonl "
@@ -65,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SOURCE_PARSERS = [_demo_parser]
+_SOURCE_PARSERS = [_kinetics_parser, _ssv2_parser, _ava_parser, _images_parser, _demo_parser]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
                            progress=not args.no_progress)
     try:
         summary = make_shards(source, options)
-    except OutputMismatch as err:
+    except (OutputMismatch, SourceError, OSError) as err:
         log.error("%s", err)
         return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: finished shards are kept; run the same command again to resume")
+        return 130
     print(f"{summary.num_samples} samples in {summary.num_shards} shards under {summary.out}"
           f" ({summary.resumed_shards} found finished); "
           f"{summary.num_rejects} rejected (see {summary.out / 'rejects.jsonl'})", file=sys.stderr)

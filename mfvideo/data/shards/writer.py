@@ -305,7 +305,10 @@ def _progress(results: Iterable, total: int, initial: int, enabled: bool) -> Ite
 
 
 def make_shards(source: Source, options: ShardOptions) -> Summary:
-    """Write `source` as WebDataset shards + manifest.json + rejects.jsonl under `options.out` (see shards/README.md)."""
+    """Write `source` as WebDataset shards + manifest.json + rejects.jsonl under `options.out` (see shards/README.md).
+
+    With `workers > 1` the workers are spawned processes: call this from under `if __name__ == "__main__":`.
+    Raises SourceError for bad annotation files and OutputMismatch for an output made with other arguments."""
     directory = Path(options.out)
     directory.mkdir(parents=True, exist_ok=True)
     fingerprint = created_with(source, options)

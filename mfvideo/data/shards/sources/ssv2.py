@@ -1,0 +1,41 @@
+"""Something-Something v2: labels.json (template -> id), train/validation/test.json, <id>.webm videos."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from mfvideo.data.shards.items import Item, ItemList
+from mfvideo.data.shards.sources.common import SourceError
+
+
+@dataclass(frozen=True)
+class SSv2Source:
+    labels: str          # labels.json: {"Approaching something with your camera": "0", ...}
+    annotations: str     # train.json / validation.json: [{"id", "label", "template", "placeholders"}]; test: [{"id"}]
+    videos: str          # folder of <id>.webm
+
+    name = "ssv2"
+
+    def list_items(self) -> ItemList:
+        with open(self.labels) as handle:
+            template_ids = {name: int(i) for name, i in json.load(handle).items()}
+        if set(template_ids.values()) != set(range(len(template_ids))):
+            raise SourceError(f"{self.labels}: ids must be 0..{len(template_ids) - 1} without gaps")
+        classes = sorted(template_ids, key=template_ids.get)
+        with open(self.annotations) as handle:
+            entries = json.load(handle)
+        items = []
+        for entry in entries:
+            video_id = str(entry["id"])
+            label, label_name = -1, ""
+            if "template" in entry:
+                label_name = entry["template"].replace("[", "").replace("]", "")
+                if label_name not in template_ids:
+                    raise SourceError(f"{self.annotations}: video {video_id}: template {entry['template']!r} "
+                                      f"is not in {self.labels}")
+                label = template_ids[label_name]
+            items.append(Item(id=video_id, kind="video", label=label, label_name=label_name,
+                              path=os.path.join(self.videos, f"{video_id}.webm")))
+        return ItemList(items=items, classes=classes)

@@ -1,0 +1,208 @@
+"""Shard writing from fixture data laid out like each official source; shards are read back with webdataset."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import av
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from mfvideo.data.shards import (AvaSource, DemoSource, ImageFolderSource, KineticsSource, OutputMismatch,
+                                 SSv2Source, ShardOptions, SourceError, make_shards, parse_action_list, sanitize_key)
+from mfvideo.data.shards.cli import main as cli_main
+from shards_helpers import AVA_60_IDS, make_ava, make_images, make_kinetics, make_ssv2, write_video
+
+
+def read_samples(out: Path) -> list[dict]:
+    """Every sample of a split through webdataset, in manifest order, with the JSON decoded."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    urls = [str(out / shard["file"]) for shard in manifest["shards"]]
+    samples = []
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        sample["meta"] = json.loads(sample["json"])
+        samples.append(sample)
+    assert len(samples) == manifest["num_samples"]
+    return samples
+
+
+def rejects(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+
+
+def digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def test_sanitize_key_removes_dots_and_odd_characters():
+    assert sanitize_key("a.b c/d-e_f") == "a_b_c_d-e_f"
+
+
+def test_kinetics_csv_copies_bytes_and_rejects_missing_and_corrupt(tmp_path):
+    data = make_kinetics(tmp_path / "k700")
+    out = tmp_path / "shards" / "train"
+    summary = make_shards(KineticsSource(videos=str(data["videos"]), csv=str(data["csv"])),
+                          ShardOptions(out=out, max_count=2, progress=False))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == ["archery", "jumping"]
+    assert manifest["format_version"] == 1 and manifest["source"] == "kinetics" and manifest["name"] == "train"
+    assert [s["file"] for s in manifest["shards"]] == ["train-000000.tar", "train-000001.tar"]
+    for shard in manifest["shards"]:
+        assert hashlib.sha256((out / shard["file"]).read_bytes()).hexdigest() == shard["sha256"]
+        assert (out / shard["file"]).stat().st_size == shard["bytes"]
+    samples = read_samples(out)
+    by_id = {s["meta"]["id"]: s for s in samples}
+    assert list(by_id) == ["abc-DEF_123_000010_000020", "zz_top_000000_000010", "flat1_000005_000015",
+                           "unlabelled_000007_000017"]
+    first = by_id["abc-DEF_123_000010_000020"]
+    assert first["__key__"] == "abc-DEF_123_000010_000020"
+    assert first["mp4"] == (data["videos"] / "jumping" / "abc-DEF_123_000010_000020.mp4").read_bytes()
+    assert first["meta"] | {} == {"id": "abc-DEF_123_000010_000020", "label": 1, "label_name": "jumping",
+                                  "fps": 30.0, "num_frames": 20, "width": 32, "height": 24, "duration": 0.666667,
+                                  "source": "kinetics"}
+    assert by_id["zz_top_000000_000010"]["meta"]["label"] == 0
+    assert by_id["unlabelled_000007_000017"]["meta"]["label"] == -1
+    reasons = {r["id"]: r["reason"] for r in rejects(out)}
+    assert set(reasons) == {"gone_000001_000011", "broken_000003_000013"}
+    assert reasons["gone_000001_000011"] == "missing file"
+    assert "cannot open" in reasons["broken_000003_000013"]
+    assert summary.num_rejects == 2 and summary.num_samples == 4
+
+
+def test_kinetics_class_map_fixes_label_ids_and_unknown_class_is_an_error(tmp_path):
+    data = make_kinetics(tmp_path / "k")
+    class_map = tmp_path / "classes.txt"
+    class_map.write_text("jumping\narchery\nbowling\n")
+    make_shards(KineticsSource(videos=str(data["videos"]), csv=str(data["csv"]), class_map=str(class_map)),
+                ShardOptions(out=tmp_path / "o", progress=False))
+    labels = {s["meta"]["id"][:4]: s["meta"]["label"] for s in read_samples(tmp_path / "o")}
+    assert labels["abc-"] == 0 and labels["zz_t"] == 1
+    class_map.write_text("jumping\n")
+    with pytest.raises(SourceError, match=r"train.csv:3: class 'archery' is not in the class list"):
+        KineticsSource(videos=str(data["videos"]), csv=str(data["csv"]), class_map=str(class_map)).list_items()
+
+
+def test_kinetics_list_with_dotted_ids_gets_unique_dotless_keys(tmp_path):
+    videos = tmp_path / "videos"
+    for name in ("clip.v1.mp4", "clip_v1.mp4", "other.mp4"):
+        write_video(videos / name, num_frames=10)
+    listing = tmp_path / "list.txt"
+    listing.write_text("clip.v1.mp4 1\nclip_v1.mp4 0\nother.mp4 1\n")
+    make_shards(KineticsSource(videos=str(videos), list_file=str(listing)), ShardOptions(out=tmp_path / "o",
+                                                                                        progress=False))
+    samples = read_samples(tmp_path / "o")
+    assert [(s["__key__"], s["meta"]["id"], s["meta"]["label"]) for s in samples] == [
+        ("clip_v1", "clip.v1", 1), ("clip_v1-1", "clip_v1", 0), ("other", "other", 1)]
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["classes"] == ["0", "1"]
+
+
+def _keyframe_indices(data: bytes) -> list[int]:
+    with av.open(io.BytesIO(data)) as container:
+        return [i for i, frame in enumerate(container.decode(video=0)) if frame.key_frame]
+
+
+def test_short_side_reencodes_h264_with_fps_kept_and_one_keyframe_per_second(tmp_path):
+    source = write_video(tmp_path / "videos" / "big.webm", num_frames=40, width=64, height=48, fps=20)
+    listing = tmp_path / "list.txt"
+    listing.write_text("big.webm 0\n")
+    make_shards(KineticsSource(videos=str(tmp_path / "videos"), list_file=str(listing)),
+                ShardOptions(out=tmp_path / "o", short_side=24, progress=False))
+    (sample,) = read_samples(tmp_path / "o")
+    assert "mp4" in sample and "webm" not in sample
+    assert {k: sample["meta"][k] for k in ("fps", "num_frames", "width", "height")} == {
+        "fps": 20.0, "num_frames": 40, "width": 32, "height": 24}
+    with av.open(io.BytesIO(sample["mp4"])) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+    assert _keyframe_indices(sample["mp4"]) == [0, 20]
+    assert source.exists()
+
+
+def test_ssv2_labels_from_templates_webm_copied(tmp_path):
+    data = make_ssv2(tmp_path / "ssv2")
+    make_shards(SSv2Source(**{k: str(v) for k, v in data.items()}), ShardOptions(out=tmp_path / "o", progress=False))
+    samples = read_samples(tmp_path / "o")
+    assert [(s["__key__"], s["meta"]["label"], s["meta"]["fps"]) for s in samples] == [
+        ("101", 0, 12.0), ("102", 1, 12.0), ("103", 2, 12.0)]
+    assert samples[1]["meta"]["label_name"] == "Pushing something from left to right"
+    assert samples[0]["webm"] == (data["videos"] / "101.webm").read_bytes()
+    assert rejects(tmp_path / "o") == [{"id": "104", "path": str(data["videos"] / "104.webm"),
+                                        "reason": "missing file"}]
+
+
+def test_ava_one_sample_per_keyframe_with_grouped_boxes(tmp_path):
+    data = make_ava(tmp_path / "ava")
+    assert sorted(parse_action_list(str(data["action_list"]))) == AVA_60_IDS and len(AVA_60_IDS) == 60
+    source = AvaSource(**{k: str(v) for k, v in data.items()}, min_detection_score=0.5)
+    make_shards(source, ShardOptions(out=tmp_path / "o", progress=False))
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert len(manifest["classes"]) == 80 and manifest["classes"][11] == "action 12" and manifest["classes"][1] == ""
+    samples = {s["meta"]["id"]: s["meta"] for s in read_samples(tmp_path / "o")}
+    assert list(samples) == ["-mov_A1_0001", "-mov_A1_0002", "-mov_A1_0003", "-mov_A1_0005"]  # 0004 excluded
+    kf2 = samples["-mov_A1_0002"]
+    assert kf2["boxes"] == [[0.1, 0.2, 0.5, 0.9], [0.6, 0.1, 0.9, 0.8]]
+    assert kf2["labels"] == [[12, 80], [14]]  # action 2 is not in the 60-class list
+    assert kf2["person_ids"] == [0, 1]
+    assert kf2["det_boxes"] == [[0.1, 0.2, 0.5, 0.9]] and kf2["det_scores"] == [0.97]
+    assert kf2["timestamp"] == 2 and kf2["video_id"] == "-mov_A1" and kf2["label"] == -1
+    assert kf2["keyframe_sec"] == 1.5 and kf2["num_frames"] == 90 and kf2["fps"] == 30.0
+    assert samples["-mov_A1_0001"]["keyframe_sec"] == 1.0  # the cut starts at the movie's beginning
+    assert samples["-mov_A1_0005"]["boxes"] == [] and samples["-mov_A1_0005"]["det_scores"] == [0.91]
+    assert samples["-mov_A1_0005"]["num_frames"] == 75  # 3.5 s to the movie's end at 6 s
+    assert [r["id"] for r in rejects(tmp_path / "o")] == ["missing_movie_0002"]
+
+
+def test_images_become_single_frame_jpegs(tmp_path):
+    root = make_images(tmp_path / "imgs")
+    make_shards(ImageFolderSource(root=str(root)), ShardOptions(out=tmp_path / "o", progress=False))
+    samples = read_samples(tmp_path / "o")
+    assert [(s["__key__"], s["meta"]["label_name"]) for s in samples] == [
+        ("cat_a", "cat"), ("cat_b_v2", "cat"), ("dog_c", "dog")]
+    assert samples[0]["jpg"] == (root / "cat" / "a.jpg").read_bytes()
+    png_as_jpeg = Image.open(io.BytesIO(samples[2]["jpg"]))
+    assert png_as_jpeg.format == "JPEG" and png_as_jpeg.size == (30, 20)
+    assert {k: samples[2]["meta"][k] for k in ("num_frames", "width", "height", "fps")} == {
+        "num_frames": 1, "width": 30, "height": 20, "fps": 0}
+    assert [r["id"] for r in rejects(tmp_path / "o")] == ["dog/bad"]
+
+
+def test_tar_members_have_fixed_metadata_and_shards_respect_max_size(tmp_path):
+    source = DemoSource(num_videos=6, width=32, height=32, min_frames=8, max_frames=10)
+    make_shards(source, ShardOptions(out=tmp_path / "o", max_size=1, progress=False))
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert [s["num_samples"] for s in manifest["shards"]] == [1] * 6
+    with tarfile.open(tmp_path / "o" / "o-000000.tar") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == ["demo0_000000.json", "demo0_000000.mp4"]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
+
+
+def test_demo_is_deterministic_and_rerun_with_other_args_is_refused(tmp_path):
+    source = DemoSource(num_videos=12, num_classes=3, width=32, height=32, min_frames=8, max_frames=12, seed=7)
+    make_shards(source, ShardOptions(out=tmp_path / "a" / "train", max_count=5, progress=False))
+    make_shards(source, ShardOptions(out=tmp_path / "b" / "train", max_count=5, progress=False))
+    assert digests(tmp_path / "a" / "train") == digests(tmp_path / "b" / "train")
+    samples = read_samples(tmp_path / "a" / "train")
+    assert sorted(s["meta"]["label"] for s in samples) == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert all(s["meta"]["label_name"] == ["move_right", "move_left", "move_down"][s["meta"]["label"]]
+               for s in samples)
+    other = DemoSource(num_videos=12, num_classes=3, width=32, height=32, min_frames=8, max_frames=12, seed=8)
+    with pytest.raises(OutputMismatch, match="other arguments"):
+        make_shards(other, ShardOptions(out=tmp_path / "a" / "train", max_count=5, progress=False))
+    make_shards(other, ShardOptions(out=tmp_path / "a" / "train", max_count=5, progress=False, overwrite=True))
+    assert digests(tmp_path / "a" / "train") != digests(tmp_path / "b" / "train")
+
+
+@pytest.mark.slow
+def test_workers_do_not_change_output(tmp_path):
+    data = make_kinetics(tmp_path / "k")
+    args = ["kinetics", "--videos", str(data["videos"]), "--csv", str(data["csv"]), "--max-count", "3",
+            "--short-side", "16", "--no-progress"]
+    assert cli_main(args + ["--out", str(tmp_path / "w1" / "val")]) == 0
+    assert cli_main(args + ["--out", str(tmp_path / "w2" / "val"), "--workers", "2"]) == 0
+    assert digests(tmp_path / "w1" / "val") == digests(tmp_path / "w2" / "val")
+    assert len(rejects(tmp_path / "w2" / "val")) == 2
