@@ -16,6 +16,8 @@ from omegaconf import MISSING
 class DataConfig:
     train: str = MISSING                  # shard pattern or URL, e.g. shards/k400/train/train-{000000..000099}.tar
     val: Optional[str] = None
+    train_manifest: Optional[str] = None  # manifest.json of the train shards; default: beside them (needed for pipe:)
+    val_manifest: Optional[str] = None    # same for data.val
     num_frames: int = 16                  # T of a clip (1 for images)
     sampling_rate: int = 4                # frame stride at `reference_fps`; scaled by the video's real fps
     reference_fps: float = 30.0

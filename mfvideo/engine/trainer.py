@@ -45,7 +45,7 @@ def default_model(recipe: Recipe) -> torch.nn.Module:
 
 
 def default_loader(recipe: Recipe, micro_batch_size: int, info: DistInfo):
-    from mfvideo.data import build_train_loader
+    from mfvideo.data.pipeline import build_train_loader
 
     return build_train_loader(recipe.data, recipe.mask, micro_batch_size, info.rank, info.world_size,
                               recipe.train.seed)

@@ -1,0 +1,104 @@
+"""Loaders built from the recipe: `build_train_loader` and `build_test_loader`.
+
+`iter(loader)` yields dicts: `video` float32 B×3×T×H×W (normalised; on the current CUDA device when CUDA is
+available, so set the device before iterating), `label` int64 B, `key` list[str], `mask` bool
+B×T'×H'×W' when `mask.mode != "none"` (training only), and for testing `video_index` int64 B (the video's index in
+pattern order) and `view` int64 B. `len(loader)` is the batches per epoch, the same on every rank. The loader is
+a torchdata `StatefulDataLoader`; its `state_dict()` is `{"epoch": e, "loader": <StatefulDataLoader state with
+each worker's ClipStream state>}` (see `mfvideo.data.stream` for the per-worker contract). Resume with the same
+world size, `data.num_workers`, micro-batch and shards: `load_state_dict(state)`, then iterate; calling
+`set_epoch` with a different epoch first discards the loaded position (the new epoch starts from its beginning).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, Optional
+
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from mfvideo.data.clips import EvalClips, TemporalSampling, TrainClips
+from mfvideo.data.stream import ClipStream
+from mfvideo.data.transforms import EvalTransform, Normalise, TrainTransform
+
+logger = logging.getLogger(__name__)
+
+
+class StreamLoader(StatefulDataLoader):
+    """StatefulDataLoader over a ClipStream, with the epoch in its state. Workers hand over uint8 video; it is
+    normalised to float32 here, on the current CUDA device when there is one (a quarter of the bytes through
+    shared memory and to the GPU, and no float work on the host), else on the CPU."""
+
+    def __init__(self, stream: ClipStream, num_workers: int, normalise: Normalise):
+        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+        self.stream = stream
+        self.normalise = normalise
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        for batch in super().__iter__():
+            video = batch["video"] if device is None else batch["video"].to(device, non_blocking=True)
+            batch["video"] = self.normalise(video)
+            yield batch
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.stream.epoch and self.next_iter_state is not None:
+            logger.info("loader: epoch %d requested, dropping the loaded position in epoch %d", epoch,
+                        self.stream.epoch)
+            self.next_iter_state = None
+        self.stream.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.stream.epoch, "loader": super().state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.set_epoch(int(state["epoch"]))
+        super().load_state_dict(state["loader"])
+
+
+def _temporal(data_cfg) -> TemporalSampling:
+    return TemporalSampling(data_cfg.num_frames, data_cfg.sampling_rate, data_cfg.reference_fps, data_cfg.sampling)
+
+
+def _mask_generator(mask_cfg, data_cfg):
+    if mask_cfg is None or mask_cfg.mode == "none":
+        return None
+    from mfvideo.targets.masks import build_mask_generator, mask_grid
+
+    grid = mask_grid(data_cfg.num_frames, data_cfg.crop_size)
+    return build_mask_generator(mask_cfg.mode, grid, ratio=mask_cfg.ratio, min_units=mask_cfg.min_units,
+                                max_tries=mask_cfg.max_tries)
+
+
+def build_train_loader(data_cfg, mask_cfg, micro_batch_size: int, rank: int, world_size: int,
+                       seed: int) -> StreamLoader:
+    """Training loader for `data_cfg.train`: random clips (×`repeated_sampling`), random resized crops, flips,
+    masks from `mask_cfg` (None or mode "none": no mask), shuffled per epoch from `seed`."""
+    transform = TrainTransform(data_cfg.crop_size, data_cfg.train_crop_area, data_cfg.train_crop_aspect,
+                               data_cfg.flip)
+    clip_maker = TrainClips(_temporal(data_cfg), transform, data_cfg.repeated_sampling,
+                            _mask_generator(mask_cfg, data_cfg))
+    stream = ClipStream(data_cfg.train, data_cfg.train_manifest, clip_maker, True, micro_batch_size, rank,
+                        world_size, data_cfg.num_workers, seed, data_cfg.shuffle_buffer,
+                        data_cfg.max_failure_fraction)
+    return StreamLoader(stream, data_cfg.num_workers, Normalise(data_cfg.mean, data_cfg.std))
+
+
+def build_test_loader(data_cfg, micro_batch_size: int, rank: int, world_size: int,
+                      pattern: Optional[str] = None, manifest: Optional[str] = None) -> StreamLoader:
+    """Multi-view test loader for `pattern` and its `manifest` (default: `data_cfg.val`, `data_cfg.val_manifest`):
+    `test_clips` temporal views × `test_crops` spatial crops per video, every video once over all ranks."""
+    if pattern is None:
+        pattern, manifest = data_cfg.val, data_cfg.val_manifest
+    if not pattern:
+        raise ValueError("data.val is not set: no shards to test on")
+    transform = EvalTransform(data_cfg.crop_size, data_cfg.test_short_side, data_cfg.test_crops)
+    clip_maker = EvalClips(_temporal(data_cfg), transform, data_cfg.test_clips)
+    stream = ClipStream(pattern, manifest, clip_maker, False, micro_batch_size, rank,
+                        world_size, data_cfg.num_workers, 0, 0, data_cfg.max_failure_fraction)
+    return StreamLoader(stream, data_cfg.num_workers, Normalise(data_cfg.mean, data_cfg.std))
