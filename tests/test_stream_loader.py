@@ -1,5 +1,6 @@
 """The loaders end to end on shards made by make_shards: batch contract, masks, images, ranks, resume, bad samples."""
 
+from pathlib import Path
 import copy
 import logging
 
@@ -202,3 +203,11 @@ def test_missing_manifest_and_unknown_shard_are_clear_errors(tmp_path, uneven_sh
     extra = uneven_shards.replace("000008}", "000009}")
     with pytest.raises(ValueError, match="demo-000009.tar' is not listed in manifest"):
         build_train_loader(data_cfg(extra), mask_cfg("none"), 2, 0, 1, seed=0)
+
+
+def test_split_folder_stands_for_every_shard_of_its_manifest(uneven_shards):
+    folder = str(Path(uneven_shards).parent)
+    from_folder = build_train_loader(data_cfg(folder), mask_cfg("none"), 2, 0, 1, seed=3)
+    from_pattern = build_train_loader(data_cfg(uneven_shards), mask_cfg("none"), 2, 0, 1, seed=3)
+    assert len(from_folder) == len(from_pattern)
+    assert [b["key"] for b in from_folder] == [b["key"] for b in from_pattern]

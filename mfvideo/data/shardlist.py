@@ -1,7 +1,7 @@
 """Shard lists and the per-epoch split of shards over ranks and loader workers.
 
 A pattern is anything WebDataset accepts (local paths or URLs, with brace expansion, several patterns joined by
-`::`). Per-shard sample counts come from the shard directory's `manifest.json` (written by `make_shards`): they
+`::`), or a local split folder made by `make_shards`, which stands for every shard its manifest lists. Per-shard sample counts come from the shard directory's `manifest.json` (written by `make_shards`): they
 are what makes every rank's epoch the same length without reading the data first. The manifest is looked up
 beside the shards (same directory or URL prefix) unless given explicitly (`data.train_manifest` /
 `data.val_manifest`, needed for `pipe:` patterns); a missing manifest is an error, never a guess.
@@ -71,9 +71,14 @@ def read_manifest(location: str) -> dict:
 
 def list_shards(pattern: str, manifest: Optional[str] = None) -> tuple[list[ShardEntry], dict]:
     """The pattern's shards with their sample counts (shards without samples are left out), and the manifest."""
-    urls = expand_pattern(pattern)
-    location = manifest_location(urls, manifest)
-    content = read_manifest(location)
+    if _is_local(pattern) and os.path.isdir(pattern):
+        location = manifest or os.path.join(pattern, "manifest.json")
+        content = read_manifest(location)
+        urls = [os.path.join(pattern, entry["file"]) for entry in content["shards"]]
+    else:
+        urls = expand_pattern(pattern)
+        location = manifest_location(urls, manifest)
+        content = read_manifest(location)
     counts = {entry["file"]: int(entry["num_samples"]) for entry in content["shards"]}
     shards, first = [], 0
     for url in urls:
