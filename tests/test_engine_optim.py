@@ -12,7 +12,7 @@ from mfvideo.engine.optim import CosineSchedule, apply_lr, param_groups, schedul
 class ThreeLayer(torch.nn.Module):
     """embed (layer 0), two blocks (1, 2), head (3): the layer-id contract of mfvideo models."""
 
-    num_layers = 3
+    num_layers = 4  # ids 0..3
 
     def __init__(self):
         super().__init__()
@@ -76,3 +76,18 @@ def test_apply_lr_multiplies_each_group_by_its_scale():
     optimizer = torch.optim.AdamW(groups, lr=1.0)
     apply_lr(optimizer, scales, 2e-3)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-3 * s for s in scales])
+
+
+def test_layer_decay_on_a_real_mvit_follows_the_recipe_formula():
+    """decay^(depth + 1 − layer): patch embedding and cls token at layer 0, block i at i + 1, head at depth + 1."""
+    from mfvideo.config.schema import ModelConfig
+    from mfvideo.models import build_model
+
+    model = build_model(ModelConfig(arch="mvit_tiny", task="classify", num_classes=5), 4, 64)
+    depth = model.backbone.cfg.depth
+    groups = by_name(model, param_groups(model, OptimConfig(layer_decay=0.75)))
+    assert groups["backbone.patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.75 ** (depth + 1))
+    assert groups["backbone.cls_token"]["lr_scale"] == pytest.approx(0.75 ** (depth + 1))
+    assert groups["backbone.blocks.0.norm1.weight"]["lr_scale"] == pytest.approx(0.75 ** depth)
+    assert groups[f"backbone.blocks.{depth - 1}.norm1.weight"]["lr_scale"] == pytest.approx(0.75)
+    assert groups["head.proj.weight"]["lr_scale"] == pytest.approx(1.0)

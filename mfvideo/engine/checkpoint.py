@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mfvideo.fileio import write_atomic
+
 log = logging.getLogger(__name__)
 LATEST = "latest"
 
@@ -47,15 +49,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def latest_tag(directory: Path) -> str | None:
     marker = directory / LATEST
     if not marker.is_file():
@@ -75,7 +68,7 @@ def save(engine, directory: Path, step: int, client_state: dict, rank_state: dic
             if path.is_file():
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
-        _write_atomic(directory / LATEST, tag)
+        write_atomic(directory / LATEST, tag.encode())
         _prune(directory, keep_last)
         log.info("checkpoint %s written", directory / tag)
     dist.barrier()

@@ -11,21 +11,22 @@ from mfvideo.config.schema import OptimConfig
 
 
 def param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict]:
-    """Groups keyed by (layer, decayed?); each carries `lr_scale` = layer_decay^(num_layers − layer_id).
+    """Groups keyed by (layer, decayed?); each carries `lr_scale` = layer_decay^(top − layer_id).
 
-    Layer ids come from the model (`layer_id(name)`, `num_layers`): patch embedding, cls and mask tokens are
-    layer 0, block i is layer i+1, head and final norm are num_layers. With layer_decay 1 every scale is 1.
+    Layer ids come from the model (`layer_id(name)`, `num_layers` ids in all): patch embedding, cls and mask
+    tokens are layer 0, block i is layer i+1, head and final norm are the top id, depth + 1 = num_layers − 1.
+    With layer_decay 1 every scale is 1.
     """
     groups: dict[tuple[int, bool], dict] = {}
-    num_layers = getattr(model, "num_layers", 0)
+    top = model.num_layers - 1
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decayed = param.ndim > 1 and not name.endswith(".bias")
-        layer = model.layer_id(name) if optim.layer_decay != 1.0 else num_layers
+        layer = model.layer_id(name) if optim.layer_decay != 1.0 else top
         group = groups.setdefault((layer, decayed), {
             "params": [], "weight_decay": optim.weight_decay if decayed else 0.0,
-            "lr_scale": optim.layer_decay ** (num_layers - layer), "names": []})
+            "lr_scale": optim.layer_decay ** (top - layer), "names": []})
         group["params"].append(param)
         group["names"].append(name)
     ordered = [groups[key] for key in sorted(groups)]

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Protocol
 from tqdm import tqdm
 
 from mfvideo.data.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, assign_keys, produce
+from mfvideo.fileio import fsync_dir, write_atomic
 
 FORMAT_VERSION = 1
 _PARTIAL_DIR = ".partial"
@@ -96,24 +97,6 @@ def _sample_bytes(sample: Sample) -> int:
     return sum(_member_bytes(len(data)) for data in sample.files.values())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _json_bytes(value: Any) -> bytes:
     return (json.dumps(value, sort_keys=True, indent=1) + "\n").encode()
 
@@ -150,7 +133,7 @@ class _OpenShard:
         os.fsync(self.handle.fileno())
         self.handle.close()
         os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         return self.final.stat().st_size, file_sha256(self.final)
 
     def discard(self) -> None:
@@ -188,7 +171,7 @@ class _ShardSequence:
         size, sha = self.open.finalize()
         record = ShardRecord(file=self.open.final.name, num_samples=self.open.num_samples, bytes=size,
                              sha256=sha, next_item=next_item, rejects=self.pending_rejects)
-        _atomic_write(self.directory / _PARTIAL_DIR / (record.file + ".json"), _json_bytes(dataclasses.asdict(record)))
+        write_atomic(self.directory / _PARTIAL_DIR / (record.file + ".json"), _json_bytes(dataclasses.asdict(record)))
         self.records.append(record)
         self.open, self.pending_rejects = None, []
 
@@ -326,7 +309,7 @@ def make_shards(source: Source, options: ShardOptions) -> Summary:
     records = _load_records(directory, fingerprint)
     _remove_unrecorded(directory, name, records)
     (directory / _PARTIAL_DIR).mkdir(exist_ok=True)
-    _atomic_write(directory / _PARTIAL_DIR / "created_with.json", _json_bytes(fingerprint))
+    write_atomic(directory / _PARTIAL_DIR / "created_with.json", _json_bytes(fingerprint))
     start = records[-1].next_item if records else 0
     resumed = len(records)
     if records:
@@ -347,9 +330,9 @@ def make_shards(source: Source, options: ShardOptions) -> Summary:
         raise
 
     rejects = [reject for record in shards.records for reject in record.rejects] + shards.pending_rejects
-    _atomic_write(directory / "rejects.jsonl",
+    write_atomic(directory / "rejects.jsonl",
                   b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in rejects))
     manifest = _manifest(source, options, listing.classes, shards.records)
-    _atomic_write(directory / "manifest.json", _json_bytes(manifest))
+    write_atomic(directory / "manifest.json", _json_bytes(manifest))
     shutil.rmtree(directory / _PARTIAL_DIR)
     return Summary(directory, manifest["num_samples"], len(shards.records), len(rejects), resumed)
