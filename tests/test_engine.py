@@ -83,11 +83,18 @@ def test_single_process_trains_and_writes_its_outputs(single_process):
     assert {p.name for p in (single_process / "checkpoints").glob("step_*")} == {"step_00000006", "step_00000012"}
 
 
+def deepspeed_launcher(nproc: int, *args: str) -> list[str]:
+    """The `deepspeed` launcher, which passes --local_rank to the script (CPU: one process per 'accelerator')."""
+    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
+            str(free_port()), str(HARNESS), *args]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("zero_stage, micro", [(2, 2), (3, 4)])
-def test_two_processes_match_one_process(single_process, tmp_path, zero_stage, micro):
+@pytest.mark.parametrize("launcher, zero_stage, micro", [(deepspeed_launcher, 2, 2), (torchrun, 3, 4)],
+                         ids=["deepspeed-zero2", "torchrun-zero3"])
+def test_two_processes_match_one_process(single_process, tmp_path, launcher, zero_stage, micro):
     out = tmp_path / "run"
-    run(torchrun(2, str(tiny_recipe(tmp_path)), f"train.output_dir={out}", f"train.zero_stage={zero_stage}",
+    run(launcher(2, str(tiny_recipe(tmp_path)), f"train.output_dir={out}", f"train.zero_stage={zero_stage}",
                  f"train.micro_batch_size={micro}"))
     assert losses(out) == pytest.approx(losses(single_process), rel=LOSS_RTOL)
 
