@@ -4,8 +4,6 @@ independent of the number of processes, so losses can be compared step by step."
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,27 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from launch_helpers import REPO, child_env
+from mfvideo.engine.distributed import free_port
 from mfvideo.engine.monitor import read_metrics
 
-REPO = Path(__file__).resolve().parent.parent
 HARNESS = REPO / "tests" / "engine_harness.py"
 # Tolerance for losses of runs that differ only in how the global batch is spread over processes: fp32 sums in
 # another order (all-reduce, ZeRO partitions), and clipping at 0.02 then Adam amplify that to ~3e-4 relative
 # after a dozen steps. A different sample order or a wrong gradient average moves losses by percents.
 LOSS_RTOL = 1e-3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def env() -> dict:
-    out = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        out.pop(var, None)
-    return out
 
 
 def tiny_recipe(tmp_path: Path) -> Path:
@@ -49,7 +35,7 @@ def tiny_recipe(tmp_path: Path) -> Path:
 
 
 def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return proc
 
@@ -83,6 +69,23 @@ def test_single_process_trains_and_writes_its_outputs(single_process):
     assert {p.name for p in (single_process / "checkpoints").glob("step_*")} == {"step_00000006", "step_00000012"}
 
 
+def test_exported_weights_are_the_final_fp32_weights_and_load_strictly(single_process):
+    import torch
+
+    from mfvideo.config import load_recipe
+    from mfvideo.models import build_model
+    from mfvideo.models.checkpoint import load_pretrained
+
+    recipe = load_recipe(single_process / "recipe.yaml")
+    exported = torch.load(single_process / "model.pt", weights_only=True)["model"]
+    model = build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size)
+    fresh = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    load_pretrained(model, single_process / "model.pt", strict=True)
+    trained = [name for name, tensor in model.state_dict().items() if not torch.equal(tensor, fresh[name])]
+    assert set(trained) >= {name for name, _ in model.named_parameters()}  # every parameter moved in training
+    assert all(tensor.dtype == torch.float32 for tensor in exported.values())
+
+
 def deepspeed_launcher(nproc: int, *args: str) -> list[str]:
     """The `deepspeed` launcher, which passes --local_rank to the script (CPU: one process per 'accelerator')."""
     return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
@@ -97,6 +100,13 @@ def test_two_processes_match_one_process(single_process, tmp_path, launcher, zer
     run(launcher(2, str(tiny_recipe(tmp_path)), f"train.output_dir={out}", f"train.zero_stage={zero_stage}",
                  f"train.micro_batch_size={micro}"))
     assert losses(out) == pytest.approx(losses(single_process), rel=LOSS_RTOL)
+    # The exported weights are consolidated over the ZeRO partitions: the same model as the 1-process run's.
+    import torch
+
+    ours, reference = (torch.load(run_dir / "model.pt", weights_only=True)["model"] for run_dir in (out, single_process))
+    assert ours.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(ours[name], reference[name], rtol=1e-3, atol=1e-4, msg=name)
 
 
 @pytest.mark.slow
@@ -106,7 +116,7 @@ def test_two_nodes_on_loopback_match_one_process(single_process, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
          "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
          str(HARNESS), str(recipe), f"train.output_dir={out}"],
-        env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+        env=child_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
     logs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert losses(out) == pytest.approx(losses(single_process), rel=LOSS_RTOL)
@@ -125,7 +135,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
     out2 = tmp_path / "run2"
     proc = subprocess.run([sys.executable, str(HARNESS), str(recipe), f"train.output_dir={out2}",
                            "train.checkpoint_every=2", "train.max_nonfinite_steps=3", "harness.nan_steps=[3,4,5]"],
-                          env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+                          env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "3 non-finite losses in a row" in proc.stderr and "step_00000002" in proc.stderr
     assert (out2 / "checkpoints" / "latest").read_text() == "step_00000002"
@@ -135,11 +145,11 @@ def test_bad_recipe_stops_before_any_work(tmp_path):
     recipe = tiny_recipe(tmp_path)
     out = tmp_path / "never"
     proc = subprocess.run([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
-                           "optim.learning_rate=1"], env=env(), cwd=REPO, capture_output=True, text=True)
+                           "optim.learning_rate=1"], env=child_env(), cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "optim.learning_rate" in proc.stderr and not out.exists()
     proc = subprocess.run([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
-                           "train.micro_batch_size=3"], env=env(), cwd=REPO, capture_output=True, text=True)
+                           "train.micro_batch_size=3"], env=child_env(), cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "train.global_batch_size=8" in proc.stderr and "train.micro_batch_size=3" in proc.stderr
     assert not out.exists()

@@ -53,6 +53,17 @@ def test_target_is_the_hog_of_the_input_as_fed():
     torch.testing.assert_close(out["target"], HogTarget()(video))
 
 
+def test_bf16_weights_take_a_float32_clip_and_target_its_exact_hog():
+    """As under DeepSpeed bf16: weights in bf16, the normalised clip in float32. The HOG target must come from the
+    float32 clip (bf16 rounding of normalised pixels moves single HOG values by up to ~0.4)."""
+    model = build_model(TINY, 16, 64).to(torch.bfloat16)
+    video = clip_batch(1, 16, 64, 64)
+    assert video.dtype == torch.float32 and video.min() < 0  # normalised, not bf16-exact integers
+    out = model(video, cube_masks(1, 16, 64))
+    assert out["pred"].dtype == torch.bfloat16
+    torch.testing.assert_close(out["target"], HogTarget()(video), rtol=0, atol=0)
+
+
 def test_mask_token_replaces_exactly_the_masked_embeddings():
     model = build_model(TINY, 16, 64)
     tokens, grid = model.backbone.embed(clip_batch(1, 16, 64, 64))

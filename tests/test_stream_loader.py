@@ -211,3 +211,11 @@ def test_split_folder_stands_for_every_shard_of_its_manifest(uneven_shards):
     from_pattern = build_train_loader(data_cfg(uneven_shards), mask_cfg("none"), 2, 0, 1, seed=3)
     assert len(from_folder) == len(from_pattern)
     assert [b["key"] for b in from_folder] == [b["key"] for b in from_pattern]
+
+
+def test_iterating_leaves_the_global_torch_rng_alone(uneven_shards):
+    """The training process's drop-path stream must not depend on whether an epoch started fresh or resumed."""
+    loader = build_train_loader(data_cfg(uneven_shards, num_workers=1), mask_cfg("none"), 2, 0, 1, seed=0)
+    before = torch.get_rng_state()
+    next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), before)

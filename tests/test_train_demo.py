@@ -12,16 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from launch_helpers import REPO, child_env
 from mfvideo.engine.monitor import read_metrics
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def env() -> dict:
-    out = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        out.pop(var, None)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +22,7 @@ def demo_recipe(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     subprocess.run([sys.executable, "tools/make_shards.py", "demo", "--out", str(root / "train"), "--num-videos", "64",
                     "--width", "64", "--height", "64", "--max-count", "16", "--no-progress"],
-                   env=env(), cwd=REPO, check=True, capture_output=True)
+                   env=child_env(), cwd=REPO, check=True, capture_output=True)
     recipe = root / "demo.yaml"
     recipe.write_text(textwrap.dedent(f"""
         base: {REPO / "recipes" / "demo_pt.yaml"}
@@ -48,7 +40,7 @@ def train_cmd(recipe: Path, out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def uninterrupted(demo_recipe, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    proc = subprocess.run(train_cmd(demo_recipe, out), env=env(), cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run(train_cmd(demo_recipe, out), env=child_env(), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
@@ -67,7 +59,7 @@ def test_single_process_pretraining_on_real_shards(uninterrupted):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_identical_losses(demo_recipe, uninterrupted, tmp_path):
     out = tmp_path / "run"
-    job = subprocess.Popen(train_cmd(demo_recipe, out), env=env(), cwd=REPO, stdout=subprocess.DEVNULL,
+    job = subprocess.Popen(train_cmd(demo_recipe, out), env=child_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while max(read_metrics(out), default=0) < 5:  # past the step-3 checkpoint, inside epoch 0 (steps 1-8)
@@ -78,7 +70,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_losses(demo_recipe, unint
     killed_at = max(read_metrics(out))
     assert killed_at < 16
 
-    resumed = subprocess.run(train_cmd(demo_recipe, out), env=env(), cwd=REPO, capture_output=True, text=True,
+    resumed = subprocess.run(train_cmd(demo_recipe, out), env=child_env(), cwd=REPO, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr

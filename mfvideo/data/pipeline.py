@@ -31,7 +31,11 @@ class StreamLoader(StatefulDataLoader):
     shared memory and to the GPU, and no float work on the host), else on the CPU."""
 
     def __init__(self, stream: ClipStream, num_workers: int, normalise: Normalise):
-        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+        # Its own generator: drawing the workers' base seed from the global torch RNG would shift the training
+        # process's random stream (drop path) between a fresh epoch and a mid-epoch resume. The stream seeds
+        # everything it samples from (seed, epoch, position), so this seed decides nothing.
+        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                         generator=torch.Generator().manual_seed(0))
         self.stream = stream
         self.normalise = normalise
 

@@ -70,18 +70,22 @@ def deepspeed_config(recipe: Recipe, micro_batch_size: int, accumulation: int) -
     }
 
 
-def _batch_to(batch: dict, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    video = batch["video"].to(device, dtype, non_blocking=True)
-    return video, batch["mask"].to(device, non_blocking=True)
+def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clip stays float32: the HOG target is computed from it exactly as fed; the model casts its own input."""
+    return batch["video"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
 
 
 def _global_mean_and_finite(loss: torch.Tensor, world_size: int) -> tuple[float, bool]:
-    """One all-reduce per micro-batch: every rank takes the same skip decision, so collectives stay matched."""
+    """One all-reduce per micro-batch: every rank takes the same skip decision, so collectives stay matched.
+
+    The tensor stays on the loss's device (NCCL reduces only CUDA tensors); reading it back is the one host sync
+    the decision needs before backward."""
     value = loss.detach().float()
     finite = torch.isfinite(value)
-    stats = torch.stack([torch.where(finite, value, torch.zeros_like(value)), (~finite).float()]).cpu()
+    stats = torch.stack([torch.where(finite, value, torch.zeros_like(value)), (~finite).float()])
     dist.all_reduce(stats)
-    return stats[0].item() / world_size, stats[1].item() == 0
+    total, nonfinite = stats.tolist()
+    return total / world_size, nonfinite == 0
 
 
 def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFactory = default_model,
@@ -117,7 +121,6 @@ def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFac
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, dist_init_required=False,
         config=deepspeed_config(recipe, split.micro_batch_size, split.accumulation_steps))
-    dtype = precision_dtype(recipe)
 
     progress = Progress()
     resumed = checkpoint.load(engine, ckpt_dir)
@@ -152,7 +155,7 @@ def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFac
                 batch = next(batches)
                 data_wait += time.perf_counter() - start
                 progress.batches_into_epoch += 1
-                video, mask = _batch_to(batch, info.device, dtype)
+                video, mask = _batch_to(batch, info.device)
                 loss = engine(video, mask)["loss"]
                 mean_loss, finite = _global_mean_and_finite(loss, info.world_size)
                 if finite:
@@ -194,21 +197,19 @@ def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFac
     finally:
         monitor.close()
 
-    export_weights(engine, output_dir / "model.pt", recipe)
     if info.is_main:
+        export_weights(ckpt_dir, output_dir / "model.pt", recipe)
         log.info("loss curve: %s", plot_loss(output_dir, output_dir / "loss.png"))
     return output_dir
 
 
-def export_weights(engine, path: Path, recipe: Recipe) -> None:
-    """Consolidated full-precision weights (gathered under ZeRO-3) for `model.init` of a later run."""
-    import deepspeed
+def export_weights(ckpt_dir: Path, path: Path, recipe: Recipe) -> None:
+    """The fp32 master weights of the latest checkpoint, consolidated over ZeRO partitions, for `model.init`.
 
-    module = engine.module
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
-                                           enabled=recipe.train.zero_stage == 3):
-        if dist.get_rank() == 0:
-            state = {name: tensor.detach().float().cpu().clone() for name, tensor in module.state_dict().items()}
-            torch.save({"model": state, "recipe": recipe_to_yaml(recipe)}, path)
-            log.info("weights exported to %s", path)
-    dist.barrier()
+    Read from the optimizer's fp32 copy, not the module: under bf16 the module holds rounded weights."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoint.latest_tag(ckpt_dir))
+    torch.save({"model": {name: tensor.float() for name, tensor in state.items()}, "recipe": recipe_to_yaml(recipe)},
+               path)
+    log.info("weights exported to %s", path)

@@ -323,8 +323,9 @@ class MViT(nn.Module):
             block.attn.use_sdpa = enabled
 
     def embed(self, video: torch.Tensor) -> Tuple[torch.Tensor, Grid]:
+        """Patch tokens; the clip may stay float32 (the HOG target reads it) while the weights are bf16."""
         check_video(video)
-        return self.patch_embed(video)
+        return self.patch_embed(video.to(self.patch_embed.proj.weight.dtype))
 
     def encode(self, tokens: torch.Tensor, grid: Grid) -> Tuple[torch.Tensor, Grid]:
         """Prepend the cls token and run the blocks."""
