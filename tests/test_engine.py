@@ -66,6 +66,7 @@ def test_single_process_trains_and_writes_its_outputs(single_process):
     assert records[12]["lr"] < records[4]["lr"]  # cosine decay after the warmup peak (step 3)
     for name in ("recipe.yaml", "model.pt", "loss.png", "checkpoints/latest"):
         assert (single_process / name).exists(), name
+    assert list((single_process / "tensorboard").glob("events.out.tfevents.*"))
     assert {p.name for p in (single_process / "checkpoints").glob("step_*")} == {"step_00000006", "step_00000012"}
 
 
