@@ -154,3 +154,9 @@ def test_bad_recipe_stops_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert "train.global_batch_size=8" in proc.stderr and "train.micro_batch_size=3" in proc.stderr
     assert not out.exists()
+    proc = subprocess.run([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
+                           f"data.train={tmp_path / 'k400' / 'train'}"], env=child_env(), cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "data.train=" in proc.stderr and "k400/train" in proc.stderr and "make_shards" in proc.stderr
+    assert not out.exists()

@@ -71,6 +71,9 @@ def read_manifest(location: str) -> dict:
 
 def list_shards(pattern: str, manifest: Optional[str] = None) -> tuple[list[ShardEntry], dict]:
     """The pattern's shards with their sample counts (shards without samples are left out), and the manifest."""
+    if _is_local(pattern) and "{" not in pattern and "::" not in pattern and not os.path.exists(pattern):
+        raise FileNotFoundError(f"{pattern!r} is neither a shard folder nor a shard file; make the shards with "
+                                f"tools/make_shards.py first")
     if _is_local(pattern) and os.path.isdir(pattern):
         location = manifest or os.path.join(pattern, "manifest.json")
         content = read_manifest(location)
