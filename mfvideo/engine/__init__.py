@@ -14,6 +14,10 @@ def run_training(recipe_path: str, overrides: Sequence[str], local_rank: int | N
     recipe = load_recipe_or_exit(recipe_path, overrides)
     from mfvideo.data.shardlist import list_shards
 
+    if recipe.model.task != "pretrain":
+        print(f"recipe error: {recipe_path}: model.task={recipe.model.task!r}: the engine trains MaskFeat pretraining "
+              f"(model.task=pretrain); fine-tuning and detection losses are not part of it yet", file=sys.stderr)
+        raise SystemExit(2)
     try:
         derive_batch_split(recipe.train, current_world_size())
     except ValueError as err:
