@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mfvideo.models.mvit import INIT_BIAS, INIT_STD, LAYER_NORM_EPS, MViT, MViTConfig
+from mfvideo.models.mvit import INIT_BIAS, INIT_STD, LAYER_NORM_EPS, BackboneLayerIds, MViT, MViTConfig
 
 HEAD_INIT_SCALE = 0.001
 POOLINGS = ("mean", "cls")
@@ -37,7 +37,7 @@ class ClassificationHead(nn.Module):
         return self.proj(self.dropout(self.norm(pooled)))
 
 
-class MViTClassifier(nn.Module):
+class MViTClassifier(BackboneLayerIds, nn.Module):
     """forward(video B×3×T×H×W) -> logits B×num_classes."""
 
     def __init__(self, cfg: MViTConfig, input_size: Sequence[int], num_classes: int, dropout: float = 0.5,
@@ -45,16 +45,6 @@ class MViTClassifier(nn.Module):
         super().__init__()
         self.backbone = MViT(cfg, input_size)
         self.head = ClassificationHead(self.backbone.dim_out, num_classes, dropout, pooling)
-
-    @property
-    def num_layers(self) -> int:
-        """Layer ids run from 0 (embedding, cls token) to depth + 1 (final norm and head)."""
-        return self.backbone.cfg.depth + 2
-
-    def layer_id(self, name: str) -> int:
-        if name.startswith("backbone."):
-            return self.backbone.layer_id(name[len("backbone."):])
-        return self.num_layers - 1
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)

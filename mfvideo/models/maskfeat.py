@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mfvideo.models.mvit import LAYER_NORM_EPS, INIT_STD, Grid, MViT, MViTConfig
+from mfvideo.models.mvit import LAYER_NORM_EPS, INIT_STD, BackboneLayerIds, Grid, MViT, MViTConfig
 from mfvideo.targets.hog import HogTarget
 
 
@@ -49,11 +49,13 @@ class PredictionHead(nn.Module):
         return self.proj(self.norm(x))
 
 
-class MaskFeat(nn.Module):
+class MaskFeat(BackboneLayerIds, nn.Module):
     """forward(video B×3×T×H×W, mask B×T'×H'×W' bool) -> {"loss", "pred", "target", "mask"}.
 
     pred and target are B×T×H×W×D on the output grid (D = 108 for the default HOG), mask is that grid's bool mask.
     """
+
+    embedding_params = ("mask_token",)
 
     def __init__(self, cfg: MViTConfig, input_size: Sequence[int], cell_size: int = 8, bins: int = 9,
                  gaussian_window: int = 0) -> None:
@@ -71,18 +73,6 @@ class MaskFeat(nn.Module):
                              temporal_stride=cfg.patch_stride[0], token_size=token_size)
         self.target_dim = 3 * bins * (token_size // cell_size) ** 2
         self.pred_head = PredictionHead(self.backbone.dim_out, self.target_dim)
-
-    @property
-    def num_layers(self) -> int:
-        """Layer ids run from 0 (embedding, tokens) to depth + 1 (prediction head)."""
-        return self.backbone.cfg.depth + 2
-
-    def layer_id(self, name: str) -> int:
-        if name.startswith("backbone."):
-            return self.backbone.layer_id(name[len("backbone."):])
-        if name.startswith("pred_head."):
-            return self.num_layers - 1
-        return 0  # mask_token
 
     def insert_mask_token(self, tokens: torch.Tensor, mask: torch.Tensor, grid: Grid) -> torch.Tensor:
         m = upsample_mask(mask, grid, tokens.device).unsqueeze(-1).to(tokens.dtype)

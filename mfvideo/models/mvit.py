@@ -359,3 +359,21 @@ def init_weights(m: nn.Module) -> None:
     elif isinstance(m, MultiScaleAttention):
         for table in (m.rel_pos_t, m.rel_pos_h, m.rel_pos_w):
             nn.init.trunc_normal_(table, std=INIT_STD)
+
+
+class BackboneLayerIds:
+    """Layer ids (for layer-wise LR decay) of a model built around `self.backbone`: the backbone's own ids (patch
+    embedding and cls token 0, block i at i + 1), `embedding_params` of the wrapper at 0, anything else (heads,
+    final norms) at the top id depth + 1. `num_layers` counts the ids."""
+
+    backbone: MViT
+    embedding_params: Tuple[str, ...] = ()
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.cfg.depth + 2
+
+    def layer_id(self, name: str) -> int:
+        if name.startswith("backbone."):
+            return self.backbone.layer_id(name[len("backbone."):])
+        return 0 if name in self.embedding_params else self.num_layers - 1
