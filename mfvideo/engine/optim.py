@@ -26,13 +26,9 @@ def param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict]:
         layer = model.layer_id(name) if optim.layer_decay != 1.0 else top
         group = groups.setdefault((layer, decayed), {
             "params": [], "weight_decay": optim.weight_decay if decayed else 0.0,
-            "lr_scale": optim.layer_decay ** (top - layer), "names": []})
+            "lr_scale": optim.layer_decay ** (top - layer)})
         group["params"].append(param)
-        group["names"].append(name)
-    ordered = [groups[key] for key in sorted(groups)]
-    for group in ordered:
-        group.pop("names")
-    return ordered
+    return [groups[key] for key in sorted(groups)]
 
 
 @dataclass(frozen=True)

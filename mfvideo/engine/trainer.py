@@ -51,10 +51,8 @@ def default_loader(recipe: Recipe, micro_batch_size: int, info: DistInfo):
                               recipe.train.seed)
 
 
-def precision_dtype(recipe: Recipe) -> torch.dtype:
-    if recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and torch.cuda.is_available()):
-        return torch.bfloat16
-    return torch.float32
+def uses_bf16(recipe: Recipe) -> bool:
+    return recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and torch.cuda.is_available())
 
 
 def deepspeed_config(recipe: Recipe, micro_batch_size: int, accumulation: int) -> dict:
@@ -64,7 +62,7 @@ def deepspeed_config(recipe: Recipe, micro_batch_size: int, accumulation: int) -
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": recipe.optim.clip_grad,
         "zero_optimization": {"stage": recipe.train.zero_stage},
-        "bf16": {"enabled": precision_dtype(recipe) == torch.bfloat16},
+        "bf16": {"enabled": uses_bf16(recipe)},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
@@ -126,14 +124,13 @@ def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFac
     resumed = checkpoint.load(engine, ckpt_dir)
     if resumed is None:
         torch.manual_seed(recipe.train.seed + 1000 * info.rank)  # drop path differs across ranks
-        loader.set_epoch(progress.epoch)
     else:
         client_state, rank_state = resumed
         progress = Progress(**client_state["progress"])
         checkpoint.set_rng_state(rank_state["rng"])
-        loader.set_epoch(progress.epoch)
-        if rank_state["loader"] is not None:
-            loader.load_state_dict(rank_state["loader"])
+    loader.set_epoch(progress.epoch)
+    if resumed is not None and rank_state["loader"] is not None:  # None: saved at an epoch's end
+        loader.load_state_dict(rank_state["loader"])
 
     def save() -> None:
         mid_epoch = progress.batches_into_epoch > 0
@@ -187,12 +184,12 @@ def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFac
                           "skipped_micro_batches": skipped},
                          clips=split.global_batch_size, data_wait=data_wait)
             epoch_done = progress.batches_into_epoch >= epoch_batches
+            if epoch_done:  # the rest of the epoch's batches (< one step) are dropped
+                progress.epoch += 1
+                progress.batches_into_epoch = 0
+                loader.set_epoch(progress.epoch)
+                batches = None
             if progress.step % recipe.train.checkpoint_every == 0 or epoch_done or progress.step == total_steps:
-                if epoch_done:  # the rest of the epoch's batches (< one step) are dropped
-                    progress.epoch += 1
-                    progress.batches_into_epoch = 0
-                    loader.set_epoch(progress.epoch)
-                    batches = None
                 save()
     finally:
         monitor.close()
