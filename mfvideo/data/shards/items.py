@@ -48,10 +48,6 @@ class Sample:
     key: str
     files: dict[str, bytes]  # extension -> bytes, e.g. {"mp4": ..., "json": ...}
 
-    @property
-    def num_bytes(self) -> int:
-        return sum(len(data) for data in self.files.values())
-
 
 @dataclass(frozen=True)
 class Reject:
