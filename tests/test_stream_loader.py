@@ -151,8 +151,16 @@ def test_resume_mid_epoch_gives_the_remaining_samples(uneven_shards, stop_after)
     rest = list(resumed)
     assert [b["key"] for b in rest] == keys[stop_after + 1:]
     assert all(torch.equal(b["video"], v) for b, v in zip(rest, videos[stop_after + 1:]))
-    resumed.set_epoch(2)  # the next epoch starts from its beginning
-    assert len(list(resumed)) == len(resumed)
+    resumed.set_epoch(2)  # the next epoch starts from its beginning, exactly as a fresh loader's epoch 2
+    next_epoch = [b["key"] for b in resumed]
+    assert len(next_epoch) == len(resumed)
+    fresh = build_train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
+    fresh.set_epoch(2)
+    assert next_epoch == [b["key"] for b in fresh]
+    switched = build_train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
+    switched.load_state_dict(state)
+    switched.set_epoch(2)  # another epoch than the loaded one: the loaded position is dropped
+    assert [b["key"] for b in switched] == next_epoch
 
 
 def test_resume_restores_the_shuffle_buffer_without_decoding_consumed_samples(uneven_shards, monkeypatch):

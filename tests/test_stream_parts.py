@@ -226,3 +226,19 @@ def test_repeated_sampling_draws_independent_clips_from_one_decode(video_file, m
     assert np.array_equal(np.unique(np.concatenate([c.frame_indices for c in clips])), calls[0])
     again = maker(open_media(data, "mp4", 70), np.random.default_rng(3))
     assert all(torch.equal(a.video, b.video) for a, b in zip(clips, again))
+
+
+def test_each_repeated_clip_shows_its_own_frames(video_file):
+    """From the one decode of the union, every clip gets exactly the frames at its own indices."""
+    data, _ = video_file
+
+    def select(frames, rng, positions):  # no crop or flip: the clip is the decoded frames it was given
+        return frames if positions is None else frames.index_select(0, positions)
+
+    maker = TrainClips(TemporalSampling(8, 2, 30.0, "random"), select, 4, None)
+    clips = maker(open_media(data, "mp4", 70), np.random.default_rng(3))
+    assert len({tuple(c.frame_indices) for c in clips}) > 1
+    reference = open_media(data, "mp4", 70)
+    for clip in clips:
+        assert clip.video.shape[0] == 8
+        assert torch.equal(clip.video, reference.frames(clip.frame_indices))
