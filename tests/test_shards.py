@@ -206,3 +206,25 @@ def test_workers_do_not_change_output(tmp_path):
     assert cli_main(args + ["--out", str(tmp_path / "w2" / "val"), "--workers", "2"]) == 0
     assert digests(tmp_path / "w1" / "val") == digests(tmp_path / "w2" / "val")
     assert len(rejects(tmp_path / "w2" / "val")) == 2
+
+
+def test_interrupted_job_keeps_the_rejects_of_its_finished_shards(tmp_path, monkeypatch):
+    """Rejects are recorded with the shard that follows them; a rerun that keeps that shard must keep them too."""
+    import mfvideo.data.shards.writer as writer
+
+    data = make_kinetics(tmp_path / "k700")
+    source = KineticsSource(videos=str(data["videos"]), csv=str(data["csv"]))
+    make_shards(source, ShardOptions(out=tmp_path / "whole" / "train", max_count=1, progress=False))
+
+    def interrupt(*args):  # every shard is finished and recorded; the job dies before its manifest
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "_manifest", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        make_shards(source, ShardOptions(out=tmp_path / "resumed" / "train", max_count=1, progress=False))
+    monkeypatch.undo()
+    summary = make_shards(source, ShardOptions(out=tmp_path / "resumed" / "train", max_count=1, progress=False))
+    assert summary.resumed_shards == summary.num_shards
+    for name in ("rejects.jsonl", "manifest.json"):
+        assert (tmp_path / "resumed" / "train" / name).read_bytes() == (tmp_path / "whole" / "train" / name).read_bytes()
+    assert len((tmp_path / "whole" / "train" / "rejects.jsonl").read_text().splitlines()) == 2

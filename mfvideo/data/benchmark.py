@@ -105,7 +105,7 @@ def decode_bound(pattern: str, directory: Path, seed: int) -> Rate:
     from mfvideo.data.tarstream import iter_shard
 
     jobs = []
-    for shard in list_shards(pattern)[0]:
+    for shard in list_shards(pattern):
         for member, (key, parts) in enumerate(iter_shard(shard.url)):
             path = directory / f"{key}.mp4"
             path.write_bytes(parts["mp4"])

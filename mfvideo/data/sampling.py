@@ -22,9 +22,13 @@ def clip_stride(sampling_rate: int, fps: float, reference_fps: float) -> float:
     return sampling_rate * fps / reference_fps
 
 
+def _frame_indices(positions: np.ndarray, video_frames: int) -> np.ndarray:
+    """Fractional frame positions → decodable indices; past the end repeats the last frame (short videos)."""
+    return np.clip(np.floor(positions).astype(np.int64), 0, video_frames - 1)
+
+
 def _clip_at(start: float, num_frames: int, stride: float, video_frames: int) -> np.ndarray:
-    offsets = start + stride * np.arange(num_frames)
-    return np.clip(np.floor(offsets).astype(np.int64), 0, video_frames - 1)
+    return _frame_indices(start + stride * np.arange(num_frames), video_frames)
 
 
 def _free_span(video_frames: int, num_frames: int, stride: float) -> float:
@@ -52,19 +56,14 @@ def _segment_bounds(video_frames: int, num_segments: int) -> tuple[np.ndarray, n
 def random_segments(video_frames: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
     """SSv2 training: the video cut into `num_segments` equal parts, one uniformly random frame from each."""
     low, high = _segment_bounds(video_frames, num_segments)
-    positions = low + rng.uniform(0.0, 1.0, num_segments) * (high - low)
-    return np.clip(np.floor(positions).astype(np.int64), 0, video_frames - 1)
+    return _frame_indices(low + rng.uniform(0.0, 1.0, num_segments) * (high - low), video_frames)
 
 
 def uniform_segments(video_frames: int, num_segments: int, num_clips: int) -> list[np.ndarray]:
     """SSv2 testing: view i takes the frame at fraction (i + 0.5) / num_clips of every segment (one view: the
     middle frame of each segment)."""
     low, high = _segment_bounds(video_frames, num_segments)
-    views = []
-    for i in range(num_clips):
-        positions = low + (i + 0.5) / num_clips * (high - low)
-        views.append(np.clip(np.floor(positions).astype(np.int64), 0, video_frames - 1))
-    return views
+    return [_frame_indices(low + (i + 0.5) / num_clips * (high - low), video_frames) for i in range(num_clips)]
 
 
 def frame_union(clips: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

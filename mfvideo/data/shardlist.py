@@ -69,8 +69,8 @@ def read_manifest(location: str) -> dict:
     return manifest
 
 
-def list_shards(pattern: str, manifest: Optional[str] = None) -> tuple[list[ShardEntry], dict]:
-    """The pattern's shards with their sample counts (shards without samples are left out), and the manifest."""
+def list_shards(pattern: str, manifest: Optional[str] = None) -> list[ShardEntry]:
+    """The pattern's shards with their sample counts (shards without samples are left out)."""
     if _is_local(pattern) and "{" not in pattern and "::" not in pattern and not os.path.exists(pattern):
         raise FileNotFoundError(f"{pattern!r} is neither a shard folder nor a shard file; make the shards with "
                                 f"tools/make_shards.py first")
@@ -93,7 +93,7 @@ def list_shards(pattern: str, manifest: Optional[str] = None) -> tuple[list[Shar
         if counts[name] > 0:
             shards.append(ShardEntry(url, counts[name], first))
         first += counts[name]
-    return shards, content
+    return shards
 
 
 @dataclass(frozen=True)

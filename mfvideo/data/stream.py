@@ -78,10 +78,9 @@ class ClipStream(IterableDataset):
             raise ValueError(f"rank {rank} outside world size {world_size}")
         if batch_size < 1:
             raise ValueError(f"micro-batch size must be positive, got {batch_size}")
-        self.shards, _ = list_shards(pattern, manifest)
+        self.shards = list_shards(pattern, manifest)
         self.workers_per_rank = max(1, num_workers)
         check_enough_shards(len(self.shards), world_size, self.workers_per_rank, pattern)
-        self.pattern = pattern
         self.clip_maker = clip_maker
         self.train = train
         self.batch_size = batch_size
@@ -230,10 +229,10 @@ class ClipStream(IterableDataset):
             return None
 
     def _batches(self, plan: SlotPlan, cursor: _Cursor) -> Iterator[dict[str, Any]]:
+        if cursor.emitted >= plan.quota_clips:  # a slot with no quota (or resumed at its end) reads nothing
+            return
         batch: list[tuple[RawSample, Clip]] = []
         for position, sample, skip in self._videos(plan, cursor):
-            if cursor.emitted >= plan.quota_clips:
-                return
             clips = self._clips(sample, cursor)
             for number, clip in enumerate(clips or []):
                 if number < skip:

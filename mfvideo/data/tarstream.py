@@ -8,6 +8,7 @@ per cycle) in cycle p div N. Positions are what the resumable state records.
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import tarfile
@@ -28,7 +29,7 @@ class RawSample:
     index: int  # global sample index: shard.first_index + member number
     cycle: int  # how many times the worker's shards were read before this one
 
-    @property
+    @functools.cached_property
     def meta(self) -> dict:
         return json.loads(self.parts["json"])
 

@@ -116,25 +116,29 @@ class H264Writer:
         self.container.mux(self.stream.encode(frame))
         self.num_frames += 1
 
-    def add_rgb(self, image: np.ndarray) -> None:
-        self.add(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24"))
-
     def finish(self) -> tuple[bytes, VideoInfo]:
         self.container.mux(self.stream.encode(None))
         self.container.close()
         return self.buffer.getvalue(), _info(self.rate, self.num_frames, self.width, self.height)
 
 
+def encode_frames(frames: Iterable[av.VideoFrame], rate: Fraction | int, short_side: int | None,
+                  empty: str) -> tuple[bytes, VideoInfo]:
+    """H.264 MP4 of `frames`, sized from the first (short side scaled to `short_side`); VideoError(empty) if none."""
+    writer = None
+    for frame in frames:
+        if writer is None:
+            writer = H264Writer(rate, *scaled_size(frame.width, frame.height, short_side))
+        writer.add(frame)
+    if writer is None:
+        raise VideoError(empty)
+    return writer.finish()
+
+
 def encode_rgb_frames(frames: Iterable[np.ndarray], rate: Fraction | int) -> tuple[bytes, VideoInfo]:
     """H.264 MP4 from H×W×3 uint8 frames (even sides)."""
-    writer = None
-    for image in frames:
-        if writer is None:
-            writer = H264Writer(rate, image.shape[1], image.shape[0])
-        writer.add_rgb(image)
-    if writer is None:
-        raise VideoError("no frames to encode")
-    return writer.finish()
+    video_frames = (av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24") for image in frames)
+    return encode_frames(video_frames, rate, None, "no frames to encode")
 
 
 def _decoded_frames(container: av.container.InputContainer, stream) -> Iterator[av.VideoFrame]:
@@ -149,15 +153,8 @@ def reencode_video(source: str | bytes, short_side: int | None) -> tuple[bytes, 
     with _open(source) as container:
         stream = _video_stream(container)
         stream.thread_count = 1
-        rate = _frame_rate(stream)
-        writer = None
-        for frame in _decoded_frames(container, stream):
-            if writer is None:
-                writer = H264Writer(rate, *scaled_size(frame.width, frame.height, short_side))
-            writer.add(frame)
-        if writer is None:
-            raise VideoError("no decodable frame")
-        return writer.finish()
+        return encode_frames(_decoded_frames(container, stream), _frame_rate(stream), short_side,
+                             "no decodable frame")
 
 
 @dataclass(frozen=True)
@@ -178,17 +175,17 @@ def cut_video(path: str, start: float, end: float, short_side: int | None) -> Cu
             container.seek(int((max(0.0, start) + origin) / stream.time_base), stream=stream, backward=True)
         except av.FFmpegError as err:
             raise VideoError(f"cannot seek to {start:.3f}s: {err}") from err
-        writer, first_time = None, 0.0
-        for frame in _decoded_frames(container, stream):
-            time = float(frame.pts * stream.time_base) - origin if frame.pts is not None else None
-            if time is None or time < start - 0.5 / float(rate):
-                continue
-            if time >= end:
-                break
-            if writer is None:
-                writer, first_time = H264Writer(rate, *scaled_size(frame.width, frame.height, short_side)), time
-            writer.add(frame)
-        if writer is None:
-            raise VideoError(f"no frame between {start:.3f}s and {end:.3f}s")
-        data, info = writer.finish()
-        return Cut(data=data, info=info, start=round(first_time, 6))
+        times: list[float] = []
+
+        def span() -> Iterator[av.VideoFrame]:
+            for frame in _decoded_frames(container, stream):
+                time = float(frame.pts * stream.time_base) - origin if frame.pts is not None else None
+                if time is None or time < start - 0.5 / float(rate):
+                    continue
+                if time >= end:
+                    return
+                times.append(time)
+                yield frame
+
+        data, info = encode_frames(span(), rate, short_side, f"no frame between {start:.3f}s and {end:.3f}s")
+        return Cut(data=data, info=info, start=round(times[0], 6))

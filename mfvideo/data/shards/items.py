@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 from mfvideo.data.shards.encode import VideoError, cut_video, probe_video, reencode_video, scaled_size
 
-KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
 

@@ -120,12 +120,12 @@ class _OpenShard:
         self.num_samples = 0
         self.member_bytes = 0
 
-    def add(self, sample: Sample) -> None:
+    def add(self, sample: Sample, member_bytes: int) -> None:
         for ext in sorted(sample.files):
             data = sample.files[ext]
             self.tar.addfile(_fixed_tarinfo(f"{sample.key}.{ext}", len(data)), io.BytesIO(data))
         self.num_samples += 1
-        self.member_bytes += _sample_bytes(sample)
+        self.member_bytes += member_bytes
 
     def finalize(self) -> tuple[int, str]:
         self.tar.close()
@@ -159,11 +159,12 @@ class _ShardSequence:
         if isinstance(result, Reject):
             self.pending_rejects.append(result.as_json())
             return
-        if self.open is not None and self.open.member_bytes + _sample_bytes(result) > self.options.max_size:
+        size = _sample_bytes(result)
+        if self.open is not None and self.open.member_bytes + size > self.options.max_size:
             self.close_shard(next_item=item_index)
         if self.open is None:
             self.open = _OpenShard(self.directory, self._file(len(self.records)))
-        self.open.add(result)
+        self.open.add(result, size)
         if self.open.num_samples >= self.options.max_count:
             self.close_shard(next_item=item_index + 1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 from mfvideo.data.shards.items import VIDEO_EXTENSIONS
 
@@ -37,15 +38,21 @@ def label_index(classes: list[str], name: str, where: str) -> int:
         raise SourceError(f"{where}: class {name!r} is not in the class list") from None
 
 
-def index_files(root: str, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> dict[str, str]:
-    """Name stem -> path for every file under `root` (flat or in sub-folders); the first in sorted order wins."""
-    if not os.path.isdir(root):
-        raise SourceError(f"video folder {root} does not exist")
-    found: dict[str, str] = {}
+def walk_files(root: str, extensions: tuple[str, ...]) -> Iterator[tuple[str, str, str]]:
+    """(directory, stem, file name) of every file under `root` with one of `extensions`, in sorted order."""
     for directory, subdirs, files in os.walk(root):
         subdirs.sort()
         for file in sorted(files):
             stem, ext = os.path.splitext(file)
             if ext.lower() in extensions:
-                found.setdefault(stem, os.path.join(directory, file))
+                yield directory, stem, file
+
+
+def index_files(root: str, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> dict[str, str]:
+    """Name stem -> path for every file under `root` (flat or in sub-folders); the first in sorted order wins."""
+    if not os.path.isdir(root):
+        raise SourceError(f"video folder {root} does not exist")
+    found: dict[str, str] = {}
+    for directory, stem, file in walk_files(root, extensions):
+        found.setdefault(stem, os.path.join(directory, file))
     return found

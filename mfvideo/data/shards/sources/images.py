@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from mfvideo.data.shards.items import Item, ItemList
-from mfvideo.data.shards.sources.common import SourceError, load_class_map
+from mfvideo.data.shards.sources.common import SourceError, load_class_map, walk_files
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -28,12 +28,8 @@ class ImageFolderSource:
             folder = os.path.join(self.root, name)
             if not os.path.isdir(folder):
                 raise SourceError(f"class {name!r} has no folder {folder}")
-            for directory, subdirs, files in os.walk(folder):
-                subdirs.sort()
-                for file in sorted(files):
-                    stem, ext = os.path.splitext(file)
-                    if ext.lower() in IMAGE_EXTENSIONS:
-                        relative = os.path.relpath(os.path.join(directory, stem), self.root)
-                        items.append(Item(id=relative, kind="image", label=label, label_name=name,
-                                          path=os.path.join(directory, file)))
+            for directory, stem, file in walk_files(folder, IMAGE_EXTENSIONS):
+                relative = os.path.relpath(os.path.join(directory, stem), self.root)
+                items.append(Item(id=relative, kind="image", label=label, label_name=name,
+                                  path=os.path.join(directory, file)))
         return ItemList(items=items, classes=classes)
