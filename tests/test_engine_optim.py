@@ -81,7 +81,7 @@ def test_apply_lr_multiplies_each_group_by_its_scale():
 def test_layer_decay_on_a_real_mvit_follows_the_recipe_formula():
     """decay^(depth + 1 − layer): patch embedding and cls token at layer 0, block i at i + 1, head at depth + 1."""
     from mfvideo.config.schema import ModelConfig
-    from mfvideo.models import build_model
+    from mfvideo.tasks import build_model
 
     model = build_model(ModelConfig(arch="mvit_tiny", task="classify", num_classes=5), 4, 64)
     depth = model.backbone.cfg.depth

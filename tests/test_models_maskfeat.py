@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mfvideo.config.schema import ModelConfig
-from mfvideo.models import build_model
+from mfvideo.tasks import build_model
 from mfvideo.models.checkpoint import load_pretrained
 from mfvideo.models.mvit import resize_rel_pos
 from mfvideo.targets.hog import HogTarget
@@ -27,7 +27,7 @@ def test_pretraining_outputs_on_the_output_grid():
     torch.manual_seed(0)
     model = build_model(TINY, num_frames=16, crop_size=64)
     video, mask = clip_batch(2, 16, 64, 64), cube_masks(2, 16, 64)
-    out = model(video, mask)
+    out = model({"video": video, "mask": mask})
     assert out["pred"].shape == out["target"].shape == (2, 8, 4, 4, 108)
     assert torch.equal(out["mask"], mask.repeat_interleave(2, 2).repeat_interleave(2, 3))
     masked = out["mask"]
@@ -41,15 +41,15 @@ def test_bf16_autocast_matches_float32():
     model = build_model(TINY, 16, 64)
     video, mask = clip_batch(1, 16, 64, 64), cube_masks(1, 16, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = model(video, mask)
+        low = model({"video": video, "mask": mask})
     assert low["pred"].dtype == torch.bfloat16 and low["target"].dtype == torch.float32
-    torch.testing.assert_close(low["loss"], model(video, mask)["loss"], rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(low["loss"], model({"video": video, "mask": mask})["loss"], rtol=2e-2, atol=1e-3)
 
 
 def test_target_is_the_hog_of_the_input_as_fed():
     model = build_model(TINY, 16, 64)
     video = clip_batch(1, 16, 64, 64)
-    out = model(video, cube_masks(1, 16, 64))
+    out = model({"video": video, "mask": cube_masks(1, 16, 64)})
     torch.testing.assert_close(out["target"], HogTarget()(video))
 
 
@@ -59,7 +59,7 @@ def test_bf16_weights_take_a_float32_clip_and_target_its_exact_hog():
     model = build_model(TINY, 16, 64).to(torch.bfloat16)
     video = clip_batch(1, 16, 64, 64)
     assert video.dtype == torch.float32 and video.min() < 0  # normalised, not bf16-exact integers
-    out = model(video, cube_masks(1, 16, 64))
+    out = model({"video": video, "mask": cube_masks(1, 16, 64)})
     assert out["pred"].dtype == torch.bfloat16
     torch.testing.assert_close(out["target"], HogTarget()(video), rtol=0, atol=0)
 
@@ -76,21 +76,21 @@ def test_mask_token_replaces_exactly_the_masked_embeddings():
 
 def test_images_and_non_square_clips_pretrain():
     image_model = build_model(TINY, num_frames=1, crop_size=64)
-    out = image_model(clip_batch(2, 1, 64, 64), cube_masks(2, 1, 64))
+    out = image_model({"video": clip_batch(2, 1, 64, 64), "mask": cube_masks(2, 1, 64)})
     assert out["pred"].shape == (2, 1, 4, 4, 108) and torch.isfinite(out["loss"])
     video_model = build_model(TINY, 16, 64)
     generator = build_mask_generator("cube", (8, 2, 3), min_units=1)
     mask = torch.from_numpy(generator(np.random.default_rng(0)))[None]
-    out = video_model(clip_batch(1, 16, 64, 96), mask)
+    out = video_model({"video": clip_batch(1, 16, 64, 96), "mask": mask})
     assert out["pred"].shape == (1, 8, 4, 6, 108) and torch.isfinite(out["loss"])
 
 
 def test_mask_that_does_not_fit_the_clip_is_named():
     model = build_model(TINY, 16, 64)
     with pytest.raises(ValueError, match=r"mask grid \(8, 3, 3\) does not divide the token grid \(8, 16, 16\)"):
-        model(clip_batch(1, 16, 64, 64), torch.zeros(1, 8, 3, 3, dtype=torch.bool))
+        model({"video": clip_batch(1, 16, 64, 64), "mask": torch.zeros(1, 8, 3, 3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="mask must be B×T'×H'×W'"):
-        model(clip_batch(1, 16, 64, 64), torch.zeros(1, 2, 2, dtype=torch.bool))
+        model({"video": clip_batch(1, 16, 64, 64), "mask": torch.zeros(1, 2, 2, dtype=torch.bool)})
 
 
 def test_loss_decreases_when_overfitting_one_batch():
@@ -100,7 +100,7 @@ def test_loss_decreases_when_overfitting_one_batch():
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     losses = []
     for _ in range(40):
-        loss = model(video, mask)["loss"]
+        loss = model({"video": video, "mask": mask})["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -122,7 +122,7 @@ def test_classifier_from_a_pretraining_checkpoint_at_another_input_size(tmp_path
     torch.save({"model": pretrained.state_dict(), "step": 10}, path)
     classify = replace(TINY, task="classify", num_classes=5, init=str(path))
     model = build_model(classify, num_frames=8, crop_size=96)
-    report = load_pretrained(build_model(replace(classify, init=None), 8, 96), path)
+    report = load_pretrained(build_model(replace(classify, init=None), 8, 96), path, allowed_missing=("head.",))
     assert report.source == "mfvideo"
     assert sorted(report.unexpected) == ["mask_token", "pred_head.norm.bias", "pred_head.norm.weight",
                                          "pred_head.proj.bias", "pred_head.proj.weight"]
@@ -133,7 +133,7 @@ def test_classifier_from_a_pretraining_checkpoint_at_another_input_size(tmp_path
     table = ours["backbone.blocks.0.attn.rel_pos_h"]
     assert table.shape[0] != theirs["backbone.blocks.0.attn.rel_pos_h"].shape[0]
     torch.testing.assert_close(table, resize_rel_pos(theirs["backbone.blocks.0.attn.rel_pos_h"], table.shape[0]))
-    assert model(clip_batch(1, 8, 96, 96)).shape == (1, 5)
+    assert model({"video": clip_batch(1, 8, 96, 96)})["logits"].shape == (1, 5)
 
 
 def test_pyslowfast_maskfeat_checkpoint_loads_strictly(tmp_path):
@@ -149,7 +149,7 @@ def test_pyslowfast_maskfeat_checkpoint_loads_strictly(tmp_path):
         state[key] = value
     torch.save({"model_state": state, "epoch": 300}, tmp_path / "maskfeat.pyth")
     target = build_model(TINY, 16, 64)
-    report = load_pretrained(target, tmp_path / "maskfeat.pyth", strict=True)
+    report = load_pretrained(target, tmp_path / "maskfeat.pyth")
     assert report.source == "pyslowfast"
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key

@@ -7,6 +7,7 @@ separately onto the typed schema, so an error names the file (or override) that 
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,16 +20,22 @@ from mfvideo.config.schema import Recipe
 
 BASE_KEY = "base"
 
-# Keys whose value must be one of a fixed set (checked after merging).
+# Keys whose value must be one of a set, checked after merging. The sets are declared once, where they are
+# implemented ("module:NAME", imported only when a recipe is checked, so loading the schema pulls in no model code).
 CHOICES = {
-    "data.sampling": ("random", "segment"),
-    "mask.mode": ("cube", "tube", "frame", "block", "none"),
-    "model.arch": ("mvit_s", "mvit_b", "mvit_l", "mvit_tiny"),
-    "model.pooling": ("mean", "cls"),
-    "model.task": ("pretrain", "classify", "detect"),
-    "train.precision": ("auto", "bf16", "fp32"),
-    "train.zero_stage": (1, 2, 3),
+    "data.sampling": "mfvideo.data.clips:SAMPLING_MODES",
+    "mask.mode": "mfvideo.targets.masks:MASK_MODES",
+    "model.arch": "mfvideo.models.mvit:ARCHS",
+    "model.pooling": "mfvideo.models.classifier:POOLINGS",
+    "model.task": "mfvideo.tasks:TASKS",
+    "train.precision": "mfvideo.engine.trainer:PRECISIONS",
+    "train.zero_stage": "mfvideo.engine.trainer:ZERO_STAGES",
 }
+
+
+def allowed_values(key: str) -> tuple:
+    module, name = CHOICES[key].split(":")
+    return tuple(getattr(importlib.import_module(module), name))
 
 
 class RecipeError(Exception):
@@ -92,8 +99,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise RecipeError(f"{path}: required key(s) without a value: {', '.join(missing)}")
-    for key, allowed in CHOICES.items():
+    for key in CHOICES:
         value = OmegaConf.select(cfg, key)
+        allowed = allowed_values(key)
         if value not in allowed:
             raise RecipeError(f"{path}: key '{key}' is {value!r}; expected one of {', '.join(map(str, allowed))}")
     recipe = OmegaConf.to_object(cfg)

@@ -26,8 +26,9 @@ class DataConfig:
     train_crop_area: List[float] = field(default_factory=lambda: [0.5, 1.0])
     train_crop_aspect: List[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
     test_short_side: int = 256
-    test_clips: int = 10                  # temporal views at test time
+    test_clips: int = 10                  # temporal views at test time (tools/test.py)
     test_crops: int = 1                   # 1 (centre) or 3 spatial crops
+    val_clips: int = 1                    # temporal views of the validation pass during training (centre crop)
     flip: bool = True                     # off for SSv2: its labels are directional
     mean: List[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
     std: List[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
@@ -38,8 +39,22 @@ class DataConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Fine-tuning augmentation (all off for pretraining). RandAugment runs in the loader workers on each clip;
+    random erasing and mixup/CutMix run on the batch where it is consumed (the GPU when there is one)."""
+
+    rand_augment: str = ""                # timm-style spec, e.g. rand-m7-n2-mstd0.5-inc1; "" = off
+    erase_prob: float = 0.0               # random erasing: one cube per clip (same box on every frame), pixel mode
+    mixup_alpha: float = 0.0              # 0 = no mixup
+    cutmix_alpha: float = 0.0             # 0 = no CutMix
+    mix_switch_prob: float = 0.5          # CutMix instead of mixup when both are on
+    mix_prob: float = 1.0                 # batches mixed at all
+    label_smoothing: float = 0.0
+
+
+@dataclass
 class MaskConfig:
-    mode: str = "cube"                    # cube | tube | frame | block (images) | none (fine-tuning)
+    mode: str = "cube"                    # cube | tube | frame | block (images) | none (fine-tuning, detection)
     ratio: float = 0.4
     min_units: int = 9                    # smallest cube face in mask units (49 // 5); 15 for 2-D blocks
     max_tries: int = 100
@@ -54,8 +69,8 @@ class HogConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "mvit_s"                  # mvit_s | mvit_b | mvit_l | mvit_tiny
-    task: str = "pretrain"                # pretrain | classify | detect
+    arch: str = "mvit_s"                  # mfvideo.models.mvit.ARCHS
+    task: str = "pretrain"                # mfvideo.tasks.TASKS: pretrain | classify
     num_classes: int = 400
     drop_path: float = 0.0
     dropout: float = 0.5
@@ -95,11 +110,13 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int = 0                    # 0 = run all epochs
     max_nonfinite_steps: int = 5          # consecutive non-finite losses that stop the run
+    eval_every: int = 0                   # epochs between validation passes on data.val; 0 = none
 
 
 @dataclass
 class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

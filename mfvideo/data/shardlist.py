@@ -69,19 +69,28 @@ def read_manifest(location: str) -> dict:
     return manifest
 
 
-def list_shards(pattern: str, manifest: Optional[str] = None) -> list[ShardEntry]:
-    """The pattern's shards with their sample counts (shards without samples are left out)."""
+def _split(pattern: str, manifest: Optional[str]) -> tuple[list[str], str, dict]:
+    """(shard URLs, manifest location, manifest content) of a split folder or a shard pattern."""
     if _is_local(pattern) and "{" not in pattern and "::" not in pattern and not os.path.exists(pattern):
         raise FileNotFoundError(f"{pattern!r} is neither a shard folder nor a shard file; make the shards with "
                                 f"tools/make_shards.py first")
     if _is_local(pattern) and os.path.isdir(pattern):
         location = manifest or os.path.join(pattern, "manifest.json")
         content = read_manifest(location)
-        urls = [os.path.join(pattern, entry["file"]) for entry in content["shards"]]
-    else:
-        urls = expand_pattern(pattern)
-        location = manifest_location(urls, manifest)
-        content = read_manifest(location)
+        return [os.path.join(pattern, entry["file"]) for entry in content["shards"]], location, content
+    urls = expand_pattern(pattern)
+    location = manifest_location(urls, manifest)
+    return urls, location, read_manifest(location)
+
+
+def read_split_manifest(pattern: str, manifest: Optional[str] = None) -> dict:
+    """The manifest of the split a folder or pattern names (its `classes`, `num_samples`, ...)."""
+    return _split(pattern, manifest)[2]
+
+
+def list_shards(pattern: str, manifest: Optional[str] = None) -> list[ShardEntry]:
+    """The pattern's shards with their sample counts (shards without samples are left out)."""
+    urls, location, content = _split(pattern, manifest)
     counts = {entry["file"]: int(entry["num_samples"]) for entry in content["shards"]}
     shards, first = [], 0
     for url in urls:

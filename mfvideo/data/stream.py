@@ -1,9 +1,10 @@
-"""Batches of clips streamed from tar shards: distributed, shuffled, resumable.
+"""Batches of clips streamed from tar shards: distributed, shuffled, resumable, and task-neutral.
 
 `ClipStream` is an IterableDataset that runs inside each loader worker (one *slot* = one worker of one rank,
 see `shardlist`). Per slot and epoch it reads its shards as an endless stream of undecoded samples, passes them
-through a seeded shuffle buffer, decodes each video once into its clips and emits batches until the slot's quota
-is met. Every rank emits the same number of batches (slots short of data cycle their shards again; surplus
+through a seeded shuffle buffer, turns each video into its clips once (`clip_maker`) and hands groups of
+`batch_size` (sample, clip) pairs to `collate` (which decides the batch's fields, see `collate`) until the slot's
+quota is met. Every rank emits the same number of batches (slots short of data cycle their shards again; surplus
 samples wait for another epoch), so no collective can hang on uneven shards.
 
 Randomness: the shard deal comes from (seed, epoch); the shuffle buffer's draws from (seed, epoch, rank,
@@ -38,11 +39,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mfvideo.data.clips import Clip, EvalClips, TrainClips
+from mfvideo.data.collate import Collate
 from mfvideo.data.decode import DecodeError, open_media
 from mfvideo.data.shardlist import (SlotPlan, check_enough_shards, eval_plans, list_shards, train_batches_per_rank,
                                     train_plans)
 from mfvideo.data.tarstream import RawSample, samples_from
-from mfvideo.data.transforms import pack_clips
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ class _Cursor:
 
 
 class ClipStream(IterableDataset):
-    def __init__(self, pattern: str, manifest: Optional[str], clip_maker: TrainClips | EvalClips, train: bool,
-                 batch_size: int, rank: int, world_size: int, num_workers: int, seed: int, shuffle_buffer: int,
+    def __init__(self, pattern: str, manifest: Optional[str], clip_maker: TrainClips | EvalClips, collate: Collate,
+                 train: bool, batch_size: int, rank: int, world_size: int, num_workers: int, seed: int, shuffle_buffer: int,
                  max_failure_fraction: float):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -82,6 +83,7 @@ class ClipStream(IterableDataset):
         self.workers_per_rank = max(1, num_workers)
         check_enough_shards(len(self.shards), world_size, self.workers_per_rank, pattern)
         self.clip_maker = clip_maker
+        self.collate = collate
         self.train = train
         self.batch_size = batch_size
         self.rank = rank
@@ -241,20 +243,7 @@ class ClipStream(IterableDataset):
                 if len(batch) == self.batch_size or cursor.emitted + len(batch) == plan.quota_clips:
                     cursor.emitted += len(batch)
                     cursor.partial = (position, sample, number + 1) if number + 1 < len(clips) else None
-                    yield self._collate(batch)
+                    yield self.collate(batch)
                     batch = []
                     if cursor.emitted >= plan.quota_clips:
                         return
-
-    def _collate(self, batch: list[tuple[RawSample, Clip]]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "video": pack_clips([clip.video for _, clip in batch]),
-            "label": torch.tensor([int(sample.meta.get("label", -1)) for sample, _ in batch], dtype=torch.int64),
-            "key": [sample.key for sample, _ in batch],
-        }
-        if batch[0][1].mask is not None:
-            out["mask"] = torch.from_numpy(np.stack([clip.mask for _, clip in batch]))
-        if not self.train:
-            out["video_index"] = torch.tensor([sample.index for sample, _ in batch], dtype=torch.int64)
-            out["view"] = torch.tensor([clip.view for _, clip in batch], dtype=torch.int64)
-        return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -116,13 +116,16 @@ class Normalise:
 
 
 class TrainTransform:
-    """Random resized crop → flip (p = 0.5 when `flip`), drawn from `rng`."""
+    """Random resized crop → flip (p = 0.5 when `flip`) → `rand_augment` (one op draw per clip, every frame alike),
+    all drawn from `rng` in that order."""
 
-    def __init__(self, crop_size: int, area_range: Sequence[float], aspect_range: Sequence[float], flip: bool):
+    def __init__(self, crop_size: int, area_range: Sequence[float], aspect_range: Sequence[float], flip: bool,
+                 rand_augment: Optional[Callable[[torch.Tensor, np.random.Generator], torch.Tensor]] = None):
         self.crop_size = crop_size
         self.area_range = tuple(area_range)
         self.aspect_range = tuple(aspect_range)
         self.flip = flip
+        self.rand_augment = rand_augment
 
     def __call__(self, frames: torch.Tensor, rng: np.random.Generator,
                  positions: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -130,6 +133,8 @@ class TrainTransform:
         clip = resize_box(frames, box, self.crop_size, positions)
         if self.flip and rng.uniform() < 0.5:
             clip = clip.flip(-1)
+        if self.rand_augment is not None:
+            clip = self.rand_augment(clip, rng)
         return clip
 
 

@@ -1,33 +1,67 @@
-"""Engine stage: DeepSpeed training loop, schedules, checkpoints and resume."""
+"""Engine stage: DeepSpeed training loop, evaluation loop, schedules, checkpoints and resume; the entry points of
+tools/train.py and tools/test.py, which check everything about a recipe before any process group or data."""
 
 from __future__ import annotations
 
 import sys
 from typing import Sequence
 
-from mfvideo.config import derive_batch_split, load_recipe_or_exit
+from mfvideo.config import Recipe, derive_batch_split, load_recipe_or_exit
 from mfvideo.log import current_world_size
 
 
-def run_training(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
-    """Entry point of tools/train.py: every recipe check happens here, before any process group or data."""
+def _recipe_error(recipe_path: str, problems: Sequence[str]) -> None:
+    for problem in problems:
+        print(f"recipe error: {recipe_path}: {problem}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _checked_recipe(recipe_path: str, overrides: Sequence[str]) -> Recipe:
+    """The recipe, with the task's own checks and the train shards' presence; exit 2 naming every problem."""
     recipe = load_recipe_or_exit(recipe_path, overrides)
     from mfvideo.data.shardlist import list_shards
+    from mfvideo.tasks import task_of
 
-    if recipe.model.task != "pretrain":
-        print(f"recipe error: {recipe_path}: model.task={recipe.model.task!r}: the engine trains MaskFeat pretraining "
-              f"(model.task=pretrain); fine-tuning and detection losses are not part of it yet", file=sys.stderr)
-        raise SystemExit(2)
+    problems = task_of(recipe).check(recipe)
     try:
         derive_batch_split(recipe.train, current_world_size())
     except ValueError as err:
-        print(f"recipe error: {recipe_path}: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        problems.append(str(err))
     try:
         list_shards(recipe.data.train, recipe.data.train_manifest)
     except (OSError, ValueError) as err:
-        print(f"recipe error: {recipe_path}: data.train={recipe.data.train!r}: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        problems.append(f"data.train={recipe.data.train!r}: {err}")
+    if problems:
+        _recipe_error(recipe_path, problems)
+    return recipe
+
+
+def run_training(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
+    """Entry point of tools/train.py."""
+    recipe = _checked_recipe(recipe_path, overrides)
     from mfvideo.engine.trainer import train
 
     train(recipe, local_rank)
+
+
+def run_test(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
+    """Entry point of tools/test.py: the recipe's checks, plus a model to test and a task that can be scored."""
+    recipe = _checked_recipe(recipe_path, overrides)
+    from mfvideo.tasks import task_of
+
+    problems = []
+    if task_of(recipe).evaluator is None:
+        problems.append(f"model.task={recipe.model.task!r} has no test metric (test a fine-tuned model)")
+    if not recipe.model.init:
+        problems.append("model.init is not set: name the weights to test (e.g. model.init=outputs/run/model.pt)")
+    if not recipe.data.val:
+        problems.append("data.val is not set: name the shards to test on")
+    if problems:
+        _recipe_error(recipe_path, problems)
+    from mfvideo.engine.tester import run_multiview_test
+
+    try:
+        run_multiview_test(recipe, local_rank)
+    except (FileNotFoundError, ValueError) as err:  # weights that do not fit the model, unreadable checkpoint
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

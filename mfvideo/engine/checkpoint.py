@@ -3,7 +3,8 @@
 Layout under `<output_dir>/checkpoints/`: one folder per step (`step_00001234/`) holding DeepSpeed's model and
 optimizer shards plus `rank_<r>.pt` (that rank's data-pipeline state and RNG streams), and a `latest` file
 naming the last *complete* folder. `latest` is replaced atomically only after every rank finished writing,
-so a job killed mid-save resumes from the previous checkpoint; folders newer than `latest` are debris.
+so a job killed mid-save resumes from the previous checkpoint; folders newer than `latest` are debris. A `best`
+file names the checkpoint whose validation was best so far; pruning keeps it beside the last `keep_last`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mfvideo.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 LATEST = "latest"
+BEST = "best"
 
 
 def tag_for(step: int) -> str:
@@ -49,16 +51,25 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def latest_tag(directory: Path) -> str | None:
-    marker = directory / LATEST
+def _tag_named_by(marker: Path) -> str | None:
     if not marker.is_file():
         return None
     tag = marker.read_text().strip()
-    return tag if (directory / tag).is_dir() else None
+    return tag if (marker.parent / tag).is_dir() else None
 
 
-def save(engine, directory: Path, step: int, client_state: dict, rank_state: dict, keep_last: int) -> None:
-    """Collective: every rank must call it. Returns once `latest` names the new checkpoint."""
+def latest_tag(directory: Path) -> str | None:
+    return _tag_named_by(directory / LATEST)
+
+
+def best_tag(directory: Path) -> str | None:
+    return _tag_named_by(directory / BEST)
+
+
+def save(engine, directory: Path, step: int, client_state: dict, rank_state: dict, keep_last: int,
+         best: bool = False) -> None:
+    """Collective: every rank must call it. Returns once `latest` (and with `best`, `best`) names the new
+    checkpoint."""
     tag = tag_for(step)
     engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
     torch.save(rank_state, directory / tag / f"rank_{dist.get_rank()}.pt")
@@ -69,6 +80,8 @@ def save(engine, directory: Path, step: int, client_state: dict, rank_state: dic
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
         write_atomic(directory / LATEST, tag.encode())
+        if best:
+            write_atomic(directory / BEST, tag.encode())
         _prune(directory, keep_last)
         log.info("checkpoint %s written", directory / tag)
     dist.barrier()
@@ -76,8 +89,8 @@ def save(engine, directory: Path, step: int, client_state: dict, rank_state: dic
 
 def _prune(directory: Path, keep_last: int) -> None:
     tags = sorted(p.name for p in directory.glob("step_*") if p.is_dir())
-    current = (directory / LATEST).read_text().strip()
-    keep = set(tags[-keep_last:]) | {current} if keep_last > 0 else set(tags)
+    pinned = {latest_tag(directory), best_tag(directory)} - {None}
+    keep = set(tags[-keep_last:]) | pinned if keep_last > 0 else set(tags)
     for name in tags:
         if name not in keep:
             shutil.rmtree(directory / name, ignore_errors=True)

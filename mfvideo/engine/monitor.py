@@ -53,6 +53,20 @@ class Monitor:
                  100 * self._window_wait / elapsed if elapsed else 0.0, _format_eta(eta))
         self._window_start, self._window_clips, self._window_wait, self._window_steps = time.perf_counter(), 0, 0.0, 0
 
+    def validation(self, step: int, epoch: int, metrics: dict, primary: str, best: float) -> None:
+        """Record a validation pass: merged into the step's line of metrics.jsonl as `val_<name>`, TensorBoard
+        `val/<name>`, and one console line."""
+        if not self.enabled:
+            return
+        record = {"step": step, "epoch": epoch, **{f"val_{name}": value for name, value in metrics.items()}}
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for name, value in metrics.items():
+            self._writer.add_scalar(f"val/{name}", value, step)
+        shown = ", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+                          for name, value in metrics.items())
+        log.info("validation after epoch %d (step %d): %s | best %s %.2f", epoch, step, shown, primary, best)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -64,14 +78,15 @@ def _format_eta(seconds: float) -> str:
 
 
 def read_metrics(output_dir: Path) -> dict[int, dict]:
-    """step -> record; a step logged twice (rerun after a resume) keeps its latest record."""
+    """step -> record, the training line and any validation line of a step merged; a step logged twice (rerun
+    after a resume) keeps its latest values."""
     records: dict[int, dict] = {}
     path = output_dir / METRICS
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
-                records[record["step"]] = record
+                records.setdefault(record["step"], {}).update(record)
     return dict(sorted(records.items()))
 
 
@@ -82,11 +97,11 @@ def plot_loss(output_dir: Path, destination: Path) -> Path:
     import matplotlib.pyplot as plt
 
     records = read_metrics(output_dir)
-    steps = list(records)
+    steps = [step for step, record in records.items() if "loss" in record]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(steps, [records[s]["loss"] for s in steps], lw=1.2)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("MaskFeat loss (MSE on masked HOG)")
+    ax.set_ylabel("training loss")
     ax.set_title(output_dir.name)
     ax.grid(alpha=0.3)
     fig.tight_layout()

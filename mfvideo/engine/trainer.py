@@ -1,4 +1,9 @@
-"""The pretraining loop on a DeepSpeed engine: ZeRO 1/2/3, accumulation, clipping, schedule, exact resume."""
+"""The training loop on a DeepSpeed engine: ZeRO 1/2/3, accumulation, clipping, schedule, validation, exact resume.
+
+The loop knows no task: a model takes a batch dict and returns {"loss", ...}; the loader, the model and the
+validation pass (a loader plus an evaluator with `update(batch, outputs)` / `compute()` and a `primary` metric) come
+from factories, by default the recipe's task (`mfvideo.tasks`).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,27 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
-from mfvideo.config import Recipe, derive_batch_split, recipe_to_yaml, save_recipe
+from mfvideo.config import BatchSplit, Recipe, derive_batch_split, recipe_to_yaml, save_recipe
 from mfvideo.engine import checkpoint
 from mfvideo.engine.distributed import DistInfo, init_distributed
+from mfvideo.engine.evaluate import evaluate
 from mfvideo.engine.monitor import Monitor, plot_loss
-from mfvideo.engine.optim import apply_lr, param_groups, schedule_for
+from mfvideo.engine.optim import CosineSchedule, apply_lr, param_groups, schedule_for
 from mfvideo.log import setup_logging
 
 log = logging.getLogger("mfvideo.train")
 
+PRECISIONS = ("auto", "bf16", "fp32")
+ZERO_STAGES = (1, 2, 3)
+
 ModelFactory = Callable[[Recipe], torch.nn.Module]
 LoaderFactory = Callable[[Recipe, int, DistInfo], object]
+ValidationFactory = Callable[[Recipe, int, DistInfo], Optional[tuple]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,41 +46,47 @@ class Progress:
     step: int = 0                # optimizer steps done
     epoch: int = 0
     batches_into_epoch: int = 0  # micro-batches this rank consumed in `epoch`
+    best_metric: Optional[float] = None  # the validation's primary metric at its best so far
+    best_step: int = 0
 
 
 def default_model(recipe: Recipe) -> torch.nn.Module:
-    from mfvideo.models import build_model
+    from mfvideo.tasks import build_model
 
     return build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size)  # loads model.init
 
 
 def default_loader(recipe: Recipe, micro_batch_size: int, info: DistInfo):
-    from mfvideo.data.pipeline import build_train_loader
+    from mfvideo.tasks import train_loader
 
-    return build_train_loader(recipe.data, recipe.mask, micro_batch_size, info.rank, info.world_size,
-                              recipe.train.seed)
+    return train_loader(recipe, micro_batch_size, info.rank, info.world_size)
+
+
+def default_validation(recipe: Recipe, micro_batch_size: int, info: DistInfo) -> Optional[tuple]:
+    """(loader, evaluator) for the validation pass every `train.eval_every` epochs: `data.val_clips` temporal views,
+    centre crop; None when validation is off."""
+    if not recipe.train.eval_every:
+        return None
+    from mfvideo.tasks import eval_loader_and_evaluator
+
+    return eval_loader_and_evaluator(recipe, micro_batch_size, info.rank, info.world_size, recipe.data.val_clips, 1)
 
 
 def uses_bf16(recipe: Recipe) -> bool:
     return recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and torch.cuda.is_available())
 
 
-def deepspeed_config(recipe: Recipe, micro_batch_size: int, accumulation: int) -> dict:
+def deepspeed_config(recipe: Recipe, split: BatchSplit) -> dict:
     return {
-        "train_batch_size": recipe.train.global_batch_size,
-        "train_micro_batch_size_per_gpu": micro_batch_size,
-        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": split.global_batch_size,
+        "train_micro_batch_size_per_gpu": split.micro_batch_size,
+        "gradient_accumulation_steps": split.accumulation_steps,
         "gradient_clipping": recipe.optim.clip_grad,
         "zero_optimization": {"stage": recipe.train.zero_stage},
         "bf16": {"enabled": uses_bf16(recipe)},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-
-
-def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clip stays float32: the HOG target is computed from it exactly as fed; the model casts its own input."""
-    return batch["video"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
 
 
 def _global_mean_and_finite(loss: torch.Tensor, world_size: int) -> tuple[float, bool]:
@@ -86,9 +102,106 @@ def _global_mean_and_finite(loss: torch.Tensor, world_size: int) -> tuple[float,
     return total / world_size, nonfinite == 0
 
 
+def _zero_inputs(batch: dict) -> dict:
+    """The stand-in of a skipped micro-batch: every tensor zeroed (finite, and it moves no weight once its loss is
+    multiplied by 0), the rest kept, so the model runs the same graph and ZeRO's collectives stay in step."""
+    return {key: torch.zeros_like(value) if torch.is_tensor(value) else value for key, value in batch.items()}
+
+
+class Stepper:
+    """One optimizer step: `accumulation_steps` micro-batches forward and backward, non-finite losses skipped
+    consistently on every rank, the step's learning rate applied, then the DeepSpeed step."""
+
+    def __init__(self, engine, optimizer, lr_scales: list[float], schedule: CosineSchedule, split: BatchSplit,
+                 max_nonfinite: int, ckpt_dir: Path):
+        self.engine, self.optimizer, self.lr_scales, self.schedule = engine, optimizer, lr_scales, schedule
+        self.split, self.max_nonfinite, self.ckpt_dir = split, max_nonfinite, ckpt_dir
+        self.nonfinite_in_a_row = 0
+
+    def __call__(self, batches: Iterator[dict], progress: Progress) -> tuple[dict, float]:
+        """(metrics record of the step, seconds spent waiting for data)."""
+        losses, data_wait, skipped = [], 0.0, 0
+        lr = self.schedule(progress.step)
+        for micro in range(self.split.accumulation_steps):
+            start = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - start
+            progress.batches_into_epoch += 1
+            loss = self.engine(batch)["loss"]
+            mean_loss, finite = _global_mean_and_finite(loss, self.split.world_size)
+            if finite:
+                losses.append(mean_loss)
+                self.nonfinite_in_a_row = 0
+            else:
+                skipped += 1
+                self._count_nonfinite(progress.step + 1, batch.get("key"))
+                loss = self.engine(_zero_inputs(batch))["loss"] * 0.0
+            self.engine.backward(loss)
+            if micro == self.split.accumulation_steps - 1:
+                # A step whose every micro-batch was skipped moves no weight: learning rate 0.
+                apply_lr(self.optimizer, self.lr_scales, lr if skipped < self.split.accumulation_steps else 0.0)
+            self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        record = {"step": progress.step + 1, "epoch": progress.epoch,
+                  "loss": sum(losses) / len(losses) if losses else math.nan, "lr": lr,
+                  "grad_norm": float(grad_norm) if grad_norm is not None else None, "skipped_micro_batches": skipped}
+        return record, data_wait
+
+    def _count_nonfinite(self, step: int, keys) -> None:
+        self.nonfinite_in_a_row += 1
+        log.warning("non-finite loss at step %d (keys %s): skipping its gradient", step, keys)
+        if self.nonfinite_in_a_row >= self.max_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_a_row} non-finite losses in a row (train.max_nonfinite_steps="
+                f"{self.max_nonfinite}); stopping. The last good checkpoint is "
+                f"{checkpoint.latest_tag(self.ckpt_dir) or 'none yet'} in {self.ckpt_dir}")
+
+
+def build_engine(recipe: Recipe, model: torch.nn.Module, split: BatchSplit):
+    """(DeepSpeed engine, its optimizer, each parameter group's layer-decay LR scale)."""
+    import deepspeed
+
+    groups = param_groups(model, recipe.optim)
+    lr_scales = [group.pop("lr_scale") for group in groups]
+    optimizer = torch.optim.AdamW(groups, lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), eps=recipe.optim.eps)
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, dist_init_required=False,
+                                                   config=deepspeed_config(recipe, split))
+    return engine, optimizer, lr_scales
+
+
+def resume(engine, ckpt_dir: Path, loader, seed: int, rank: int) -> Progress:
+    """Restore the latest complete checkpoint (weights, optimizer, progress, RNG streams, data position) or start
+    fresh; either way the loader is set to the epoch that runs next."""
+    resumed = checkpoint.load(engine, ckpt_dir)
+    if resumed is None:
+        torch.manual_seed(seed + 1000 * rank)  # drop path differs across ranks
+        loader.set_epoch(0)
+        return Progress()
+    client_state, rank_state = resumed
+    progress = Progress(**client_state["progress"])
+    checkpoint.set_rng_state(rank_state["rng"])
+    loader.set_epoch(progress.epoch)
+    if rank_state["loader"] is not None:  # None: saved at an epoch's end
+        loader.load_state_dict(rank_state["loader"])
+    return progress
+
+
+def validate(engine, validation: tuple, progress: Progress, monitor: Monitor) -> bool:
+    """Run the validation pass, log it, and say whether its primary metric is the best so far (higher is better)."""
+    loader, evaluator = validation
+    metrics = evaluate(engine, loader, evaluator)
+    value = metrics[evaluator.primary]
+    improved = progress.best_metric is None or value > progress.best_metric
+    if improved:
+        progress.best_metric, progress.best_step = value, progress.step
+    monitor.validation(progress.step, progress.epoch, metrics, evaluator.primary, progress.best_metric)
+    return improved
+
+
 def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFactory = default_model,
-          loader_factory: LoaderFactory = default_loader) -> Path:
-    """Run (or resume) pretraining as configured; returns the output folder."""
+          loader_factory: LoaderFactory = default_loader,
+          validation_factory: ValidationFactory = default_validation) -> Path:
+    """Run (or resume) training as configured; returns the output folder."""
     info = init_distributed(local_rank)
     setup_logging(rank=info.rank, world_size=info.world_size)
     split = derive_batch_split(recipe.train, info.world_size)
@@ -109,104 +222,57 @@ def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFac
                          f"{split.accumulation_steps} accumulation steps of one optimizer step: "
                          f"train.global_batch_size={recipe.train.global_batch_size} is too large for {recipe.data.train}")
     total_steps = recipe.train.max_steps or recipe.optim.epochs * steps_per_epoch
+    engine, optimizer, lr_scales = build_engine(recipe, model, split)
+    progress = resume(engine, ckpt_dir, loader, recipe.train.seed, info.rank)
+    validation = validation_factory(recipe, split.micro_batch_size, info)
     schedule = schedule_for(recipe.optim, steps_per_epoch, recipe.optim.epochs * steps_per_epoch)
+    step = Stepper(engine, optimizer, lr_scales, schedule, split, recipe.train.max_nonfinite_steps, ckpt_dir)
 
-    import deepspeed
-
-    groups = param_groups(model, recipe.optim)
-    lr_scales = [group.pop("lr_scale") for group in groups]
-    optimizer = torch.optim.AdamW(groups, lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), eps=recipe.optim.eps)
-    engine, optimizer, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, dist_init_required=False,
-        config=deepspeed_config(recipe, split.micro_batch_size, split.accumulation_steps))
-
-    progress = Progress()
-    resumed = checkpoint.load(engine, ckpt_dir)
-    if resumed is None:
-        torch.manual_seed(recipe.train.seed + 1000 * info.rank)  # drop path differs across ranks
-    else:
-        client_state, rank_state = resumed
-        progress = Progress(**client_state["progress"])
-        checkpoint.set_rng_state(rank_state["rng"])
-    loader.set_epoch(progress.epoch)
-    if resumed is not None and rank_state["loader"] is not None:  # None: saved at an epoch's end
-        loader.load_state_dict(rank_state["loader"])
-
-    def save() -> None:
+    def save(best: bool) -> None:
         mid_epoch = progress.batches_into_epoch > 0
         checkpoint.save(engine, ckpt_dir, progress.step, client_state={"progress": asdict(progress)},
                         rank_state={"rng": checkpoint.rng_state(), "loader": loader.state_dict() if mid_epoch else None},
-                        keep_last=recipe.train.keep_last)
+                        keep_last=recipe.train.keep_last, best=best)
 
     monitor = Monitor(output_dir, info.is_main, total_steps, recipe.train.log_every)
     batches = None  # made lazily, so no worker starts for an epoch that will not run
-    nonfinite_in_a_row = 0
     epoch_batches = steps_per_epoch * split.accumulation_steps
     try:
         while progress.step < total_steps:
             if batches is None:
                 batches = iter(loader)
-            losses, data_wait, skipped = [], 0.0, 0
-            for micro in range(split.accumulation_steps):
-                start = time.perf_counter()
-                batch = next(batches)
-                data_wait += time.perf_counter() - start
-                progress.batches_into_epoch += 1
-                video, mask = _batch_to(batch, info.device)
-                loss = engine(video, mask)["loss"]
-                mean_loss, finite = _global_mean_and_finite(loss, info.world_size)
-                if finite:
-                    losses.append(mean_loss)
-                    nonfinite_in_a_row = 0
-                else:
-                    skipped += 1
-                    nonfinite_in_a_row += 1
-                    log.warning("non-finite loss at step %d (keys %s): skipping its gradient",
-                                progress.step + 1, batch.get("key"))
-                    if nonfinite_in_a_row >= recipe.train.max_nonfinite_steps:
-                        raise NonFiniteLossError(
-                            f"{nonfinite_in_a_row} non-finite losses in a row (train.max_nonfinite_steps="
-                            f"{recipe.train.max_nonfinite_steps}); stopping. The last good checkpoint is "
-                            f"{checkpoint.latest_tag(ckpt_dir) or 'none yet'} in {ckpt_dir}")
-                    # A zero-gradient stand-in keeps every rank's backward (and ZeRO's collectives) in step.
-                    loss = engine(torch.zeros_like(video), mask)["loss"] * 0.0
-                engine.backward(loss)
-                if micro == split.accumulation_steps - 1:
-                    # A step whose every micro-batch was skipped moves no weight: learning rate 0.
-                    lr = schedule(progress.step)
-                    apply_lr(optimizer, lr_scales, lr if skipped < split.accumulation_steps else 0.0)
-                engine.step()
+            record, data_wait = step(batches, progress)
             progress.step += 1
-            grad_norm = engine.get_global_grad_norm()
-            monitor.step({"step": progress.step, "epoch": progress.epoch,
-                          "loss": sum(losses) / len(losses) if losses else math.nan, "lr": lr,
-                          "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                          "skipped_micro_batches": skipped},
-                         clips=split.global_batch_size, data_wait=data_wait)
+            monitor.step(record, clips=split.global_batch_size, data_wait=data_wait)
             epoch_done = progress.batches_into_epoch >= epoch_batches
             if epoch_done:  # the rest of the epoch's batches (< one step) are dropped
                 progress.epoch += 1
                 progress.batches_into_epoch = 0
                 loader.set_epoch(progress.epoch)
                 batches = None
+            best = validation is not None and (
+                (epoch_done and progress.epoch % recipe.train.eval_every == 0) or progress.step == total_steps
+            ) and validate(engine, validation, progress, monitor)
             if progress.step % recipe.train.checkpoint_every == 0 or epoch_done or progress.step == total_steps:
-                save()
+                save(best)
     finally:
         monitor.close()
 
     if info.is_main:
         export_weights(ckpt_dir, output_dir / "model.pt", recipe)
+        best_tag = checkpoint.best_tag(ckpt_dir)
+        if best_tag is not None:
+            export_weights(ckpt_dir, output_dir / "model_best.pt", recipe, tag=best_tag)
         log.info("loss curve: %s", plot_loss(output_dir, output_dir / "loss.png"))
     return output_dir
 
 
-def export_weights(ckpt_dir: Path, path: Path, recipe: Recipe) -> None:
-    """The fp32 master weights of the latest checkpoint, consolidated over ZeRO partitions, for `model.init`.
-
-    Read from the optimizer's fp32 copy, not the module: under bf16 the module holds rounded weights."""
+def export_weights(ckpt_dir: Path, path: Path, recipe: Recipe, tag: Optional[str] = None) -> None:
+    """The fp32 master weights of a checkpoint (default: the latest), consolidated over ZeRO partitions, for
+    `model.init`. Read from the optimizer's fp32 copy, not the module: under bf16 the module holds rounded weights."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoint.latest_tag(ckpt_dir))
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag or checkpoint.latest_tag(ckpt_dir))
     torch.save({"model": {name: tensor.float() for name, tensor in state.items()}, "recipe": recipe_to_yaml(recipe)},
                path)
     log.info("weights exported to %s", path)

@@ -16,7 +16,7 @@ import torch
 
 from mfvideo.benchmark_report import write_section
 from mfvideo.config.schema import ModelConfig
-from mfvideo.models import build_model
+from mfvideo.tasks import build_model
 from mfvideo.models.complexity import build_on_meta, count_macs
 from mfvideo.models.mvit import MultiScaleBlock, block_configs, mvit_s
 from mfvideo.targets.benchmark import benchmark_hog, format_hog_benchmark

@@ -172,11 +172,18 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool
     return report
 
 
-def load_pretrained(model: nn.Module, path: Union[str, Path], strict: bool = False) -> LoadReport:
-    """Load a checkpoint file into `model`, logging what was missing, unexpected or interpolated.
+def load_pretrained(model: nn.Module, path: Union[str, Path], allowed_missing: Tuple[str, ...] = ()) -> LoadReport:
+    """Load a checkpoint file into `model`, logging what was unexpected or interpolated.
 
-    Classification from a pretraining checkpoint: `mask_token` and `pred_head.*` are unexpected (dropped) and the
-    new `head.*` is missing (freshly initialised) — that is the intended outcome."""
-    report = load_state(model, read_checkpoint(path), strict)
+    Every tensor of the model must come from the checkpoint except those under `allowed_missing` (a new head,
+    which keeps its initialisation); anything else missing is a ValueError naming the file and the tensors, never a
+    silent partial load. Classification from a pretraining checkpoint: `mask_token` and `pred_head.*` are
+    unexpected (dropped) and `head.*` is missing — the intended outcome with allowed_missing=("head.",)."""
+    report = load_state(model, read_checkpoint(path))
+    missing = [key for key in report.missing if not key.startswith(allowed_missing)]
+    if missing:
+        raise ValueError(f"checkpoint {path} does not fit the model: {len(missing)} of its "
+                         f"{len(model.state_dict())} tensors are missing ({', '.join(missing[:8])}"
+                         f"{' …' if len(missing) > 8 else ''}); {report.summary()}")
     log.info("%s: %s", path, report.summary())
     return report

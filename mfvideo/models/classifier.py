@@ -1,10 +1,11 @@
-"""Video classification with an MViTv2 backbone: pooled tokens → LayerNorm → dropout → Linear."""
+"""Video classification with an MViTv2 backbone: pooled tokens → LayerNorm → dropout → Linear, and its loss."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mfvideo.models.mvit import INIT_BIAS, INIT_STD, LAYER_NORM_EPS, BackboneLayerIds, MViT, MViTConfig
@@ -37,8 +38,17 @@ class ClassificationHead(nn.Module):
         return self.proj(self.dropout(self.norm(pooled)))
 
 
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of −Σ_k t_k · log softmax(logits)_k: the loss of mixed, smoothed targets (rows sum to 1)."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
 class MViTClassifier(BackboneLayerIds, nn.Module):
-    """forward(video B×3×T×H×W) -> logits B×num_classes."""
+    """forward(batch) -> {"logits": B×num_classes, "loss"}: reads batch["video"] (B×3×T×H×W, normalised) and, for the
+    loss, batch["target"] (B×num_classes soft targets from mixup/CutMix and label smoothing) or else batch["label"]
+    (int64 B, plain cross-entropy). Without either there is no "loss" (inference)."""
+
+    fresh_prefixes = ("head.",)  # what a pretraining checkpoint cannot provide: the classification head
 
     def __init__(self, cfg: MViTConfig, input_size: Sequence[int], num_classes: int, dropout: float = 0.5,
                  pooling: str = "mean") -> None:
@@ -49,6 +59,11 @@ class MViTClassifier(BackboneLayerIds, nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        x, _ = self.backbone(video)
-        return self.predict(x)
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        x, _ = self.backbone(batch["video"])
+        logits = self.predict(x)
+        if "target" in batch:
+            return {"logits": logits, "loss": soft_target_cross_entropy(logits, batch["target"])}
+        if "label" in batch:
+            return {"logits": logits, "loss": F.cross_entropy(logits.float(), batch["label"])}
+        return {"logits": logits}

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mfvideo.config.schema import ModelConfig
-from mfvideo.models import build_model
+from mfvideo.tasks import build_model
 
 
 @dataclass(frozen=True)

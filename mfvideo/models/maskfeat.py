@@ -50,12 +50,14 @@ class PredictionHead(nn.Module):
 
 
 class MaskFeat(BackboneLayerIds, nn.Module):
-    """forward(video B×3×T×H×W, mask B×T'×H'×W' bool) -> {"loss", "pred", "target", "mask"}.
+    """forward(batch) -> {"loss", "pred", "target", "mask"}; reads batch["video"] (B×3×T×H×W, normalised) and
+    batch["mask"] (B×T'×H'×W' bool, on the mask-unit grid).
 
     pred and target are B×T×H×W×D on the output grid (D = 108 for the default HOG), mask is that grid's bool mask.
     """
 
     embedding_params = ("mask_token",)
+    fresh_prefixes = ("mask_token", "pred_head.")  # continuing from a classifier or a bare backbone
 
     def __init__(self, cfg: MViTConfig, input_size: Sequence[int], cell_size: int = 8, bins: int = 9,
                  gaussian_window: int = 0) -> None:
@@ -91,7 +93,8 @@ class MaskFeat(BackboneLayerIds, nn.Module):
                              f"{tuple(grid)} for a clip of shape {tuple(video.shape)}")
         return hog.flatten(1, 3)
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        video, mask = batch["video"], batch["mask"]
         tokens, grid = self.backbone.embed(video)
         tokens = self.insert_mask_token(tokens, mask, grid)
         x, out_grid = self.backbone.encode(tokens, grid)

@@ -1,0 +1,68 @@
+"""Batches made from clips and the metadata of their samples: the last step inside a loader worker.
+
+Every batch has `video` (uint8 B×C×T×H×W in shared memory, see `pack_clips`) and `key` (list[str], the samples'
+keys). A task asks for more by name (`FIELDS`):
+
+- `label`: int64 B, the sample's class index (`label` of its JSON). A labelled field over an unlabelled sample
+  (label −1, e.g. a test split) is an error naming the sample: such shards cannot train or score a classifier.
+- `mask`: bool B×T'×H'×W', the clip's mask (the loader must have been given a mask generator).
+- `view`: `video_index` int64 B (the video's index in pattern order) and `view` int64 B (temporal view × crops +
+  crop), which identify a test view; slots short of data repeat views, so consumers de-duplicate on the pair.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from mfvideo.data.clips import Clip
+from mfvideo.data.tarstream import RawSample
+from mfvideo.data.transforms import pack_clips
+
+Item = tuple[RawSample, Clip]
+
+
+class UnlabelledSample(ValueError):
+    """A batch asked for labels but a sample has none."""
+
+
+def _labels(items: Sequence[Item]) -> dict[str, torch.Tensor]:
+    labels = [int(sample.meta.get("label", -1)) for sample, _ in items]
+    for (sample, _), label in zip(items, labels):
+        if label < 0:
+            raise UnlabelledSample(f"sample {sample.key!r} of shard {sample.shard!r} has no label (label {label}); "
+                                   f"a classifier can only be trained or scored on labelled shards")
+    return {"label": torch.tensor(labels, dtype=torch.int64)}
+
+
+def _masks(items: Sequence[Item]) -> dict[str, torch.Tensor]:
+    if any(clip.mask is None for _, clip in items):
+        raise ValueError("batch field 'mask' asked for, but the loader makes clips without masks")
+    return {"mask": torch.from_numpy(np.stack([clip.mask for _, clip in items]))}
+
+
+def _views(items: Sequence[Item]) -> dict[str, torch.Tensor]:
+    return {"video_index": torch.tensor([sample.index for sample, _ in items], dtype=torch.int64),
+            "view": torch.tensor([clip.view for _, clip in items], dtype=torch.int64)}
+
+
+FIELDS: dict[str, Callable[[Sequence[Item]], dict[str, torch.Tensor]]] = {
+    "label": _labels, "mask": _masks, "view": _views,
+}
+
+
+class Collate:
+    def __init__(self, fields: Sequence[str]):
+        unknown = [name for name in fields if name not in FIELDS]
+        if unknown:
+            raise ValueError(f"unknown batch field(s) {unknown}; known: {sorted(FIELDS)}")
+        self.fields = tuple(fields)
+
+    def __call__(self, items: Sequence[Item]) -> dict[str, Any]:
+        batch: dict[str, Any] = {"video": pack_clips([clip.video for _, clip in items]),
+                                 "key": [sample.key for sample, _ in items]}
+        for name in self.fields:
+            batch.update(FIELDS[name](items))
+        return batch

@@ -1,0 +1,171 @@
+"""The tasks mfvideo trains and tests, each registered once: its model, the batch fields its loaders collate, the
+batch-level augmentation of its training batches, its evaluator and the recipe values it cannot work with.
+
+This module wires the stages together (data, models, evaluation) so that none of them, and not the engine, needs
+to know which task runs: the engine calls `model(batch)["loss"]`, and an evaluator's `update(batch, outputs)`.
+`TASKS` is also where the recipe's allowed `model.task` values come from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from torch import nn
+
+from mfvideo.config.schema import ModelConfig, Recipe
+from mfvideo.models.checkpoint import load_pretrained
+from mfvideo.models.classifier import MViTClassifier
+from mfvideo.models.maskfeat import MaskFeat
+from mfvideo.models.mvit import ARCHS, MViTConfig
+
+BatchAugment = Callable[[dict, np.random.Generator], dict]
+
+
+def backbone_config(model_cfg: ModelConfig) -> MViTConfig:
+    if model_cfg.arch not in ARCHS:
+        raise ValueError(f"model.arch={model_cfg.arch!r}: expected one of {sorted(ARCHS)}")
+    return replace(ARCHS[model_cfg.arch](), drop_path=model_cfg.drop_path, dim_mul_in_att=model_cfg.dim_mul_in_att,
+                   activation_checkpointing=model_cfg.activation_checkpointing)
+
+
+def _maskfeat(model_cfg: ModelConfig, input_size: Sequence[int]) -> nn.Module:
+    hog = model_cfg.hog
+    return MaskFeat(replace(backbone_config(model_cfg), keep_last_q_stride=False), input_size,
+                    cell_size=hog.cell_size, bins=hog.bins, gaussian_window=hog.gaussian_window)
+
+
+def _classifier(model_cfg: ModelConfig, input_size: Sequence[int]) -> nn.Module:
+    return MViTClassifier(backbone_config(model_cfg), input_size, model_cfg.num_classes, model_cfg.dropout,
+                          model_cfg.pooling)
+
+
+def _mixing(recipe: Recipe) -> Optional[BatchAugment]:
+    """Random erasing then mixup/CutMix with label smoothing, on the training batch where it is consumed. The
+    targets always become soft (B×classes), so the loss is one soft-target cross-entropy whatever is switched on."""
+    from mfvideo.data.batch import MixupCutmix, RandomErasing
+
+    aug = recipe.augment
+    erasing = RandomErasing(aug.erase_prob) if aug.erase_prob > 0 else None
+    mixing = MixupCutmix(recipe.model.num_classes, mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha,
+                         switch_prob=aug.mix_switch_prob, label_smoothing=aug.label_smoothing, prob=aug.mix_prob)
+
+    def augment(batch: dict, rng: np.random.Generator) -> dict:
+        video = batch["video"] if erasing is None else erasing(batch["video"], rng)
+        batch["video"], batch["target"] = mixing(video, batch["label"], rng)
+        return batch
+
+    return augment
+
+
+def _view_aggregator(recipe: Recipe, num_temporal_views: int, num_crops: int):
+    from mfvideo.data.shardlist import read_split_manifest
+    from mfvideo.evaluation.classification import ViewAggregator
+
+    classes = read_split_manifest(recipe.data.val, recipe.data.val_manifest).get("classes") or None
+    return ViewAggregator(recipe.model.num_classes, num_temporal_views, num_crops, classes)
+
+
+def _no_finetuning_values(recipe: Recipe) -> list[str]:
+    aug = recipe.augment
+    problems = [f"augment.{key}={getattr(aug, key)!r}: a fine-tuning augmentation; MaskFeat pretraining has no "
+                f"labels to mix and its HOG target must see the clip the model sees (set it to its default)"
+                for key in ("rand_augment", "erase_prob", "mixup_alpha", "cutmix_alpha", "label_smoothing")
+                if getattr(aug, key)]
+    if recipe.mask.mode == "none":
+        problems.append("mask.mode='none': MaskFeat pretraining predicts the HOG of masked regions and needs a mask "
+                        "(cube for video, block for images)")
+    if recipe.train.eval_every:
+        problems.append(f"train.eval_every={recipe.train.eval_every}: pretraining has no validation metric; "
+                        "set it to 0")
+    return problems
+
+
+def _classification_values(recipe: Recipe) -> list[str]:
+    from mfvideo.data.shardlist import read_split_manifest
+
+    problems = []
+    if recipe.mask.mode != "none":
+        problems.append(f"mask.mode={recipe.mask.mode!r}: fine-tuning sees whole clips; set mask.mode=none")
+    if recipe.model.num_classes < 2:
+        problems.append(f"model.num_classes={recipe.model.num_classes}: classification needs at least 2 classes")
+    splits = [("data.train", recipe.data.train, recipe.data.train_manifest)]
+    if recipe.data.val:
+        splits.append(("data.val", recipe.data.val, recipe.data.val_manifest))
+    elif recipe.train.eval_every:
+        problems.append(f"train.eval_every={recipe.train.eval_every} but data.val is not set")
+    for key, pattern, manifest in splits:
+        try:
+            classes = read_split_manifest(pattern, manifest).get("classes") or []
+        except (OSError, ValueError) as err:
+            problems.append(f"{key}={pattern!r}: {err}")
+            continue
+        if not any(classes):
+            problems.append(f"{key}={pattern!r}: its manifest lists no classes: the shards carry no labels to "
+                            f"{'train' if key == 'data.train' else 'validate'} a classifier on")
+        elif len(classes) != recipe.model.num_classes:
+            problems.append(f"model.num_classes={recipe.model.num_classes} but {key}={pattern!r} has "
+                            f"{len(classes)} classes in its manifest")
+    return problems
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: how its model is built, what its batches carry and how it is augmented, checked and evaluated."""
+
+    model: Callable[[ModelConfig, Sequence[int]], nn.Module]
+    train_fields: tuple[str, ...]          # batch fields (mfvideo.data.collate.FIELDS) of training batches
+    eval_fields: tuple[str, ...]           # ... of validation and test batches; () when the task has no evaluation
+    check: Callable[[Recipe], list[str]]   # recipe values this task cannot work with, each naming its key
+    batch_augment: Callable[[Recipe], Optional[BatchAugment]] = lambda recipe: None
+    evaluator: Optional[Callable] = None   # (recipe, temporal views, crops) -> update(batch, outputs) / compute()
+
+
+TASKS = {
+    "pretrain": Task(model=_maskfeat, train_fields=("mask",), eval_fields=(), check=_no_finetuning_values),
+    "classify": Task(model=_classifier, train_fields=("label",), eval_fields=("label", "view"),
+                     check=_classification_values, batch_augment=_mixing, evaluator=_view_aggregator),
+}
+
+
+def task_of(recipe: Recipe) -> Task:
+    return TASKS[recipe.model.task]
+
+
+def build_model(model_cfg: ModelConfig, num_frames: int, crop_size: int, strict_init: bool = False) -> nn.Module:
+    """The model of `model_cfg.task` for clips of num_frames × crop_size², with weights from `model_cfg.init` if set.
+
+    Every model has forward(batch) -> {"loss", ...}, layer_id(name) and num_layers. Loading `model.init` for
+    training may leave only the model's new head untrained (`fresh_prefixes`); `strict_init` (testing) leaves
+    nothing: any missing tensor is an error naming it."""
+    if model_cfg.task not in TASKS:
+        raise ValueError(f"model.task={model_cfg.task!r}: expected one of {sorted(TASKS)}")
+    model = TASKS[model_cfg.task].model(model_cfg, (num_frames, crop_size, crop_size))
+    if model_cfg.init:
+        load_pretrained(model, model_cfg.init, allowed_missing=() if strict_init else model.fresh_prefixes)
+    return model
+
+
+def train_loader(recipe: Recipe, micro_batch_size: int, rank: int, world_size: int):
+    """The training loader of `recipe`'s task: its fields, its worker-side and batch-level augmentation."""
+    from mfvideo.data.loader import build_train_loader
+
+    task = task_of(recipe)
+    return build_train_loader(recipe.data, recipe.mask, micro_batch_size, rank, world_size, recipe.train.seed,
+                              fields=task.train_fields, rand_augment=recipe.augment.rand_augment or None,
+                              batch_augment=task.batch_augment(recipe))
+
+
+def eval_loader_and_evaluator(recipe: Recipe, micro_batch_size: int, rank: int, world_size: int, num_clips: int,
+                              num_crops: int):
+    """(loader, evaluator) over `data.val` with `num_clips` temporal views × `num_crops` crops per video, or None
+    when the task has no evaluation."""
+    from mfvideo.data.loader import build_test_loader
+
+    task = task_of(recipe)
+    if task.evaluator is None:
+        return None
+    loader = build_test_loader(recipe.data, micro_batch_size, rank, world_size, num_clips=num_clips,
+                               num_crops=num_crops, fields=task.eval_fields)
+    return loader, task.evaluator(recipe, num_clips, num_crops)

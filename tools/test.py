@@ -1,0 +1,21 @@
+#!/usr/bin/env python
+"""Multi-view test of trained weights: `python tools/test.py RECIPE model.init=WEIGHTS [section.key=value ...]`
+(also under torchrun or deepspeed). Writes metrics.json and predictions.jsonl to <train.output_dir>/test/.
+"""
+
+import argparse
+
+from mfvideo.engine import run_test
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("recipe", help="YAML recipe, e.g. recipes/k400_mvit_s_ft.yaml")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.init=…/model.pt")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the deepspeed launcher")
+    args = parser.parse_args()
+    run_test(args.recipe, args.overrides, args.local_rank)
+
+
+if __name__ == "__main__":
+    main()
