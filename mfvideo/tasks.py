@@ -64,7 +64,7 @@ def _view_aggregator(recipe: Recipe, num_temporal_views: int, num_crops: int):
     from mfvideo.evaluation.classification import ViewAggregator
 
     classes = read_split_manifest(recipe.data.val, recipe.data.val_manifest).get("classes") or None
-    return ViewAggregator(recipe.model.num_classes, num_temporal_views, num_crops, classes)
+    return lambda: ViewAggregator(recipe.model.num_classes, num_temporal_views, num_crops, classes)
 
 
 def _no_finetuning_values(recipe: Recipe) -> list[str]:
@@ -119,7 +119,8 @@ class Task:
     eval_fields: tuple[str, ...]           # ... of validation and test batches; () when the task has no evaluation
     check: Callable[[Recipe], list[str]]   # recipe values this task cannot work with, each naming its key
     batch_augment: Callable[[Recipe], Optional[BatchAugment]] = lambda recipe: None
-    evaluator: Optional[Callable] = None   # (recipe, temporal views, crops) -> update(batch, outputs) / compute()
+    # (recipe, temporal views, crops) -> a factory of fresh evaluators, one per pass (mfvideo.engine.evaluate)
+    evaluator: Optional[Callable] = None
 
 
 TASKS = {
@@ -159,8 +160,8 @@ def train_loader(recipe: Recipe, micro_batch_size: int, rank: int, world_size: i
 
 def eval_loader_and_evaluator(recipe: Recipe, micro_batch_size: int, rank: int, world_size: int, num_clips: int,
                               num_crops: int):
-    """(loader, evaluator) over `data.val` with `num_clips` temporal views × `num_crops` crops per video, or None
-    when the task has no evaluation."""
+    """(loader, evaluator factory) over `data.val` with `num_clips` temporal views × `num_crops` crops per video, or
+    None when the task has no evaluation."""
     from mfvideo.data.loader import build_test_loader
 
     task = task_of(recipe)

@@ -65,9 +65,9 @@ class NanAtSteps(torch.nn.Module):
         self.num_layers = model.num_layers
         self.layer_id = lambda name: model.layer_id(name.removeprefix("model."))
 
-    def forward(self, video, mask):
-        out = self.model(video, mask)
-        if video.abs().sum() > 0:  # the zero-gradient stand-in of a skipped batch is all zeros
+    def forward(self, batch):
+        out = self.model(batch)
+        if batch["video"].abs().sum() > 0:  # the zero-gradient stand-in of a skipped batch is all zeros
             self.calls += 1
             if (self.calls - 1) // self.accumulation + 1 in self.nan_steps:
                 out = dict(out, loss=out["loss"] * float("nan"))

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mfvideo.config.schema import DataConfig, MaskConfig
-from mfvideo.data.pipeline import build_test_loader, build_train_loader
+from mfvideo.data.loader import build_test_loader, build_train_loader
 from mfvideo.data.stream import TooManyFailures
 from mfvideo.data.tarstream import iter_shard
 from mfvideo.data.shardlist import expand_pattern
@@ -40,8 +40,14 @@ def mask_cfg(mode="cube"):
     return OmegaConf.structured(MaskConfig(mode=mode))
 
 
+def train_loader(cfg, masks, *args, **kwargs):
+    """Labelled training batches, with masks unless mask.mode is none."""
+    fields = ("label",) if masks.mode == "none" else ("label", "mask")
+    return build_train_loader(cfg, masks, *args, fields=fields, **kwargs)
+
+
 def test_train_batches_follow_the_contract(uneven_shards):
-    loader = build_train_loader(data_cfg(uneven_shards), mask_cfg(), 4, 0, 1, seed=0)
+    loader = train_loader(data_cfg(uneven_shards), mask_cfg(), 4, 0, 1, seed=0)
     batches = list(loader)
     assert len(batches) == len(loader) == 53 // 4
     for batch in batches:
@@ -58,7 +64,7 @@ def test_train_batches_follow_the_contract(uneven_shards):
 
 def test_epochs_reshuffle_and_repeat_deterministically(uneven_shards):
     def keys(epoch, seed=0):
-        loader = build_train_loader(data_cfg(uneven_shards), mask_cfg("none"), 4, 0, 1, seed=seed)
+        loader = train_loader(data_cfg(uneven_shards), mask_cfg("none"), 4, 0, 1, seed=seed)
         loader.set_epoch(epoch)
         return [k for batch in loader for k in batch["key"]]
 
@@ -68,13 +74,13 @@ def test_epochs_reshuffle_and_repeat_deterministically(uneven_shards):
 
 
 def test_no_mask_key_without_masking(uneven_shards):
-    batch = next(iter(build_train_loader(data_cfg(uneven_shards), mask_cfg("none"), 2, 0, 1, seed=0)))
+    batch = next(iter(train_loader(data_cfg(uneven_shards), mask_cfg("none"), 2, 0, 1, seed=0)))
     assert "mask" not in batch and set(batch) == {"video", "label", "key"}
 
 
 def test_images_become_single_frame_clips(image_shards):
     cfg = data_cfg(image_shards, num_frames=1, shuffle_buffer=0)
-    batches = list(build_train_loader(cfg, mask_cfg("block"), 2, 0, 1, seed=0))
+    batches = list(train_loader(cfg, mask_cfg("block"), 2, 0, 1, seed=0))
     assert len(batches) == 11 // 2
     for batch in batches:
         assert batch["video"].shape == (2, 3, 1, 64, 64)
@@ -85,7 +91,7 @@ def test_images_become_single_frame_clips(image_shards):
 
 def test_repeated_sampling_emits_k_clips_per_video(uneven_shards):
     cfg = data_cfg(uneven_shards, repeated_sampling=3)
-    loader = build_train_loader(cfg, mask_cfg(), 6, 0, 1, seed=0)
+    loader = train_loader(cfg, mask_cfg(), 6, 0, 1, seed=0)
     batches = list(loader)
     assert len(batches) == 53 * 3 // 6
     for batch in batches:
@@ -97,7 +103,7 @@ def test_repeated_sampling_emits_k_clips_per_video(uneven_shards):
 def test_every_rank_gets_the_same_number_of_batches(uneven_shards, world_size):
     counts, seen = [], []
     for rank in range(world_size):
-        loader = build_train_loader(data_cfg(uneven_shards, num_workers=0), mask_cfg("none"), 3, rank, world_size, 0)
+        loader = train_loader(data_cfg(uneven_shards, num_workers=0), mask_cfg("none"), 3, rank, world_size, 0)
         loader.set_epoch(2)
         batches = list(loader)
         counts.append((len(batches), len(loader)))
@@ -111,7 +117,7 @@ def test_every_rank_gets_the_same_number_of_batches(uneven_shards, world_size):
 def test_ranks_with_worker_processes_stay_equal(uneven_shards):
     lengths = []
     for rank in range(2):
-        loader = build_train_loader(data_cfg(uneven_shards, num_workers=2), mask_cfg("none"), 3, rank, 2, 0)
+        loader = train_loader(data_cfg(uneven_shards, num_workers=2), mask_cfg("none"), 3, rank, 2, 0)
         lengths.append((len(list(loader)), len(loader)))
     assert lengths == [(53 // 6, 53 // 6)] * 2
 
@@ -136,7 +142,7 @@ def test_test_loader_covers_every_video_once_with_equal_batches(uneven_shards):
 @pytest.mark.parametrize("stop_after", [0, 4])
 def test_resume_mid_epoch_gives_the_remaining_samples(uneven_shards, stop_after):
     cfg = data_cfg(uneven_shards, num_workers=2, shuffle_buffer=5, repeated_sampling=3)
-    loader = build_train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
+    loader = train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
     loader.set_epoch(1)
     keys, videos, state = [], [], None
     for step, batch in enumerate(loader):
@@ -146,7 +152,7 @@ def test_resume_mid_epoch_gives_the_remaining_samples(uneven_shards, stop_after)
             state = copy.deepcopy(loader.state_dict())
     assert state["epoch"] == 1
 
-    resumed = build_train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
+    resumed = train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
     resumed.load_state_dict(state)
     rest = list(resumed)
     assert [b["key"] for b in rest] == keys[stop_after + 1:]
@@ -154,10 +160,10 @@ def test_resume_mid_epoch_gives_the_remaining_samples(uneven_shards, stop_after)
     resumed.set_epoch(2)  # the next epoch starts from its beginning, exactly as a fresh loader's epoch 2
     next_epoch = [b["key"] for b in resumed]
     assert len(next_epoch) == len(resumed)
-    fresh = build_train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
+    fresh = train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
     fresh.set_epoch(2)
     assert next_epoch == [b["key"] for b in fresh]
-    switched = build_train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
+    switched = train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
     switched.load_state_dict(state)
     switched.set_epoch(2)  # another epoch than the loaded one: the loaded position is dropped
     assert [b["key"] for b in switched] == next_epoch
@@ -165,7 +171,7 @@ def test_resume_mid_epoch_gives_the_remaining_samples(uneven_shards, stop_after)
 
 def test_resume_restores_the_shuffle_buffer_without_decoding_consumed_samples(uneven_shards, monkeypatch):
     cfg = data_cfg(uneven_shards, shuffle_buffer=8)
-    loader = build_train_loader(cfg, mask_cfg("none"), 4, 0, 1, seed=3)
+    loader = train_loader(cfg, mask_cfg("none"), 4, 0, 1, seed=3)
     batches = iter(loader)
     for _ in range(5):
         next(batches)
@@ -176,7 +182,7 @@ def test_resume_restores_the_shuffle_buffer_without_decoding_consumed_samples(un
     opened = []
     real_open = stream_module.open_media
     monkeypatch.setattr(stream_module, "open_media", lambda *a: opened.append(1) or real_open(*a))
-    resumed = build_train_loader(cfg, mask_cfg("none"), 4, 0, 1, seed=3)
+    resumed = train_loader(cfg, mask_cfg("none"), 4, 0, 1, seed=3)
     resumed.load_state_dict(state)
     assert [b["key"] for b in resumed] == expected
     assert len(opened) == 4 * len(expected)  # exactly the emitted videos were decoded, none replayed
@@ -184,7 +190,7 @@ def test_resume_restores_the_shuffle_buffer_without_decoding_consumed_samples(un
 
 def test_corrupt_sample_is_skipped_counted_and_logged(uneven_shards, tmp_path, caplog):
     pattern, broken = truncated_copy(uneven_shards, tmp_path / "broken", broken=[4])
-    loader = build_train_loader(data_cfg(pattern, shuffle_buffer=0), mask_cfg("none"), 2, 0, 1, seed=0)
+    loader = train_loader(data_cfg(pattern, shuffle_buffer=0), mask_cfg("none"), 2, 0, 1, seed=0)
     with caplog.at_level(logging.WARNING):
         keys = [k for batch in loader for k in batch["key"]]
     assert len(keys) == 52 and broken[0] not in keys and len(set(keys)) == 52
@@ -194,7 +200,7 @@ def test_corrupt_sample_is_skipped_counted_and_logged(uneven_shards, tmp_path, c
 
 def test_too_many_failures_stop_the_run(uneven_shards, tmp_path):
     pattern, _ = truncated_copy(uneven_shards, tmp_path / "broken", broken=[1, 2])
-    loader = build_train_loader(data_cfg(pattern, shuffle_buffer=0, max_failure_fraction=0.01), mask_cfg("none"),
+    loader = train_loader(data_cfg(pattern, shuffle_buffer=0, max_failure_fraction=0.01), mask_cfg("none"),
                                 2, 0, 1, seed=0)
     with pytest.raises(TooManyFailures, match=r"2 of \d+ samples failed.*max_failure_fraction=0.01"):
         list(loader)
@@ -202,28 +208,28 @@ def test_too_many_failures_stop_the_run(uneven_shards, tmp_path):
 
 def test_too_few_shards_is_an_error_naming_the_numbers(uneven_shards):
     with pytest.raises(ValueError, match=r"9 non-empty shards, fewer than ranks × loader workers = 2 × 5 = 10"):
-        build_train_loader(data_cfg(uneven_shards, num_workers=5), mask_cfg("none"), 2, 0, 2, seed=0)
+        train_loader(data_cfg(uneven_shards, num_workers=5), mask_cfg("none"), 2, 0, 2, seed=0)
 
 
 def test_missing_manifest_and_unknown_shard_are_clear_errors(tmp_path, uneven_shards):
     with pytest.raises(FileNotFoundError, match="manifest.json"):
-        build_train_loader(data_cfg(str(tmp_path / "x-{000..001}.tar")), mask_cfg("none"), 2, 0, 1, seed=0)
+        train_loader(data_cfg(str(tmp_path / "x-{000..001}.tar")), mask_cfg("none"), 2, 0, 1, seed=0)
     extra = uneven_shards.replace("000008}", "000009}")
     with pytest.raises(ValueError, match="demo-000009.tar' is not listed in manifest"):
-        build_train_loader(data_cfg(extra), mask_cfg("none"), 2, 0, 1, seed=0)
+        train_loader(data_cfg(extra), mask_cfg("none"), 2, 0, 1, seed=0)
 
 
 def test_split_folder_stands_for_every_shard_of_its_manifest(uneven_shards):
     folder = str(Path(uneven_shards).parent)
-    from_folder = build_train_loader(data_cfg(folder), mask_cfg("none"), 2, 0, 1, seed=3)
-    from_pattern = build_train_loader(data_cfg(uneven_shards), mask_cfg("none"), 2, 0, 1, seed=3)
+    from_folder = train_loader(data_cfg(folder), mask_cfg("none"), 2, 0, 1, seed=3)
+    from_pattern = train_loader(data_cfg(uneven_shards), mask_cfg("none"), 2, 0, 1, seed=3)
     assert len(from_folder) == len(from_pattern)
     assert [b["key"] for b in from_folder] == [b["key"] for b in from_pattern]
 
 
 def test_iterating_leaves_the_global_torch_rng_alone(uneven_shards):
     """The training process's drop-path stream must not depend on whether an epoch started fresh or resumed."""
-    loader = build_train_loader(data_cfg(uneven_shards, num_workers=1), mask_cfg("none"), 2, 0, 1, seed=0)
+    loader = train_loader(data_cfg(uneven_shards, num_workers=1), mask_cfg("none"), 2, 0, 1, seed=0)
     before = torch.get_rng_state()
     next(iter(loader))
     assert torch.equal(torch.get_rng_state(), before)

@@ -133,10 +133,10 @@ def pipeline_rate(pattern: str, repeats: int, seed: int, batch_size: int) -> tup
     host-side normalisation (what the training process pays when there is no GPU to do it)."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from mfvideo.data.pipeline import build_train_loader
+    from mfvideo.data.loader import build_train_loader
 
     loader = build_train_loader(_data_cfg(pattern, repeats), OmegaConf.structured(MaskConfig()), batch_size, 0, 1,
-                                seed)
+                                seed, fields=("mask",))
     raw = StatefulDataLoader.__iter__(loader)  # the workers' uint8 batches, before normalisation
     arrivals = []
     for batch in raw:

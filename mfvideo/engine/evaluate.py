@@ -1,8 +1,9 @@
 """The evaluation loop, for the validation pass during training and for `tools/test.py`: task-agnostic.
 
-An evaluator has `update(batch, outputs)` (called with each batch and the model's outputs), `compute()` (collective
-when several processes run: every rank calls it, every rank gets the metrics) and `primary`, the name of the metric
-that decides the best checkpoint (higher is better).
+An evaluator accumulates one pass: `update(batch, outputs)` with each batch and the model's outputs, `compute()`
+(collective when several processes run: every rank calls it, every rank gets the metrics), `write(directory,
+metrics)` (its result files) and `primary`, the name of the metric that picks the best checkpoint (higher is
+better). Tasks hand out factories, so every pass starts from a fresh evaluator.
 """
 
 from __future__ import annotations

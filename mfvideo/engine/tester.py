@@ -34,10 +34,11 @@ def run_multiview_test(recipe: Recipe, local_rank: int | None = None) -> dict:
         save_recipe(recipe, out_dir)
     model = build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size, strict_init=True)
     model.to(info.device)
-    loader, evaluator = eval_loader_and_evaluator(recipe, recipe.train.micro_batch_size, info.rank, info.world_size,
+    loader, new_evaluator = eval_loader_and_evaluator(recipe, recipe.train.micro_batch_size, info.rank, info.world_size,
                                                   recipe.data.test_clips, recipe.data.test_crops)
     log.info("testing %s on %s: %d temporal view(s) × %d crop(s) per video, %d process(es)", recipe.model.init,
              recipe.data.val, recipe.data.test_clips, recipe.data.test_crops, info.world_size)
+    evaluator = new_evaluator()
     metrics = evaluate(model, loader, evaluator, show_progress=info.is_main,
                        autocast_dtype=torch.bfloat16 if uses_bf16(recipe) else None)
     if info.is_main:

@@ -1,8 +1,7 @@
 """The training loop on a DeepSpeed engine: ZeRO 1/2/3, accumulation, clipping, schedule, validation, exact resume.
 
 The loop knows no task: a model takes a batch dict and returns {"loss", ...}; the loader, the model and the
-validation pass (a loader plus an evaluator with `update(batch, outputs)` / `compute()` and a `primary` metric) come
-from factories, by default the recipe's task (`mfvideo.tasks`).
+validation pass (a loader plus a factory of evaluators, see `mfvideo.engine.evaluate`) come from factories, by default the recipe's task (`mfvideo.tasks`).
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ def default_loader(recipe: Recipe, micro_batch_size: int, info: DistInfo):
 
 
 def default_validation(recipe: Recipe, micro_batch_size: int, info: DistInfo) -> Optional[tuple]:
-    """(loader, evaluator) for the validation pass every `train.eval_every` epochs: `data.val_clips` temporal views,
+    """(loader, evaluator factory) for the validation pass every `train.eval_every` epochs: `data.val_clips` temporal views,
     centre crop; None when validation is off."""
     if not recipe.train.eval_every:
         return None
@@ -188,7 +187,8 @@ def resume(engine, ckpt_dir: Path, loader, seed: int, rank: int) -> Progress:
 
 def validate(engine, validation: tuple, progress: Progress, monitor: Monitor) -> bool:
     """Run the validation pass, log it, and say whether its primary metric is the best so far (higher is better)."""
-    loader, evaluator = validation
+    loader, new_evaluator = validation
+    evaluator = new_evaluator()
     metrics = evaluate(engine, loader, evaluator)
     value = metrics[evaluator.primary]
     improved = progress.best_metric is None or value > progress.best_metric

@@ -78,7 +78,10 @@ class _PendingVideo:
 
 
 class ViewAggregator:
-    """Accumulates one multi-view test pass; see the module docstring for the metrics."""
+    """Accumulates one multi-view test pass; see the module docstring for the metrics. `primary` is the metric that
+    picks the best checkpoint during training."""
+
+    primary = "top1"
 
     def __init__(self, num_classes: int, num_temporal_views: int, num_crops: int,
                  class_names: Optional[Sequence[str]] = None):
@@ -213,6 +216,11 @@ class ViewAggregator:
                  "top5": [[c, self.class_names[c] if self.class_names else c, score]
                           for c, score in zip(r.top_classes, r.top_scores)]}
                 for r in self._results]
+
+
+    def write(self, directory: str | Path, metrics: dict[str, Any]) -> None:
+        """The pass's `metrics.json` and `predictions.jsonl` in `directory` (after `compute`)."""
+        write_results(directory, metrics, self.predictions())
 
 
 def _name_some(descriptions) -> str:
