@@ -1,9 +1,11 @@
-"""Runs the real trainer (tiny MaskFeat model, real DeepSpeed) on a synthetic, world-size-invariant clip stream.
+"""Runs the real trainer (tiny model of the recipe's task, real DeepSpeed) on a synthetic, world-size-invariant clip
+stream.
 
 Launched by tests under torchrun / plain python: `python tests/engine_harness.py RECIPE [key=value ...]`.
-Sample i of an epoch is a fixed random clip with a cube mask, both drawn from (seed, epoch, i), and optimizer
-step s always covers samples [s·G, (s+1)·G) whatever the world size and accumulation, so runs with different
-numbers of processes must produce the same per-step losses. `harness.nan_steps=[...]` makes the loss of those
+Sample i of an epoch is a fixed random clip with a cube mask (pretraining) or a label it shows (classification),
+drawn from (seed, epoch, i), and optimizer step s always covers samples [s·G, (s+1)·G) whatever the world size and
+accumulation; the task's batch augmentation (mixup, CutMix, erasing) draws from the micro-batch's first sample
+index. So runs with different numbers of processes must produce the same per-step losses. `harness.nan_steps=[...]` makes the loss of those
 optimizer steps (1-based) non-finite, to exercise the skipping logic.
 """
 
@@ -18,14 +20,18 @@ import torch
 from mfvideo.config import load_recipe_or_exit
 from mfvideo.engine.trainer import default_model, train
 from mfvideo.targets.masks import build_mask_generator, mask_grid
+from mfvideo.tasks import task_of
 
 
 class SyntheticClips:
     def __init__(self, recipe, micro_batch_size: int, rank: int, world_size: int, num_samples: int = 48):
         self.data, self.micro, self.rank, self.world = recipe.data, micro_batch_size, rank, world_size
         self.num_samples, self.seed = num_samples, recipe.train.seed
-        self.masks = build_mask_generator(recipe.mask.mode, mask_grid(recipe.data.num_frames, recipe.data.crop_size),
-                                          ratio=recipe.mask.ratio, min_units=recipe.mask.min_units)
+        self.num_classes = recipe.model.num_classes if "label" in task_of(recipe).train_fields else 0
+        self.masks = None if self.num_classes else build_mask_generator(
+            recipe.mask.mode, mask_grid(recipe.data.num_frames, recipe.data.crop_size), ratio=recipe.mask.ratio,
+            min_units=recipe.mask.min_units)
+        self.augment = task_of(recipe).batch_augment(recipe)
         self.epoch, self.position = 0, 0
 
     def __len__(self) -> int:
@@ -40,19 +46,26 @@ class SyntheticClips:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
 
-    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         shape = (3, self.data.num_frames, self.data.crop_size, self.data.crop_size)
         video = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
-        return video, torch.from_numpy(self.masks(rng))
+        if self.masks is not None:
+            return {"video": video, "mask": torch.from_numpy(self.masks(rng))}
+        label = int(rng.integers(self.num_classes))
+        video[label % 3] += 1.0 + label // 3  # the class is visible in the clip, so the loss can fall
+        return {"video": video, "label": torch.tensor(label)}
 
     def __iter__(self):
         while self.position < len(self):
             first = (self.position * self.world + self.rank) * self.micro
-            videos, masks = zip(*(self.sample(first + k) for k in range(self.micro)))
+            samples = [self.sample(first + k) for k in range(self.micro)]
+            batch = {name: torch.stack([s[name] for s in samples]) for name in samples[0]}
+            batch["key"] = [f"s{first + k}" for k in range(self.micro)]
+            if self.augment is not None:
+                batch = self.augment(batch, np.random.default_rng([self.seed, self.epoch, first]))
             self.position += 1
-            yield {"video": torch.stack(videos), "mask": torch.stack(masks),
-                   "key": [f"s{first + k}" for k in range(self.micro)]}
+            yield batch
 
 
 class NanAtSteps(torch.nn.Module):

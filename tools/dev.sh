@@ -51,11 +51,17 @@ shift || true
 case "$cmd" in
   test) exec "$venv/bin/python" -m pytest "$@" ;;
   demo)
-    # Both steps resume: finished shards are kept, and training continues from outputs/demo's last checkpoint
-    # (delete outputs/demo to train again from scratch).
+    # The whole story on the CPU: demo shards (train and val), MaskFeat pretraining, fine-tuning from its weights,
+    # multi-view test. Every step resumes: finished shards are kept and training continues from the last checkpoint
+    # of outputs/demo and outputs/demo_ft (delete them to train again from scratch). Extra arguments are overrides
+    # of the pretraining recipe.
     "$venv/bin/python" tools/make_shards.py demo --out shards/demo/train --num-videos 384 --width 96 --height 96 \
       --max-count 64 --seed 0
-    exec "$venv/bin/python" tools/train.py recipes/demo_pt.yaml "$@" ;;
+    "$venv/bin/python" tools/make_shards.py demo --out shards/demo/val --num-videos 96 --width 96 --height 96 \
+      --max-count 32 --seed 1
+    "$venv/bin/python" tools/train.py recipes/demo_pt.yaml "$@"
+    "$venv/bin/python" tools/train.py recipes/demo_ft.yaml model.init=outputs/demo/model.pt
+    exec "$venv/bin/python" tools/test.py recipes/demo_ft.yaml model.init=outputs/demo_ft/model.pt ;;
   setup) ;;
   *) echo "usage: tools/dev.sh {test|demo|setup} [args]" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@ tools/train.py and tools/test.py, which check everything about a recipe before a
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from mfvideo.config import Recipe, derive_batch_split, load_recipe_or_exit
@@ -23,6 +24,8 @@ def _checked_recipe(recipe_path: str, overrides: Sequence[str]) -> Recipe:
     from mfvideo.tasks import task_of
 
     problems = task_of(recipe).check(recipe)
+    if recipe.model.init and not Path(recipe.model.init).is_file():
+        problems.append(f"model.init={recipe.model.init!r}: no such checkpoint file")
     try:
         derive_batch_split(recipe.train, current_world_size())
     except ValueError as err:
