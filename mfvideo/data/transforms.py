@@ -9,7 +9,8 @@ is the same box mapped back to the source). Bilinear, `align_corners=False`, no 
 recipe: 320p sources go to 224, a mild downscale).
 
 - training: random resized crop (area fraction and aspect ratio relative to the source frame, torchvision's
-  rejection rule with a centre-crop fallback), optional horizontal flip, normalisation;
+  rejection rule with a centre-crop fallback), optional horizontal flip, optional RandAugment (`augment.py`, on
+  the crop), normalisation;
 - testing: short side to `test_short_side`, then a centre crop or three crops (start, centre, end of the long
   side), normalisation.
 """
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import get_worker_info
+
+from mfvideo.data.augment import RandAugment
 
 
 @dataclass(frozen=True)
@@ -116,11 +119,10 @@ class Normalise:
 
 
 class TrainTransform:
-    """Random resized crop → flip (p = 0.5 when `flip`) → `rand_augment` (one op draw per clip, every frame alike),
-    all drawn from `rng` in that order."""
+    """Random resized crop → flip (p = 0.5 when `flip`) → `rand_augment` when given, all drawn from `rng`."""
 
     def __init__(self, crop_size: int, area_range: Sequence[float], aspect_range: Sequence[float], flip: bool,
-                 rand_augment: Optional[Callable[[torch.Tensor, np.random.Generator], torch.Tensor]] = None):
+                 rand_augment: Optional[RandAugment] = None):
         self.crop_size = crop_size
         self.area_range = tuple(area_range)
         self.aspect_range = tuple(aspect_range)
