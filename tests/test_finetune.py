@@ -44,7 +44,8 @@ def _classify_recipe(pattern: str, *overrides: str):
 def test_every_label_in_a_batch_is_its_samples_shard_label():
     pattern = demo_shards()
     recipe = _classify_recipe(pattern, "data.repeated_sampling=2")
-    truth = {sample.key: sample.meta["label"] for shard in list_shards(pattern) for sample in iter_shard(shard.url)}
+    truth = {key: json.loads(parts["json"])["label"] for shard in list_shards(pattern)
+             for key, parts in iter_shard(shard.url)}
     assert len(set(truth.values())) == 4
     seen = 0
     for batch in train_loader(recipe, 4, 0, 1):
@@ -56,7 +57,7 @@ def test_every_label_in_a_batch_is_its_samples_shard_label():
 
 def _transform_of(recipe_name: str):
     recipe = load_recipe(REPO / "recipes" / recipe_name, [f"data.train={demo_shards()}", "data.num_workers=0",
-                                                         "data.crop_size=32", "augment.rand_augment="])
+                                                         "data.crop_size=32", "augment.rand_augment=''"])
     return recipe, train_loader(recipe, 2, 0, 1).stream.clip_maker.transform
 
 
@@ -159,7 +160,7 @@ def test_finetuning_killed_mid_epoch_resumes_with_identical_losses(demo_splits, 
     assert {s: r.get("val_top1") for s, r in got.items()} == {s: r.get("val_top1") for s, r in expected.items()}
 
 
-def testing_cmd(root: Path, weights: Path, out: Path, nproc: int = 1) -> list[str]:
+def cmd_of_tools_test(root: Path, weights: Path, out: Path, nproc: int = 1) -> list[str]:
     launcher = [sys.executable] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
         "--master_port", str(free_port())]
@@ -170,7 +171,7 @@ def testing_cmd(root: Path, weights: Path, out: Path, nproc: int = 1) -> list[st
 def test_tools_test_gives_the_same_metrics_on_one_and_two_processes(demo_splits, finetuned, tmp_path):
     results = []
     for nproc in (1, 2):
-        proc = _run(testing_cmd(demo_splits, finetuned / "model.pt", tmp_path / f"p{nproc}", nproc))
+        proc = _run(cmd_of_tools_test(demo_splits, finetuned / "model.pt", tmp_path / f"p{nproc}", nproc))
         assert proc.returncode == 0, proc.stderr[-4000:]
         metrics = json.loads((tmp_path / f"p{nproc}" / "test" / "metrics.json").read_text())
         rows = [json.loads(line) for line in (tmp_path / f"p{nproc}" / "test" / "predictions.jsonl").open()]
@@ -178,7 +179,7 @@ def test_tools_test_gives_the_same_metrics_on_one_and_two_processes(demo_splits,
     (one, rows_one), (two, rows_two) = results
     assert one == two
     assert one["num_videos"] == 16 and one["num_views"] == 32 and "top1_views_1" in one
-    val_keys = {s.key for shard in list_shards(str(demo_splits / "val")) for s in iter_shard(shard.url)}
+    val_keys = {key for shard in list_shards(str(demo_splits / "val")) for key, _ in iter_shard(shard.url)}
     assert {row["key"] for row in rows_one} == val_keys and len(rows_one) == 16
     assert [[c for c, _, _ in row["top5"]] for row in rows_one] == [[c for c, _, _ in row["top5"]] for row in rows_two]
     correct = sum(row["top5"][0][0] == row["label"] for row in rows_one)
@@ -216,7 +217,7 @@ def test_values_a_task_cannot_use_stop_before_any_work(demo_splits, tmp_path):
 
 
 def test_tools_test_refuses_weights_that_do_not_fit(demo_splits, tmp_path):
-    proc = _run(testing_cmd(demo_splits, demo_splits / "pretrained.pt", tmp_path / "out"))
+    proc = _run(cmd_of_tools_test(demo_splits, demo_splits / "pretrained.pt", tmp_path / "out"))
     assert proc.returncode == 2
     assert "does not fit the model" in proc.stderr and "head.proj.weight" in proc.stderr
     proc = _run([sys.executable, "tools/test.py", str(demo_splits / "ft.yaml"), "model.init=null"])
