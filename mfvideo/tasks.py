@@ -119,12 +119,15 @@ class Task:
     eval_fields: tuple[str, ...]           # ... of validation and test batches; () when the task has no evaluation
     check: Callable[[Recipe], list[str]]   # recipe values this task cannot work with, each naming its key
     batch_augment: Callable[[Recipe], Optional[BatchAugment]] = lambda recipe: None
+    keep_pixels: bool = False              # training batches also carry the uint8 clip ("pixels") the loader made
     # (recipe, temporal views, crops) -> a factory of fresh evaluators, one per pass (mfvideo.engine.evaluate)
     evaluator: Optional[Callable] = None
 
 
 TASKS = {
-    "pretrain": Task(model=_maskfeat, train_fields=("mask",), eval_fields=(), check=_no_finetuning_values),
+    # The HOG target is computed from the integer pixel values, where its Sobel gradients are exact (DESIGN §2).
+    "pretrain": Task(model=_maskfeat, train_fields=("mask",), eval_fields=(), check=_no_finetuning_values,
+                     keep_pixels=True),
     "classify": Task(model=_classifier, train_fields=("label",), eval_fields=("label", "view"),
                      check=_classification_values, batch_augment=_mixing, evaluator=_view_aggregator),
 }
@@ -155,7 +158,7 @@ def train_loader(recipe: Recipe, micro_batch_size: int, rank: int, world_size: i
     task = task_of(recipe)
     return build_train_loader(recipe.data, recipe.mask, micro_batch_size, rank, world_size, recipe.train.seed,
                               fields=task.train_fields, rand_augment=recipe.augment.rand_augment or None,
-                              batch_augment=task.batch_augment(recipe))
+                              batch_augment=task.batch_augment(recipe), keep_pixels=task.keep_pixels)
 
 
 def eval_loader_and_evaluator(recipe: Recipe, micro_batch_size: int, rank: int, world_size: int, num_clips: int,
