@@ -16,7 +16,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from mfvideo.data.shards import DemoSource, Item, ItemList, ShardOptions, make_shards
+from mfvideo.shards import DemoSource, Item, ItemList, ShardOptions, make_shards
 
 _CACHE: dict[str, Path] = {}
 _ROOT = Path(tempfile.mkdtemp(prefix="mfvideo-stream-tests-"))

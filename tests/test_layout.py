@@ -5,7 +5,7 @@ import sys
 
 from launch_helpers import REPO, child_env
 
-DATA_MODULES = ["mfvideo.data.pipeline", "mfvideo.data.stream", "mfvideo.data.shards", "mfvideo.data.shards.cli",
+DATA_MODULES = ["mfvideo.data.pipeline", "mfvideo.data.stream", "mfvideo.shards", "mfvideo.shards.cli",
                 "mfvideo.data.benchmark"]
 
 

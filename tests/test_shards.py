@@ -13,9 +13,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from mfvideo.data.shards import (AvaSource, DemoSource, ImageFolderSource, KineticsSource, OutputMismatch,
-                                 SSv2Source, ShardOptions, SourceError, make_shards, parse_action_list, sanitize_key)
-from mfvideo.data.shards.cli import main as cli_main
+from mfvideo.shards import (AvaSource, DemoSource, ImageFolderSource, KineticsSource, OutputMismatch,
+                            SSv2Source, ShardOptions, SourceError, make_shards, parse_action_list, sanitize_key)
+from mfvideo.shards.cli import main as cli_main
 from shards_helpers import AVA_60_IDS, make_ava, make_images, make_kinetics, make_ssv2, write_video
 
 
@@ -210,7 +210,7 @@ def test_workers_do_not_change_output(tmp_path):
 
 def test_interrupted_job_keeps_the_rejects_of_its_finished_shards(tmp_path, monkeypatch):
     """Rejects are recorded with the shard that follows them; a rerun that keeps that shard must keep them too."""
-    import mfvideo.data.shards.writer as writer
+    import mfvideo.shards.writer as writer
 
     data = make_kinetics(tmp_path / "k700")
     source = KineticsSource(videos=str(data["videos"]), csv=str(data["csv"]))

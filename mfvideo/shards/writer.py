@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Protocol
 
 from tqdm import tqdm
 
-from mfvideo.data.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, assign_keys, produce
+from mfvideo.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, assign_keys, produce
 from mfvideo.fileio import fsync_dir, write_atomic
 
 FORMAT_VERSION = 1

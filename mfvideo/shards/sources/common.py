@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from mfvideo.data.shards.items import VIDEO_EXTENSIONS
+from mfvideo.shards.items import VIDEO_EXTENSIONS
 
 
 class SourceError(ValueError):

@@ -8,13 +8,13 @@ import re
 import sys
 from pathlib import Path
 
-from mfvideo.data.shards.sources.ava import AvaSource
-from mfvideo.data.shards.sources.common import SourceError
-from mfvideo.data.shards.sources.demo import DemoSource
-from mfvideo.data.shards.sources.images import ImageFolderSource
-from mfvideo.data.shards.sources.kinetics import KineticsSource
-from mfvideo.data.shards.sources.ssv2 import SSv2Source
-from mfvideo.data.shards.writer import OutputMismatch, ShardOptions, make_shards
+from mfvideo.shards.sources.ava import AvaSource
+from mfvideo.shards.sources.common import SourceError
+from mfvideo.shards.sources.demo import DemoSource
+from mfvideo.shards.sources.images import ImageFolderSource
+from mfvideo.shards.sources.kinetics import KineticsSource
+from mfvideo.shards.sources.ssv2 import SSv2Source
+from mfvideo.shards.writer import OutputMismatch, ShardOptions, make_shards
 
 log = logging.getLogger("make_shards")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)B?$", re.I)

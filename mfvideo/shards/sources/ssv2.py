@@ -6,8 +6,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from mfvideo.data.shards.items import Item, ItemList
-from mfvideo.data.shards.sources.common import SourceError
+from mfvideo.shards.items import Item, ItemList
+from mfvideo.shards.sources.common import SourceError
 
 
 @dataclass(frozen=True)

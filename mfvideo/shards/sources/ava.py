@@ -14,8 +14,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from mfvideo.data.shards.items import Item, ItemList
-from mfvideo.data.shards.sources.common import SourceError, index_files
+from mfvideo.shards.items import Item, ItemList
+from mfvideo.shards.sources.common import SourceError, index_files
 
 _ITEM = re.compile(r"item\s*\{(.*?)\}", re.S)
 _NAME = re.compile(r'name:\s*"([^"]*)"')

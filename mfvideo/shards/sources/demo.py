@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mfvideo.data.shards.encode import VideoInfo, encode_rgb_frames
-from mfvideo.data.shards.items import Item, ItemList
+from mfvideo.shards.encode import VideoInfo, encode_rgb_frames
+from mfvideo.shards.items import Item, ItemList
 
 MOTIONS = ("move_right", "move_left", "move_down", "move_up", "rotate_clockwise", "rotate_counterclockwise",
            "grow", "shrink")

@@ -10,8 +10,8 @@ import csv
 import os
 from dataclasses import dataclass
 
-from mfvideo.data.shards.items import Item, ItemList
-from mfvideo.data.shards.sources.common import SourceError, index_files, label_index, load_class_map
+from mfvideo.shards.items import Item, ItemList
+from mfvideo.shards.sources.common import SourceError, index_files, label_index, load_class_map
 
 _REQUIRED = ("youtube_id", "time_start", "time_end")
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mfvideo.data.shards.encode import VideoError, cut_video, probe_video, reencode_video, scaled_size
+from mfvideo.shards.encode import VideoError, cut_video, probe_video, reencode_video, scaled_size
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
@@ -133,7 +133,7 @@ def _produce_image(item: Item, options: EncodeOptions) -> tuple[str, bytes, dict
 
 
 def _produce_demo(item: Item, options: EncodeOptions) -> tuple[str, bytes, dict]:
-    from mfvideo.data.shards.sources.demo import render_demo_video
+    from mfvideo.shards.sources.demo import render_demo_video
 
     data, info = render_demo_video(**item.params)
     return "mp4", data, info.as_json()
