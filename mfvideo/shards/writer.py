@@ -24,7 +24,8 @@ from typing import Any, Iterable, Iterator, Protocol
 
 from tqdm import tqdm
 
-from mfvideo.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, assign_keys, produce
+from mfvideo.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, assign_keys
+from mfvideo.shards.produce import produce
 from mfvideo.fileio import fsync_dir, write_atomic
 
 FORMAT_VERSION = 1
