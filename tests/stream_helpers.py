@@ -34,11 +34,11 @@ def shard_counts(pattern: str) -> list[int]:
 
 
 def demo_shards() -> str:
-    """53 demo videos (64×48, 20–100 frames, 30 fps) in 9 unevenly filled shards (2 to 8 samples), made once per
+    """53 demo videos (64×48, 20–100 frames, 30 fps) in 9 unevenly filled shards (2 to 9 samples), made once per
     test session."""
     if "demo" not in _CACHE:
         source = DemoSource(num_videos=53, width=64, height=48, min_frames=20, max_frames=100, seed=1)
-        make_shards(source, ShardOptions(out=_ROOT / "demo", max_count=12, max_size=60_000, progress=False))
+        make_shards(source, ShardOptions(out=_ROOT / "demo", max_count=16, max_size=70_000, progress=False))
         _CACHE["demo"] = _ROOT / "demo"
     return _pattern(_CACHE["demo"])
 

@@ -51,7 +51,9 @@ def test_kinetics_csv_copies_bytes_and_rejects_missing_and_corrupt(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == ["archery", "jumping"]
     assert manifest["format_version"] == 1 and manifest["source"] == "kinetics" and manifest["name"] == "train"
-    assert [s["file"] for s in manifest["shards"]] == ["train-000000.tar", "train-000001.tar"]
+    # blocks of 2 inputs: [0, 1], [2, 3 missing], [4 corrupt, 5]: a shard never takes inputs of the next block
+    assert [(s["file"], s["num_samples"]) for s in manifest["shards"]] == [
+        ("train-000000.tar", 2), ("train-000001.tar", 1), ("train-000002.tar", 1)]
     for shard in manifest["shards"]:
         assert hashlib.sha256((out / shard["file"]).read_bytes()).hexdigest() == shard["sha256"]
         assert (out / shard["file"]).stat().st_size == shard["bytes"]
