@@ -88,8 +88,11 @@ def _kinetics_parser(sub) -> None:
     given.add_argument("--csv", help="official annotation CSV: label,youtube_id,time_start,time_end,split[,is_cc]")
     given.add_argument("--list", dest="list_file", help="lines 'path label' (path relative to --videos)")
     parser.add_argument("--class-map", help="JSON {name: id} or one name per line (default: sorted names)")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="the --csv has no label column on purpose (a test split): every label is -1. Without "
+                             "it, a CSV without a label column is an error")
     parser.set_defaults(build_source=lambda a: KineticsSource(
-        videos=a.videos, csv=a.csv, list_file=a.list_file, class_map=a.class_map))
+        videos=a.videos, csv=a.csv, list_file=a.list_file, class_map=a.class_map, unlabelled=a.unlabelled))
     _add_output_options(parser)
 
 

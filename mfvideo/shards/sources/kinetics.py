@@ -1,17 +1,18 @@
 """Kinetics 400/600/700: the official annotation CSV or a plain `path label` list.
 
 Class ids are the sorted class names of the CSV (so K400, K600 and K700 each get their own stable label space),
-or the order of an explicit `class_map` file (JSON {name: id} or one name per line).
+or the order of an explicit `class_map` file (JSON {name: id} or one name per line). A CSV without a `label`
+column (the official test splits) is refused unless `unlabelled` says that is intended; every label is then -1.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 
 from mfvideo.shards.items import Item, ItemList
-from mfvideo.shards.sources.common import SourceError, index_files, label_index, load_class_map
+from mfvideo.shards.sources.common import (SourceError, csv_rows, index_files, label_index, load_class_map,
+                                           read_text)
 
 _REQUIRED = ("youtube_id", "time_start", "time_end")
 
@@ -22,47 +23,71 @@ class KineticsSource:
     csv: str | None = None          # label,youtube_id,time_start,time_end,split[,is_cc]
     list_file: str | None = None    # lines "path label" (path relative to `videos`; label a name or an int)
     class_map: str | None = None
+    unlabelled: bool = False        # the CSV has no label column, on purpose (a test split)
 
     name = "kinetics"
 
     def __post_init__(self) -> None:
         if (self.csv is None) == (self.list_file is None):
             raise SourceError("kinetics needs exactly one of --csv or --list")
+        if self.unlabelled and self.csv is None:
+            raise SourceError("kinetics --unlabelled is for a --csv without a label column")
 
     def list_items(self) -> ItemList:
         return self._from_csv() if self.csv is not None else self._from_list()
 
+    def _csv_records(self) -> list[tuple[str, dict[str, str]]]:
+        """("file:line", {column: value}) per row, each row checked to have a value for every column."""
+        rows = csv_rows(self.csv)
+        if not rows:
+            raise SourceError(f"{self.csv}: empty; expected a header label,youtube_id,time_start,time_end,split")
+        columns = [column.strip() for column in rows[0][1]]
+        missing = [column for column in _REQUIRED if column not in columns]
+        if missing:
+            raise SourceError(f"{self.csv}: needs columns {', '.join(_REQUIRED)}; found {', '.join(columns)}")
+        if "label" not in columns and not self.unlabelled:
+            raise SourceError(f"{self.csv}: no 'label' column (found {', '.join(columns)}), so every label would be "
+                              f"-1; for an unlabelled split (a test split) pass --unlabelled")
+        if "label" in columns and self.unlabelled:
+            raise SourceError(f"{self.csv}: has a 'label' column but --unlabelled was given; drop --unlabelled")
+        records = []
+        for where, row in rows[1:]:
+            if len(row) != len(columns):
+                raise SourceError(f"{where}: {len(row)} values for the {len(columns)} columns {','.join(columns)}")
+            record = dict(zip(columns, (value.strip() for value in row)))
+            empty = [column for column in _REQUIRED if not record[column]]
+            if empty:
+                raise SourceError(f"{where}: no value for {', '.join(empty)}")
+            records.append((where, record))
+        return records
+
     def _from_csv(self) -> ItemList:
-        with open(self.csv, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows and any(column not in rows[0] for column in _REQUIRED):
-            raise SourceError(f"{self.csv}: needs columns {', '.join(_REQUIRED)}; found {', '.join(rows[0])}")
-        names = sorted({row.get("label") or "" for row in rows} - {""})
+        records = self._csv_records()
+        names = sorted({record.get("label", "") for _, record in records} - {""})
         classes = load_class_map(self.class_map) if self.class_map else names
         files = index_files(self.videos)
         items = []
-        for line, row in enumerate(rows, start=2):
+        for where, record in records:
             try:
-                start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+                start, end = int(float(record["time_start"])), int(float(record["time_end"]))
             except ValueError:
-                raise SourceError(f"{self.csv}:{line}: bad time_start/time_end {row['time_start']!r}, "
-                                  f"{row['time_end']!r}") from None
-            clip_id = f"{row['youtube_id']}_{start:06d}_{end:06d}"
-            path = files.get(clip_id) or files.get(row["youtube_id"]) or os.path.join(self.videos, clip_id + ".mp4")
-            label_name = row.get("label") or ""
-            label = label_index(classes, label_name, f"{self.csv}:{line}") if label_name else -1
+                raise SourceError(f"{where}: bad time_start/time_end {record['time_start']!r}, "
+                                  f"{record['time_end']!r}") from None
+            clip_id = f"{record['youtube_id']}_{start:06d}_{end:06d}"
+            path = files.get(clip_id) or files.get(record["youtube_id"]) or os.path.join(self.videos, clip_id + ".mp4")
+            label_name = record.get("label", "")
+            label = label_index(classes, label_name, where) if label_name else -1
             items.append(Item(id=clip_id, kind="video", label=label, label_name=label_name, path=path))
         return ItemList(items=items, classes=classes)
 
     def _from_list(self) -> ItemList:
         entries = []
-        with open(self.list_file) as handle:
-            for line, text in enumerate(handle, start=1):
-                if text.strip() and not text.lstrip().startswith("#"):
-                    parts = text.strip().rsplit(None, 1)
-                    if len(parts) != 2:
-                        raise SourceError(f"{self.list_file}:{line}: expected 'path label', got {text.strip()!r}")
-                    entries.append((line, *parts))
+        for line, text in enumerate(read_text(self.list_file).splitlines(), start=1):
+            if text.strip() and not text.lstrip().startswith("#"):
+                parts = text.strip().rsplit(None, 1)
+                if len(parts) != 2:
+                    raise SourceError(f"{self.list_file}:{line}: expected 'path label', got {text.strip()!r}")
+                entries.append((line, *parts))
         numeric = all(label.lstrip("-").isdigit() for _, _, label in entries)
         if self.class_map:
             classes = load_class_map(self.class_map)
