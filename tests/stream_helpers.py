@@ -4,6 +4,7 @@ images from files), a copy with a truncated video, and PyAV-encoded videos for t
 from __future__ import annotations
 
 import atexit
+import hashlib
 import io
 import json
 import shutil
@@ -72,11 +73,13 @@ def image_shards() -> str:
 
 def truncated_copy(pattern: str, destination: Path, broken: list[int]) -> tuple[str, list[str]]:
     """Copy of the shards whose samples at global positions `broken` have their video cut to 300 bytes (as a
-    failed download leaves it); returns the copy's pattern and the broken keys."""
+    failed download leaves it; the shards were written with it, so the manifest lists their new sizes); returns
+    the copy's pattern and the broken keys."""
     source = Path(pattern).parent
     shutil.copytree(source, destination)
     keys, position = [], 0
-    for shard in json.loads((source / "manifest.json").read_text())["shards"]:
+    manifest = json.loads((source / "manifest.json").read_text())
+    for shard in manifest["shards"]:
         members = []
         with tarfile.open(source / shard["file"]) as tar:
             for member in tar:
@@ -90,6 +93,9 @@ def truncated_copy(pattern: str, destination: Path, broken: list[int]) -> tuple[
                     position += 1
                 member.size = len(data)
                 out.addfile(member, io.BytesIO(data))
+        shard["bytes"] = (destination / shard["file"]).stat().st_size
+        shard["sha256"] = hashlib.sha256((destination / shard["file"]).read_bytes()).hexdigest()
+    (destination / "manifest.json").write_text(json.dumps(manifest))
     return _pattern(destination), keys
 
 
