@@ -209,3 +209,17 @@ def test_training_batches_over_a_flaky_server_equal_those_from_local_files(shard
         assert ours["key"] == theirs["key"]
         assert torch.equal(ours["video"], theirs["video"]) and torch.equal(ours["mask"], theirs["mask"])
     assert sum(1 for _, byte_range in server.requests if byte_range) == 3  # the faults were hit and retried
+
+
+def test_fsspec_urls_read_the_same_samples(shards):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for path in shards.iterdir():
+        memory.pipe(f"/shard-io-test/{path.name}", path.read_bytes())
+    try:
+        count = len(json.loads((shards / "manifest.json").read_text())["shards"])
+        remote = _samples(f"memory://shard-io-test/demo-{{000000..{count - 1:06d}}}.tar", 20, QUICK)
+    finally:
+        memory.rm("/shard-io-test", recursive=True)
+    assert remote == _samples(demo_shards(), 20, QUICK)
