@@ -24,7 +24,7 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)B?$", re.I)
 def parse_size(text: str) -> int:
     """Bytes from '1G', '500M', '2048' (binary multiples)."""
     match = _SIZE.match(text.strip())
-    if not match:
+    if not match or float(match.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1G, 500M, 2048)")
     scale = 1 << (10 * " KMGT".index((match.group(2) or " ").upper()))
     return int(float(match.group(1)) * scale)
@@ -55,7 +55,7 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short-side", type=int, default=None,
                         help="re-encode to H.264 with this short side (never upscaled), fps kept, a keyframe "
                              "every second; default: copy the original bytes")
-    parser.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="processes (output does not depend on it)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete existing shards of another run in --out instead of refusing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -91,6 +91,11 @@ class ShardOptions:
     progress: bool = True
     part: Part | None = None         # write only this part, under out/.parts/ (then merge_parts)
 
+    def __post_init__(self) -> None:
+        for name in ("max_count", "max_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ShardOptions.{name} must be >= 1, got {getattr(self, name)}")
+
     @property
     def shard_name(self) -> str:
         return self.name or Path(self.out).resolve().name
@@ -450,6 +455,8 @@ def merge_parts(out: Path, overwrite: bool = False) -> Summary:
     removed. The result is byte-identical to a one-machine run; merging again after an interruption completes it.
     Raises MergeError, OutputMismatch (`out` holds another split; `overwrite` replaces it) or LockHeld."""
     out = Path(out)
+    if not out.is_dir():
+        raise MergeError(f"{out} does not exist: write the parts first with --part i/N --out {out}")
     with hold_lock(out / _LOCK_FILE, str(out)), contextlib.ExitStack() as part_locks:
         shutil.rmtree(out / _MERGED_PARTS_DIR, ignore_errors=True)
         if not (out / _PARTS_DIR).exists() and (out / "manifest.json").exists():
