@@ -190,7 +190,8 @@ def test_read_policy_from_the_environment():
         timeout=2.5, retries=0, backoff=1.0)
     with pytest.raises(ValueError, match="MFVIDEO_READ_RETRIES='two' is not a int"):
         ReadPolicy.from_env({"MFVIDEO_READ_RETRIES": "two"})
-    with pytest.raises(ValueError, match=r"read timeout must be > 0 seconds, got 0.0 \(set in the environment"):
+    with pytest.raises(ValueError, match=r"timeout must be > 0 seconds, got 0.0 \(set in the environment: "
+                                         r"MFVIDEO_READ_TIMEOUT\)"):
         ReadPolicy.from_env({"MFVIDEO_READ_TIMEOUT": "0"})
 
 

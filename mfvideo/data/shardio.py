@@ -10,8 +10,8 @@ was retried. `policy.retries` failed attempts in a row without a byte of progres
 shard, the byte, the attempts and the last error: a source that stops answering fails after at most
 `(retries + 1) × timeout + Σ backoff` seconds.
 
-A source given its `size` (the manifest's `bytes`) that ends before it has failed: truncated responses are retried
-too. The timeout is the socket timeout for HTTP and a wait on the pipe for `pipe:` (the command is killed on
+A source that ends before its `size` (the manifest's `bytes`, when given) counts as a failed read, so truncated
+responses are retried too. The timeout is the socket timeout for HTTP and a wait on the pipe for `pipe:` (the command is killed on
 retry); local reads and fsspec back ends keep their own (a stalled NFS mount blocks in the kernel: mount it `soft`
 with `timeo`, or serve the shards over HTTP).
 
@@ -75,7 +75,8 @@ class ReadPolicy:
         try:
             return cls(**values)
         except ValueError as err:
-            raise ValueError(f"{err} (set in the environment: {sorted(values)})") from None
+            names = ", ".join(cls.ENVIRONMENT[key] for key in values)
+            raise ValueError(f"{err} (set in the environment: {names})") from None
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (1-based)."""
