@@ -11,9 +11,9 @@ shard, the byte, the attempts and the last error: a source that stops answering 
 `(retries + 1) × timeout + Σ backoff` seconds.
 
 A source that ends before its `size` (the manifest's `bytes`, when given) counts as a failed read, so truncated
-responses are retried too. The timeout is the socket timeout for HTTP and a wait on the pipe for `pipe:` (the command is killed on
-retry); local reads and fsspec back ends keep their own (a stalled NFS mount blocks in the kernel: mount it `soft`
-with `timeo`, or serve the shards over HTTP).
+responses are retried too. The timeout is the socket timeout for HTTP and a wait on the pipe for `pipe:` (the
+command is killed on retry); local reads and fsspec back ends keep their own (a stalled NFS mount blocks in the
+kernel: mount it `soft` with `timeo`, or serve the shards over HTTP).
 
 The policy's defaults come from the environment (`ReadPolicy.from_env`): MFVIDEO_READ_TIMEOUT (seconds, default
 60), MFVIDEO_READ_RETRIES (default 6) and MFVIDEO_READ_BACKOFF (seconds before the first retry, default 1).
