@@ -4,6 +4,7 @@ images from files), a copy with a truncated video, and PyAV-encoded videos for t
 from __future__ import annotations
 
 import atexit
+import hashlib
 import io
 import json
 import shutil
@@ -16,7 +17,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from mfvideo.data.shards import DemoSource, Item, ItemList, ShardOptions, make_shards
+from mfvideo.shards import DemoSource, Item, ItemList, ShardOptions, make_shards
 
 _CACHE: dict[str, Path] = {}
 _ROOT = Path(tempfile.mkdtemp(prefix="mfvideo-stream-tests-"))
@@ -34,11 +35,11 @@ def shard_counts(pattern: str) -> list[int]:
 
 
 def demo_shards() -> str:
-    """53 demo videos (64×48, 20–100 frames, 30 fps) in 9 unevenly filled shards (2 to 8 samples), made once per
+    """53 demo videos (64×48, 20–100 frames, 30 fps) in 9 unevenly filled shards (2 to 9 samples), made once per
     test session."""
     if "demo" not in _CACHE:
         source = DemoSource(num_videos=53, width=64, height=48, min_frames=20, max_frames=100, seed=1)
-        make_shards(source, ShardOptions(out=_ROOT / "demo", max_count=12, max_size=60_000, progress=False))
+        make_shards(source, ShardOptions(out=_ROOT / "demo", max_count=16, max_size=70_000, progress=False))
         _CACHE["demo"] = _ROOT / "demo"
     return _pattern(_CACHE["demo"])
 
@@ -72,11 +73,13 @@ def image_shards() -> str:
 
 def truncated_copy(pattern: str, destination: Path, broken: list[int]) -> tuple[str, list[str]]:
     """Copy of the shards whose samples at global positions `broken` have their video cut to 300 bytes (as a
-    failed download leaves it); returns the copy's pattern and the broken keys."""
+    failed download leaves it; the shards were written with it, so the manifest lists their new sizes); returns
+    the copy's pattern and the broken keys."""
     source = Path(pattern).parent
     shutil.copytree(source, destination)
     keys, position = [], 0
-    for shard in json.loads((source / "manifest.json").read_text())["shards"]:
+    manifest = json.loads((source / "manifest.json").read_text())
+    for shard in manifest["shards"]:
         members = []
         with tarfile.open(source / shard["file"]) as tar:
             for member in tar:
@@ -90,6 +93,9 @@ def truncated_copy(pattern: str, destination: Path, broken: list[int]) -> tuple[
                     position += 1
                 member.size = len(data)
                 out.addfile(member, io.BytesIO(data))
+        shard["bytes"] = (destination / shard["file"]).stat().st_size
+        shard["sha256"] = hashlib.sha256((destination / shard["file"]).read_bytes()).hexdigest()
+    (destination / "manifest.json").write_text(json.dumps(manifest))
     return _pattern(destination), keys
 
 

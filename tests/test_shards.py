@@ -13,9 +13,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from mfvideo.data.shards import (AvaSource, DemoSource, ImageFolderSource, KineticsSource, OutputMismatch,
-                                 SSv2Source, ShardOptions, SourceError, make_shards, parse_action_list, sanitize_key)
-from mfvideo.data.shards.cli import main as cli_main
+from mfvideo.shards import (AvaSource, DemoSource, ImageFolderSource, KineticsSource, OutputMismatch,
+                            SSv2Source, ShardOptions, SourceError, make_shards, parse_action_list, sanitize_key)
+from mfvideo.shards.cli import main as cli_main
 from shards_helpers import AVA_60_IDS, make_ava, make_images, make_kinetics, make_ssv2, write_video
 
 
@@ -51,7 +51,9 @@ def test_kinetics_csv_copies_bytes_and_rejects_missing_and_corrupt(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == ["archery", "jumping"]
     assert manifest["format_version"] == 1 and manifest["source"] == "kinetics" and manifest["name"] == "train"
-    assert [s["file"] for s in manifest["shards"]] == ["train-000000.tar", "train-000001.tar"]
+    # blocks of 2 inputs: [0, 1], [2, 3 missing], [4 corrupt, 5]: a shard never takes inputs of the next block
+    assert [(s["file"], s["num_samples"]) for s in manifest["shards"]] == [
+        ("train-000000.tar", 2), ("train-000001.tar", 1), ("train-000002.tar", 1)]
     for shard in manifest["shards"]:
         assert hashlib.sha256((out / shard["file"]).read_bytes()).hexdigest() == shard["sha256"]
         assert (out / shard["file"]).stat().st_size == shard["bytes"]
@@ -210,7 +212,7 @@ def test_workers_do_not_change_output(tmp_path):
 
 def test_interrupted_job_keeps_the_rejects_of_its_finished_shards(tmp_path, monkeypatch):
     """Rejects are recorded with the shard that follows them; a rerun that keeps that shard must keep them too."""
-    import mfvideo.data.shards.writer as writer
+    import mfvideo.shards.writer as writer
 
     data = make_kinetics(tmp_path / "k700")
     source = KineticsSource(videos=str(data["videos"]), csv=str(data["csv"]))

@@ -50,7 +50,7 @@ class _FilesSource:
     name = "bench"
 
     def list_items(self):
-        from mfvideo.data.shards import Item, ItemList
+        from mfvideo.shards import Item, ItemList
 
         return ItemList([Item(id=Path(p).stem, kind="video", label=0, label_name="synthetic", path=p)
                          for p in self.paths], classes=["synthetic"])
@@ -59,8 +59,8 @@ class _FilesSource:
 def make_benchmark_shards(directory: Path, num_videos: int, seconds: float, seed: int = 0) -> str:
     """`num_videos` synthetic 426×320 30 fps H.264 videos (the shard writer's encoder: one keyframe per second),
     written to shards of two videos by `make_shards`."""
-    from mfvideo.data.shards import ShardOptions, make_shards
-    from mfvideo.data.shards.encode import encode_rgb_frames
+    from mfvideo.shards import ShardOptions, make_shards
+    from mfvideo.shards.encode import encode_rgb_frames
 
     sources = directory / "sources"
     sources.mkdir(parents=True)

@@ -1,10 +1,12 @@
 """Shard lists and the per-epoch split of shards over ranks and loader workers.
 
 A pattern is anything WebDataset accepts (local paths or URLs, with brace expansion, several patterns joined by
-`::`), or a local split folder made by `make_shards`, which stands for every shard its manifest lists. Per-shard sample counts come from the shard directory's `manifest.json` (written by `make_shards`): they
-are what makes every rank's epoch the same length without reading the data first. The manifest is looked up
-beside the shards (same directory or URL prefix) unless given explicitly (`data.train_manifest` /
-`data.val_manifest`, needed for `pipe:` patterns); a missing manifest is an error, never a guess.
+`::`), or a local split folder made by `make_shards`, which stands for every shard its manifest lists. Per-shard
+sample counts come from the shard directory's `manifest.json` (written by `make_shards`): they are what makes every
+rank's epoch the same length without reading the data first. The manifest is looked up beside the shards (same
+directory or URL prefix) unless given explicitly (`data.train_manifest` / `data.val_manifest`, needed for `pipe:`
+patterns); a missing manifest is an error, never a guess. Manifests are read through `shardio` (timeouts,
+retries), and a local shard whose size is not the manifest's `bytes` is an error at start.
 
 Every (rank, worker) pair is a *slot*. Each epoch the shards are dealt to slots: training shuffles their order
 from (seed, epoch), testing keeps it; each shard then goes to the slot holding the fewest samples so far, so
@@ -23,12 +25,15 @@ from typing import Optional, Sequence
 import numpy as np
 from braceexpand import braceexpand
 
+from mfvideo.data.shardio import ReadPolicy, read_bytes
+
 
 @dataclass(frozen=True)
 class ShardEntry:
     url: str
     num_samples: int
     first_index: int  # global index of the shard's first sample in pattern order (the test `video_index`)
+    bytes: Optional[int] = None  # file size from the manifest (None: the manifest does not say)
 
 
 def expand_pattern(pattern: str) -> list[str]:
@@ -55,12 +60,9 @@ def manifest_location(urls: Sequence[str], explicit: Optional[str]) -> str:
     return posixpath.join(directories.pop(), "manifest.json")
 
 
-def read_manifest(location: str) -> dict:
-    import webdataset as wds
-
+def read_manifest(location: str, policy: Optional[ReadPolicy] = None) -> dict:
     try:
-        with wds.gopen(location) as stream:
-            manifest = json.loads(stream.read())
+        manifest = json.loads(read_bytes(location, policy or ReadPolicy.from_env()))
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"cannot read shard manifest {location!r}: {err}. Shards must come with the "
                                 f"manifest.json written by tools/make_shards.py (or set data.*_manifest)") from err
@@ -69,39 +71,45 @@ def read_manifest(location: str) -> dict:
     return manifest
 
 
-def _split(pattern: str, manifest: Optional[str]) -> tuple[list[str], str, dict]:
+def _split(pattern: str, manifest: Optional[str], policy: Optional[ReadPolicy]) -> tuple[list[str], str, dict]:
     """(shard URLs, manifest location, manifest content) of a split folder or a shard pattern."""
     if _is_local(pattern) and "{" not in pattern and "::" not in pattern and not os.path.exists(pattern):
         raise FileNotFoundError(f"{pattern!r} is neither a shard folder nor a shard file; make the shards with "
                                 f"tools/make_shards.py first")
     if _is_local(pattern) and os.path.isdir(pattern):
         location = manifest or os.path.join(pattern, "manifest.json")
-        content = read_manifest(location)
+        content = read_manifest(location, policy)
         return [os.path.join(pattern, entry["file"]) for entry in content["shards"]], location, content
     urls = expand_pattern(pattern)
     location = manifest_location(urls, manifest)
-    return urls, location, read_manifest(location)
+    return urls, location, read_manifest(location, policy)
 
 
-def read_split_manifest(pattern: str, manifest: Optional[str] = None) -> dict:
+def read_split_manifest(pattern: str, manifest: Optional[str] = None, policy: Optional[ReadPolicy] = None) -> dict:
     """The manifest of the split a folder or pattern names (its `classes`, `num_samples`, ...)."""
-    return _split(pattern, manifest)[2]
+    return _split(pattern, manifest, policy)[2]
 
 
-def list_shards(pattern: str, manifest: Optional[str] = None) -> list[ShardEntry]:
-    """The pattern's shards with their sample counts (shards without samples are left out)."""
-    urls, location, content = _split(pattern, manifest)
-    counts = {entry["file"]: int(entry["num_samples"]) for entry in content["shards"]}
+def list_shards(pattern: str, manifest: Optional[str] = None, policy: Optional[ReadPolicy] = None) -> list[ShardEntry]:
+    """The pattern's shards with their sample counts and sizes (shards without samples are left out); `policy`
+    (default `ReadPolicy.from_env()`) reads the manifest. Local shards must have the size their manifest lists."""
+    urls, location, content = _split(pattern, manifest, policy)
+    listed = {entry["file"]: entry for entry in content["shards"]}
     shards, first = [], 0
     for url in urls:
         name = posixpath.basename(url.split("?")[0])
-        if name not in counts:
+        if name not in listed:
             raise ValueError(f"shard {url!r} is not listed in manifest {location!r}")
-        if _is_local(url) and not os.path.exists(url):
-            raise FileNotFoundError(f"shard {url!r} (listed in {location!r}) does not exist")
-        if counts[name] > 0:
-            shards.append(ShardEntry(url, counts[name], first))
-        first += counts[name]
+        count, size = int(listed[name]["num_samples"]), listed[name].get("bytes")
+        if _is_local(url):
+            if not os.path.exists(url):
+                raise FileNotFoundError(f"shard {url!r} (listed in {location!r}) does not exist")
+            if size is not None and os.path.getsize(url) != size:
+                raise ValueError(f"shard {url!r} has {os.path.getsize(url)} bytes but manifest {location!r} lists "
+                                 f"{size}: it is truncated or from another run; rebuild it with tools/make_shards.py")
+        if count > 0:
+            shards.append(ShardEntry(url, count, first, size))
+        first += count
     return shards
 
 

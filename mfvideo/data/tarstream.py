@@ -4,6 +4,9 @@ A sample is the consecutive tar members sharing a key (`<key>.json` + `<key>.mp4
 (the shard format guarantees it), so the key is the file name up to its first dot. A worker reads its shards as
 one endless stream of *positions* 0, 1, 2, …: position p is sample p mod N of the concatenated shards (N samples
 per cycle) in cycle p div N. Positions are what the resumable state records.
+
+Shard bytes come through `shardio`, whose retries continue a failed read at the byte where it stopped, so a
+position names the same sample however often its shard's reads were retried.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import json
 import posixpath
 import tarfile
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 from mfvideo.data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from mfvideo.data.shardio import ReadPolicy, ShardReadError, open_shard
 from mfvideo.data.shardlist import ShardEntry, SlotPlan
 
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
@@ -41,13 +45,14 @@ class RawSample:
         raise KeyError(f"no media part among {sorted(self.parts)} (expected one of {MEDIA_EXTENSIONS})")
 
 
-def iter_shard(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample of one shard, in tar order."""
-    import webdataset as wds
-
+def iter_shard(url: str, policy: Optional[ReadPolicy] = None,
+               size: Optional[int] = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample of one shard, in tar order. `policy` (default `ReadPolicy.from_env()`)
+    sets read timeouts and retries; `size` is the shard's bytes from its manifest, when known."""
     key, parts = None, {}
     try:
-        with wds.gopen(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with open_shard(url, policy or ReadPolicy.from_env(), size) as stream, \
+                tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -58,15 +63,17 @@ def iter_shard(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
                     parts = {}
                 key = member_key
                 parts[extension] = tar.extractfile(member).read()
+    except ShardReadError:
+        raise
     except (tarfile.TarError, OSError) as err:
         raise IOError(f"cannot read shard {url!r}: {err}") from err
     if key is not None:
         yield key, parts
 
 
-def _shard_samples(shard: ShardEntry, skip: int, cycle: int) -> Iterator[RawSample]:
+def _shard_samples(shard: ShardEntry, skip: int, cycle: int, policy: ReadPolicy) -> Iterator[RawSample]:
     count = 0
-    for member, (key, parts) in enumerate(iter_shard(shard.url)):
+    for member, (key, parts) in enumerate(iter_shard(shard.url, policy, shard.bytes)):
         count += 1
         if member >= skip:
             yield RawSample(key, parts, shard.url, shard.first_index + member, cycle)
@@ -74,8 +81,11 @@ def _shard_samples(shard: ShardEntry, skip: int, cycle: int) -> Iterator[RawSamp
         raise IOError(f"shard {shard.url!r} holds {count} samples but its manifest says {shard.num_samples}")
 
 
-def samples_from(plan: SlotPlan, position: int) -> Iterator[tuple[int, RawSample]]:
-    """(position, sample) for every position from `position` on, cycling the plan's shards without end."""
+def samples_from(plan: SlotPlan, position: int,
+                 policy: Optional[ReadPolicy] = None) -> Iterator[tuple[int, RawSample]]:
+    """(position, sample) for every position from `position` on, cycling the plan's shards without end; shards are
+    read with `policy` (default `ReadPolicy.from_env()`)."""
+    policy = policy or ReadPolicy.from_env()
     per_cycle = plan.cycle_samples
     while True:
         cycle, offset = divmod(position, per_cycle)
@@ -83,7 +93,7 @@ def samples_from(plan: SlotPlan, position: int) -> Iterator[tuple[int, RawSample
             if offset >= shard.num_samples:
                 offset -= shard.num_samples
                 continue
-            for sample in _shard_samples(shard, offset, cycle):
+            for sample in _shard_samples(shard, offset, cycle, policy):
                 yield position, sample
                 position += 1
             offset = 0

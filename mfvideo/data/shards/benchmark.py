@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from mfvideo.benchmark_report import write_section
-from mfvideo.data.shards.sources.demo import DemoSource
-from mfvideo.data.shards.sources.kinetics import KineticsSource
-from mfvideo.data.shards.writer import ShardOptions, make_shards
+from mfvideo.shards.sources.demo import DemoSource
+from mfvideo.shards.sources.kinetics import KineticsSource
+from mfvideo.shards.writer import ShardOptions, make_shards
 
 
 def _timed(source, options: ShardOptions) -> float:

@@ -1,4 +1,4 @@
-"""Argument parser for tools/make_shards.py: one sub-command per source, shared output options."""
+"""Argument parser for tools/make_shards.py: one sub-command per source with shared output options, and `merge`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import re
 import sys
 from pathlib import Path
 
-from mfvideo.data.shards.sources.ava import AvaSource
-from mfvideo.data.shards.sources.common import SourceError
-from mfvideo.data.shards.sources.demo import DemoSource
-from mfvideo.data.shards.sources.images import ImageFolderSource
-from mfvideo.data.shards.sources.kinetics import KineticsSource
-from mfvideo.data.shards.sources.ssv2 import SSv2Source
-from mfvideo.data.shards.writer import OutputMismatch, ShardOptions, make_shards
+from mfvideo.fileio import LockHeld
+from mfvideo.shards.sources.ava import AvaSource
+from mfvideo.shards.sources.common import SourceError
+from mfvideo.shards.sources.demo import DemoSource
+from mfvideo.shards.sources.images import ImageFolderSource
+from mfvideo.shards.sources.kinetics import KineticsSource
+from mfvideo.shards.sources.ssv2 import SSv2Source
+from mfvideo.shards.writer import MergeError, OutputMismatch, Part, ShardOptions, Summary, make_shards, merge_parts
 
 log = logging.getLogger("make_shards")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)B?$", re.I)
@@ -23,25 +24,45 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)B?$", re.I)
 def parse_size(text: str) -> int:
     """Bytes from '1G', '500M', '2048' (binary multiples)."""
     match = _SIZE.match(text.strip())
-    if not match:
+    if not match or float(match.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1G, 500M, 2048)")
     scale = 1 << (10 * " KMGT".index((match.group(2) or " ").upper()))
     return int(float(match.group(1)) * scale)
 
 
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
+
+
+def parse_part(text: str) -> Part:
+    """'3/8' -> part 3 (0-based) of 8."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise argparse.ArgumentTypeError(f"not a part: {text!r} (i/N with 0 <= i < N, e.g. 0/8)")
+    return Part(int(match.group(1)), int(match.group(2)))
+
+
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory of this split")
     parser.add_argument("--name", help="shard file prefix (default: basename of --out)")
-    parser.add_argument("--max-count", type=int, default=1000, help="samples per shard (default 1000)")
+    parser.add_argument("--max-count", type=positive_int, default=1000,
+                        help="inputs per shard (default 1000): a shard holds the samples of this many consecutive "
+                             "inputs, fewer where some are rejected or --max-size splits it")
     parser.add_argument("--max-size", type=parse_size, default=1 << 30,
                         help="member bytes per shard, e.g. 1G, 500M (default 1G)")
     parser.add_argument("--short-side", type=int, default=None,
                         help="re-encode to H.264 with this short side (never upscaled), fps kept, a keyframe "
                              "every second; default: copy the original bytes")
-    parser.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="processes (output does not depend on it)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete existing shards of another run in --out instead of refusing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--part", type=parse_part,
+                        help="write only part i of N (0-based, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT) "
+                             "under OUT/.parts/; when all N are done, 'merge --out OUT' joins them into the split a "
+                             "single run would write")
 
 
 def _demo_parser(sub) -> None:
@@ -67,8 +88,11 @@ def _kinetics_parser(sub) -> None:
     given.add_argument("--csv", help="official annotation CSV: label,youtube_id,time_start,time_end,split[,is_cc]")
     given.add_argument("--list", dest="list_file", help="lines 'path label' (path relative to --videos)")
     parser.add_argument("--class-map", help="JSON {name: id} or one name per line (default: sorted names)")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="the --csv has no label column on purpose (a test split): every label is -1. Without "
+                             "it, a CSV without a label column is an error")
     parser.set_defaults(build_source=lambda a: KineticsSource(
-        videos=a.videos, csv=a.csv, list_file=a.list_file, class_map=a.class_map))
+        videos=a.videos, csv=a.csv, list_file=a.list_file, class_map=a.class_map, unlabelled=a.unlabelled))
     _add_output_options(parser)
 
 
@@ -115,7 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SOURCE_PARSERS = [_kinetics_parser, _ssv2_parser, _ava_parser, _images_parser, _demo_parser]
+def _merge_parser(sub) -> None:
+    parser = sub.add_parser("merge", help="join the parts written with --part i/N into one split")
+    parser.add_argument("--out", type=Path, required=True, help="the --out the parts were written with")
+    parser.add_argument("--overwrite", action="store_true", help="replace a different split already in --out")
+    parser.set_defaults(part=None)
+
+
+_SOURCE_PARSERS = [_kinetics_parser, _ssv2_parser, _ava_parser, _images_parser, _demo_parser, _merge_parser]
+
+
+def _run(args: argparse.Namespace) -> Summary:
+    if args.source == "merge":
+        return merge_parts(args.out, overwrite=args.overwrite)
+    source = args.build_source(args)
+    options = ShardOptions(out=args.out, name=args.name, max_count=args.max_count, max_size=args.max_size,
+                           short_side=args.short_side, workers=args.workers, overwrite=args.overwrite,
+                           progress=not args.no_progress, part=args.part)
+    return make_shards(source, options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,16 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
     try:
-        source = args.build_source(args)
-    except (ValueError, OSError) as err:
-        log.error("%s", err)
-        return 2
-    options = ShardOptions(out=args.out, name=args.name, max_count=args.max_count, max_size=args.max_size,
-                           short_side=args.short_side, workers=args.workers, overwrite=args.overwrite,
-                           progress=not args.no_progress)
-    try:
-        summary = make_shards(source, options)
-    except (OutputMismatch, SourceError, OSError) as err:
+        summary = _run(args)
+    except (LockHeld, MergeError, OutputMismatch, SourceError, OSError) as err:
         log.error("%s", err)
         return 2
     except KeyboardInterrupt:
@@ -142,4 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{summary.num_samples} samples in {summary.num_shards} shards under {summary.out}"
           f" ({summary.resumed_shards} found finished); "
           f"{summary.num_rejects} rejected (see {summary.out / 'rejects.jsonl'})", file=sys.stderr)
+    if args.part is not None:
+        print(f"part {args.part} done; when all {args.part.count} are, join them with: "
+              f"make_shards.py merge --out {args.out}", file=sys.stderr)
     return 0

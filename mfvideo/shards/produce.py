@@ -1,82 +1,15 @@
-"""What a source lists (items) and what processing one item gives (a sample or a reject).
-
-Sources only list; `produce` (run in worker processes) turns an item into media bytes and metadata.
-Items are plain picklable data so that workers need nothing but the item itself.
-"""
+"""One item → one sample (media bytes + JSON) or a reject, per item kind; runs in the writer's worker processes."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
-from mfvideo.data.shards.encode import VideoError, cut_video, probe_video, reencode_video, scaled_size
-
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One input. `kind` picks the producer: video (a file), clip (a cut of a movie), image, or demo."""
-
-    id: str
-    kind: str
-    label: int = -1
-    label_name: str = ""
-    path: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # extra JSON fields (AVA boxes, ...)
-    params: dict[str, Any] = field(default_factory=dict)  # producer parameters (cut times, demo spec)
-
-
-@dataclass(frozen=True)
-class ItemList:
-    items: list[Item]
-    classes: list[str]  # names in label order
-
-
-@dataclass(frozen=True)
-class EncodeOptions:
-    short_side: int | None = None  # re-encode to H.264 with this short side; None copies the original bytes
-
-
-@dataclass(frozen=True)
-class Sample:
-    key: str
-    files: dict[str, bytes]  # extension -> bytes, e.g. {"mp4": ..., "json": ...}
-
-
-@dataclass(frozen=True)
-class Reject:
-    id: str
-    path: str | None
-    reason: str
-
-    def as_json(self) -> dict:
-        return {"id": self.id, "path": self.path, "reason": self.reason}
-
-
-def sanitize_key(identifier: str) -> str:
-    """Characters outside [A-Za-z0-9_-] (dots above all: WebDataset splits keys at the first dot) become '_'."""
-    key = re.sub(r"[^A-Za-z0-9_-]", "_", identifier)
-    return key or "_"
-
-
-def assign_keys(items: list[Item]) -> list[str]:
-    """A unique sanitised key per item, in item order; a collision gets the suffix -1, -2, ..."""
-    used: set[str] = set()
-    keys = []
-    for item in items:
-        base = key = sanitize_key(item.id)
-        suffix = 0
-        while key in used:
-            suffix += 1
-            key = f"{base}-{suffix}"
-        used.add(key)
-        keys.append(key)
-    return keys
+from mfvideo.shards.encode import VideoError, cut_video, probe_video, reencode_video, scaled_size
+from mfvideo.shards.items import EncodeOptions, Item, Reject, Sample
+from mfvideo.shards.sources.demo import render_demo_video
 
 
 def _read_file(path: str) -> bytes:
@@ -133,8 +66,6 @@ def _produce_image(item: Item, options: EncodeOptions) -> tuple[str, bytes, dict
 
 
 def _produce_demo(item: Item, options: EncodeOptions) -> tuple[str, bytes, dict]:
-    from mfvideo.data.shards.sources.demo import render_demo_video
-
     data, info = render_demo_video(**item.params)
     return "mp4", data, info.as_json()
 

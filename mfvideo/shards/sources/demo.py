@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mfvideo.data.shards.encode import VideoInfo, encode_rgb_frames
-from mfvideo.data.shards.items import Item, ItemList
+from mfvideo.shards.encode import VideoInfo, encode_rgb_frames
+from mfvideo.shards.items import Item, ItemList
+from mfvideo.shards.sources.common import SourceError
 
 MOTIONS = ("move_right", "move_left", "move_down", "move_up", "rotate_clockwise", "rotate_counterclockwise",
            "grow", "shrink")
@@ -33,13 +34,13 @@ class DemoSource:
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= len(MOTIONS):
-            raise ValueError(f"demo num_classes must be in 2..{len(MOTIONS)}, got {self.num_classes}")
+            raise SourceError(f"demo num_classes must be in 2..{len(MOTIONS)}, got {self.num_classes}")
         if self.width % 2 or self.height % 2 or min(self.width, self.height) < 16:
-            raise ValueError(f"demo width/height must be even and >= 16, got {self.width}x{self.height}")
+            raise SourceError(f"demo width/height must be even and >= 16, got {self.width}x{self.height}")
         if not 1 <= self.min_frames <= self.max_frames:
-            raise ValueError(f"demo frames need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
+            raise SourceError(f"demo frames need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
         if self.num_videos < 1:
-            raise ValueError(f"demo num_videos must be >= 1, got {self.num_videos}")
+            raise SourceError(f"demo num_videos must be >= 1, got {self.num_videos}")
 
     def list_items(self) -> ItemList:
         # Balanced labels in a seeded order, so any prefix of the set has every class.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from mfvideo.data.shards.items import Item, ItemList
-from mfvideo.data.shards.sources.common import SourceError, load_class_map, walk_files
+from mfvideo.shards.items import Item, ItemList
+from mfvideo.shards.sources.common import SourceError, load_class_map, walk_files
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

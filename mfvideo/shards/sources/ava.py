@@ -8,14 +8,13 @@ ActivityNet list is what evaluation uses.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from mfvideo.data.shards.items import Item, ItemList
-from mfvideo.data.shards.sources.common import SourceError, index_files
+from mfvideo.shards.items import Item, ItemList
+from mfvideo.shards.sources.common import SourceError, csv_rows, index_files, read_text
 
 _ITEM = re.compile(r"item\s*\{(.*?)\}", re.S)
 _NAME = re.compile(r'name:\s*"([^"]*)"')
@@ -24,10 +23,8 @@ _ID = re.compile(r"\b(?:label_)?id:\s*(\d+)")
 
 def parse_action_list(path: str) -> dict[int, str]:
     """AVA action-list pbtxt -> {action id: name}."""
-    with open(path) as handle:
-        text = handle.read()
     actions = {}
-    for block in _ITEM.findall(text):
+    for block in _ITEM.findall(read_text(path)):
         name, action_id = _NAME.search(block), _ID.search(block)
         if not name or not action_id:
             raise SourceError(f"{path}: item without name or id: {block.strip()!r}")
@@ -54,11 +51,6 @@ def _box(values: list[str], where: str) -> tuple[float, ...]:
     return box
 
 
-def _rows(path: str) -> list[tuple[str, list[str]]]:
-    with open(path, newline="") as handle:
-        return [(f"{path}:{line}", row) for line, row in enumerate(csv.reader(handle), start=1) if row]
-
-
 @dataclass(frozen=True)
 class AvaSource:
     action_list: str                   # ava_action_list_v2.2(.._for_activitynet_2019).pbtxt
@@ -80,7 +72,7 @@ class AvaSource:
         classes = [actions.get(i, "") for i in range(1, max(actions) + 1)]
         boxes = self._ground_truth(actions) if self.annotations else {}
         detections = self._detections() if self.detections else {}
-        excluded = {_keyframe(row[0], row[1], where) for where, row in _rows(self.excluded)} if self.excluded else set()
+        excluded = self._excluded() if self.excluded else set()
         movies = index_files(self.movies)
         items = []
         for video_id, timestamp in sorted((set(boxes) | set(detections)) - excluded):
@@ -101,7 +93,7 @@ class AvaSource:
     def _ground_truth(self, actions: dict[int, str]) -> dict:
         """(video, second) -> {(box, person id): set of action ids}, boxes in order of first appearance."""
         keyframes: dict = defaultdict(dict)
-        for where, row in _rows(self.annotations):
+        for where, row in csv_rows(self.annotations):
             if len(row) != 8:
                 raise SourceError(f"{where}: expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,person_id")
             key = _keyframe(row[0], row[1], where)
@@ -113,9 +105,17 @@ class AvaSource:
                 keyframes[key].setdefault((_box(row[2:6], where), person), set()).add(action)
         return keyframes
 
+    def _excluded(self) -> set[tuple[str, int]]:
+        keyframes = set()
+        for where, row in csv_rows(self.excluded):
+            if len(row) != 2:
+                raise SourceError(f"{where}: expected 2 columns video_id,timestamp")
+            keyframes.add(_keyframe(row[0], row[1], where))
+        return keyframes
+
     def _detections(self) -> dict:
         found: dict = defaultdict(list)
-        for where, row in _rows(self.detections):
+        for where, row in csv_rows(self.detections):
             if len(row) < 7:
                 raise SourceError(f"{where}: expected video_id,timestamp,x1,y1,x2,y2,[action_id,]score")
             try:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
-from mfvideo.data.shards.items import Item, ItemList
-from mfvideo.data.shards.sources.common import SourceError
+from mfvideo.shards.items import Item, ItemList
+from mfvideo.shards.sources.common import SourceError, load_json
 
 
 @dataclass(frozen=True)
@@ -19,15 +18,21 @@ class SSv2Source:
     name = "ssv2"
 
     def list_items(self) -> ItemList:
-        with open(self.labels) as handle:
-            template_ids = {name: int(i) for name, i in json.load(handle).items()}
+        labels = load_json(self.labels)
+        try:
+            template_ids = {name: int(i) for name, i in labels.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise SourceError(f"{self.labels}: expected a JSON object {{template: integer id}}") from None
         if set(template_ids.values()) != set(range(len(template_ids))):
             raise SourceError(f"{self.labels}: ids must be 0..{len(template_ids) - 1} without gaps")
         classes = sorted(template_ids, key=template_ids.get)
-        with open(self.annotations) as handle:
-            entries = json.load(handle)
+        entries = load_json(self.annotations)
+        if not isinstance(entries, list):
+            raise SourceError(f"{self.annotations}: expected a JSON list of {{\"id\", \"template\", ...}} objects")
         items = []
-        for entry in entries:
+        for number, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "id" not in entry:
+                raise SourceError(f"{self.annotations}: entry {number} has no \"id\": {entry!r}")
             video_id = str(entry["id"])
             label, label_name = -1, ""
             if "template" in entry:
