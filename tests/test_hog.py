@@ -11,7 +11,7 @@ import torch
 from skimage import data as skimage_data
 from skimage.feature import hog as skimage_hog
 
-from mfvideo.targets.benchmark import benchmark_hog, format_hog_benchmark, natural_video, peak_memory_bytes
+from mfvideo.benchmarks.hog import benchmark_hog, format_hog_benchmark, natural_video, peak_memory_bytes
 from mfvideo.targets.hog import HogTarget, gaussian_window_weights, hog_reference
 
 

@@ -6,7 +6,7 @@ import sys
 from launch_helpers import REPO, child_env
 
 DATA_MODULES = ["mfvideo.data.pipeline", "mfvideo.data.stream", "mfvideo.data.shards", "mfvideo.data.shards.cli",
-                "mfvideo.data.benchmark"]
+                "mfvideo.benchmarks.data"]
 
 
 def test_data_side_does_not_import_models_or_engine():

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mfvideo.benchmark_report import write_section
+from mfvideo.benchmarks.report import write_section
 from mfvideo.data.shards.sources.demo import DemoSource
 from mfvideo.data.shards.sources.kinetics import KineticsSource
 from mfvideo.data.shards.writer import ShardOptions, make_shards

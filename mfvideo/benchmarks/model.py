@@ -14,12 +14,12 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
-from mfvideo.benchmark_report import write_section
+from mfvideo.benchmarks.hog import benchmark_hog, format_hog_benchmark
+from mfvideo.benchmarks.report import write_section
 from mfvideo.config.schema import ModelConfig
 from mfvideo.models import build_model
 from mfvideo.models.complexity import build_on_meta, count_macs
 from mfvideo.models.mvit import MultiScaleBlock, block_configs, mvit_s
-from mfvideo.targets.benchmark import benchmark_hog, format_hog_benchmark
 from mfvideo.targets.masks import build_mask_generator, mask_grid
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, for model-FLOPs utilisation.
