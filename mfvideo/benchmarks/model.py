@@ -14,7 +14,7 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
-from mfvideo.benchmarks.hog import benchmark_hog, format_hog_benchmark
+from mfvideo.benchmarks.hog import benchmark_hog, format_hog_benchmark, normalise
 from mfvideo.benchmarks.report import write_section
 from mfvideo.config.schema import ModelConfig
 from mfvideo.models import build_model
@@ -107,10 +107,12 @@ def attention_benchmark(repeats: int, device: torch.device) -> str:
 
 
 def pretrain_batch(batch: int, num_frames: int, crop: int, device: torch.device) -> Dict[str, torch.Tensor]:
+    """MaskFeat's batch on `device`: random uint8 pixels, the normalised clip beside them, cube masks."""
     generator = build_mask_generator("cube", mask_grid(num_frames, crop))
     rng = np.random.default_rng(0)
     masks = torch.stack([torch.from_numpy(generator(rng)) for _ in range(batch)])
-    return {"video": torch.randn(batch, 3, num_frames, crop, crop, device=device), "mask": masks.to(device)}
+    pixels = torch.randint(0, 256, (batch, 3, num_frames, crop, crop), dtype=torch.uint8, device=device)
+    return {"video": normalise(pixels), "pixels": pixels, "mask": masks.to(device)}
 
 
 def step_ms(model: torch.nn.Module, batch: Dict[str, torch.Tensor], repeats: int, device: torch.device,
@@ -120,7 +122,7 @@ def step_ms(model: torch.nn.Module, batch: Dict[str, torch.Tensor], repeats: int
 
     def step() -> None:
         with autocast:
-            loss = model(batch["video"], batch["mask"])["loss"]
+            loss = model(batch)["loss"]
         loss.backward()
 
     return best_ms({"step": step}, repeats, device)["step"]
@@ -151,7 +153,7 @@ def gpu_row(arch: str, batch_size: int, repeats: int, device: torch.device, peak
     model = build_model(cfg, 16, 224).to(device).train()
     batch = pretrain_batch(batch_size, 16, 224, device)
     ms = step_ms(model, batch, repeats, device, bf16=True)
-    hog_ms = best_ms({"hog": lambda: model.hog(batch["video"])}, repeats, device)["hog"]
+    hog_ms = best_ms({"hog": lambda: model.hog(batch["pixels"])}, repeats, device)["hog"]
     clips_per_s = batch_size / (ms / 1e3)
     mfu = f"{100 * train_flops * clips_per_s / peak:.1f}%" if peak else "peak unknown"
     return (f"| MaskFeat {arch} | {batch_size} | {ms:.0f} | {clips_per_s:.1f} | {mfu} | "

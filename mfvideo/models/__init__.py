@@ -25,7 +25,8 @@ def backbone_config(model_cfg: ModelConfig) -> MViTConfig:
 def build_model(model_cfg: ModelConfig, num_frames: int, crop_size: int) -> nn.Module:
     """The model for `model_cfg.task` at clips of num_frames × crop_size², weights from `model_cfg.init` if set.
 
-    pretrain: MaskFeat, forward(video, mask) -> {"loss", "pred", "target", "mask"}; classify: forward(video) -> logits.
+    pretrain: MaskFeat, forward({"video", "pixels", "mask"}) -> {"loss", "pred", "target", "mask"}; classify:
+    forward(video) -> logits.
     Both have layer_id(name) and num_layers for layer-wise learning-rate decay."""
     if model_cfg.task not in TASKS:
         raise ValueError(f"model.task={model_cfg.task!r}: build_model builds {TASKS} "
