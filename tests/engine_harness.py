@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mfvideo.config import load_recipe_or_exit
+from mfvideo.data.transforms import Normalise
 from mfvideo.engine.trainer import default_model, train
 from mfvideo.targets.masks import build_mask_generator, mask_grid
 from mfvideo.tasks import task_of
@@ -32,6 +33,7 @@ class SyntheticClips:
             recipe.mask.mode, mask_grid(recipe.data.num_frames, recipe.data.crop_size), ratio=recipe.mask.ratio,
             min_units=recipe.mask.min_units)
         self.augment = task_of(recipe).batch_augment(recipe)
+        self.normalise = Normalise(recipe.data.mean, recipe.data.std)
         self.epoch, self.position = 0, 0
 
     def __len__(self) -> int:
@@ -49,9 +51,11 @@ class SyntheticClips:
     def sample(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         shape = (3, self.data.num_frames, self.data.crop_size, self.data.crop_size)
+        if self.masks is not None:  # pretraining: the uint8 clip (the HOG target's input) and its normalised copy
+            pixels = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
+            return {"video": self.normalise(pixels[None])[0], "pixels": pixels,
+                    "mask": torch.from_numpy(self.masks(rng))}
         video = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
-        if self.masks is not None:
-            return {"video": video, "mask": torch.from_numpy(self.masks(rng))}
         label = int(rng.integers(self.num_classes))
         video[label % 3] += 1.0 + label // 3  # the class is visible in the clip, so the loss can fall
         return {"video": video, "label": torch.tensor(label)}

@@ -43,16 +43,26 @@ def decode(data: bytes) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
-def encoded_clip(num_frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """3×T×H×W float32 clip, normalised like the loader's (mean 0.45, std 0.225), decoded from real H.264."""
+def encoded_pixels(num_frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """3×T×H×W uint8 clip decoded from real H.264 (what the loader ships)."""
     frames = decode(encode_h264(moving_square_frames(num_frames, height, width, seed)))
     assert frames.shape == (num_frames, height, width, 3), frames.shape
-    video = torch.from_numpy(frames).float().div(255).permute(3, 0, 1, 2)
-    return (video - MEAN) / STD
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels → float32 normalised like the loader's (mean 0.45, std 0.225)."""
+    return (pixels.float().div(255) - MEAN) / STD
+
+
+def pixel_batch(batch: int, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """B×3×T×H×W uint8, clip i decoded from its own real H.264 video."""
+    return torch.stack([encoded_pixels(num_frames, height, width, seed=i) for i in range(batch)])
 
 
 def clip_batch(batch: int, num_frames: int, height: int, width: int) -> torch.Tensor:
-    return torch.stack([encoded_clip(num_frames, height, width, seed=i) for i in range(batch)])
+    """B×3×T×H×W float32, normalised: the backbone's input."""
+    return normalise(pixel_batch(batch, num_frames, height, width))
 
 
 # torchvision/models/video/mvit.py, mvit_v2_s: per-block settings as listed there (block i of 16).

@@ -10,9 +10,9 @@ from mfvideo.config.schema import ModelConfig
 from mfvideo.tasks import build_model
 from mfvideo.models.checkpoint import load_pretrained
 from mfvideo.models.mvit import resize_rel_pos
-from mfvideo.targets.hog import HogTarget
+from mfvideo.targets.hog import HogTarget, hog_reference
 from mfvideo.targets.masks import build_mask_generator, mask_grid
-from models_helpers import clip_batch
+from models_helpers import clip_batch, normalise, pixel_batch
 
 TINY = ModelConfig(arch="mvit_tiny", task="pretrain")
 
@@ -23,11 +23,16 @@ def cube_masks(batch: int, num_frames: int, crop: int, seed: int = 0) -> torch.T
     return torch.from_numpy(np.stack([generator(rng) for _ in range(batch)]))
 
 
+def pretrain_batch(pixels: torch.Tensor, mask: torch.Tensor) -> dict:
+    """The batch MaskFeat takes: the normalised clip for the backbone, its uint8 pixels for the target, the mask."""
+    return {"video": normalise(pixels), "pixels": pixels, "mask": mask}
+
+
 def test_pretraining_outputs_on_the_output_grid():
     torch.manual_seed(0)
     model = build_model(TINY, num_frames=16, crop_size=64)
-    video, mask = clip_batch(2, 16, 64, 64), cube_masks(2, 16, 64)
-    out = model({"video": video, "mask": mask})
+    mask = cube_masks(2, 16, 64)
+    out = model(pretrain_batch(pixel_batch(2, 16, 64, 64), mask))
     assert out["pred"].shape == out["target"].shape == (2, 8, 4, 4, 108)
     assert torch.equal(out["mask"], mask.repeat_interleave(2, 2).repeat_interleave(2, 3))
     masked = out["mask"]
@@ -39,29 +44,48 @@ def test_pretraining_outputs_on_the_output_grid():
 
 def test_bf16_autocast_matches_float32():
     model = build_model(TINY, 16, 64)
-    video, mask = clip_batch(1, 16, 64, 64), cube_masks(1, 16, 64)
+    batch = pretrain_batch(pixel_batch(1, 16, 64, 64), cube_masks(1, 16, 64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = model({"video": video, "mask": mask})
+        low = model(batch)
     assert low["pred"].dtype == torch.bfloat16 and low["target"].dtype == torch.float32
-    torch.testing.assert_close(low["loss"], model({"video": video, "mask": mask})["loss"], rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(low["loss"], model(batch)["loss"], rtol=2e-2, atol=1e-3)
 
 
-def test_target_is_the_hog_of_the_input_as_fed():
+def test_target_is_the_exact_hog_of_the_pixels_not_of_the_normalised_clip():
+    """The backbone reads `video`, the target `pixels`: the target equals the formula evaluated exactly (float64 on
+    the integer pixel values) to float32 rounding, while the same clip normalised to float32 gives a target that
+    moves many values by far more (bins 0 and 8 swap where gradients cancel)."""
     model = build_model(TINY, 16, 64)
-    video = clip_batch(1, 16, 64, 64)
-    out = model({"video": video, "mask": cube_masks(1, 16, 64)})
-    torch.testing.assert_close(out["target"], HogTarget()(video))
+    pixels = pixel_batch(1, 16, 64, 64)
+    batch = pretrain_batch(pixels, cube_masks(1, 16, 64))
+    out = model(batch)
+    exact = hog_reference(pixels.double()).float().reshape(out["target"].shape)
+    torch.testing.assert_close(out["target"], exact, rtol=0, atol=1e-6)
+    from_normalised = HogTarget()(batch["video"]).reshape(out["target"].shape)
+    assert ((from_normalised - exact).abs() > 1e-3).float().mean() > 0.01
 
 
-def test_bf16_weights_take_a_float32_clip_and_target_its_exact_hog():
-    """As under DeepSpeed bf16: weights in bf16, the normalised clip in float32. The HOG target must come from the
-    float32 clip (bf16 rounding of normalised pixels moves single HOG values by up to ~0.4)."""
-    model = build_model(TINY, 16, 64).to(torch.bfloat16)
-    video = clip_batch(1, 16, 64, 64)
-    assert video.dtype == torch.float32 and video.min() < 0  # normalised, not bf16-exact integers
-    out = model({"video": video, "mask": cube_masks(1, 16, 64)})
+def test_bf16_weights_take_a_float32_clip_and_target_the_exact_hog():
+    """As under DeepSpeed bf16: weights in bf16, the normalised clip in float32 into the backbone; the target still
+    comes from the uint8 pixels, bit for bit the float32 model's target."""
+    pixels = pixel_batch(1, 16, 64, 64)
+    batch = pretrain_batch(pixels, cube_masks(1, 16, 64))
+    model = build_model(TINY, 16, 64)
+    full = model(batch)
+    out = model.to(torch.bfloat16)(batch)
     assert out["pred"].dtype == torch.bfloat16
-    torch.testing.assert_close(out["target"], HogTarget()(video), rtol=0, atol=0)
+    torch.testing.assert_close(out["target"], full["target"], rtol=0, atol=0)
+
+
+def test_batch_without_pixels_or_with_other_pixels_is_named():
+    model = build_model(TINY, 16, 64)
+    pixels, mask = pixel_batch(1, 16, 64, 64), cube_masks(1, 16, 64)
+    with pytest.raises(ValueError, match=r"lacks \['pixels'\].*got \['mask', 'video'\]"):
+        model({"video": normalise(pixels), "mask": mask})
+    with pytest.raises(ValueError, match=r"uint8 values.*got torch.float32 \(1, 3, 16, 64, 64\)"):
+        model({"video": normalise(pixels), "pixels": pixels.float(), "mask": mask})
+    with pytest.raises(ValueError, match=r"shaped as video \(1, 3, 16, 64, 64\); got torch.uint8 \(1, 3, 8, 64, 64\)"):
+        model({"video": normalise(pixels), "pixels": pixels[:, :, :8], "mask": mask})
 
 
 def test_mask_token_replaces_exactly_the_masked_embeddings():
@@ -76,31 +100,32 @@ def test_mask_token_replaces_exactly_the_masked_embeddings():
 
 def test_images_and_non_square_clips_pretrain():
     image_model = build_model(TINY, num_frames=1, crop_size=64)
-    out = image_model({"video": clip_batch(2, 1, 64, 64), "mask": cube_masks(2, 1, 64)})
+    out = image_model(pretrain_batch(pixel_batch(2, 1, 64, 64), cube_masks(2, 1, 64)))
     assert out["pred"].shape == (2, 1, 4, 4, 108) and torch.isfinite(out["loss"])
     video_model = build_model(TINY, 16, 64)
     generator = build_mask_generator("cube", (8, 2, 3), min_units=1)
     mask = torch.from_numpy(generator(np.random.default_rng(0)))[None]
-    out = video_model({"video": clip_batch(1, 16, 64, 96), "mask": mask})
+    out = video_model(pretrain_batch(pixel_batch(1, 16, 64, 96), mask))
     assert out["pred"].shape == (1, 8, 4, 6, 108) and torch.isfinite(out["loss"])
 
 
 def test_mask_that_does_not_fit_the_clip_is_named():
     model = build_model(TINY, 16, 64)
+    pixels = pixel_batch(1, 16, 64, 64)
     with pytest.raises(ValueError, match=r"mask grid \(8, 3, 3\) does not divide the token grid \(8, 16, 16\)"):
-        model({"video": clip_batch(1, 16, 64, 64), "mask": torch.zeros(1, 8, 3, 3, dtype=torch.bool)})
+        model(pretrain_batch(pixels, torch.zeros(1, 8, 3, 3, dtype=torch.bool)))
     with pytest.raises(ValueError, match="mask must be B×T'×H'×W'"):
-        model({"video": clip_batch(1, 16, 64, 64), "mask": torch.zeros(1, 2, 2, dtype=torch.bool)})
+        model(pretrain_batch(pixels, torch.zeros(1, 2, 2, dtype=torch.bool)))
 
 
 def test_loss_decreases_when_overfitting_one_batch():
     torch.manual_seed(0)
     model = build_model(TINY, 8, 64)
-    video, mask = clip_batch(2, 8, 64, 64), cube_masks(2, 8, 64)
+    batch = pretrain_batch(pixel_batch(2, 8, 64, 64), cube_masks(2, 8, 64))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     losses = []
     for _ in range(40):
-        loss = model({"video": video, "mask": mask})["loss"]
+        loss = model(batch)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -27,11 +27,11 @@ def main() -> None:
     args = parser.parse_args()
     # Imported after parsing so `--help` stays instant and each benchmark loads only its own stage.
     if args.which == "shards":
-        from mfvideo.data.shards.benchmark import run
+        from mfvideo.benchmarks.shards import run
     elif args.which == "data":
-        from mfvideo.data.benchmark import run
+        from mfvideo.benchmarks.data import run
     else:
-        from mfvideo.models.benchmark import run
+        from mfvideo.benchmarks.model import run
     run(args)
 
 

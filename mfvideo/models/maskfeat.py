@@ -2,6 +2,11 @@
 
 The mask comes from the loader on the coarse mask-unit grid (8×7×7 for 16×224², 1×14×14 for images) and is
 upsampled (nearest) to the patch-embedding grid for the mask token and to the output grid for the loss.
+
+The backbone sees the normalised clip (`video`); the HOG target is computed from the same clip's uint8 pixel values
+(`pixels`, already on the device beside `video`). Mean and std drop out of the target in exact arithmetic (DESIGN
+§2), and on integer pixel values the Sobel gradients are exact in float32, so the target is the formula's own answer;
+on the normalised floats, gradients that should cancel to 0 leave ±1e-8 and flip pixels between bins 0 and 8.
 """
 
 from __future__ import annotations
@@ -49,9 +54,23 @@ class PredictionHead(nn.Module):
         return self.proj(self.norm(x))
 
 
+BATCH_KEYS = ("video", "pixels", "mask")
+
+
+def check_batch(batch: Dict[str, torch.Tensor]) -> None:
+    missing = [key for key in BATCH_KEYS if key not in batch]
+    if missing:
+        raise ValueError(f"MaskFeat batch lacks {missing}: it needs {list(BATCH_KEYS)}, got {sorted(batch)}")
+    video, pixels = batch["video"], batch["pixels"]
+    if pixels.dtype != torch.uint8 or pixels.shape != video.shape:
+        raise ValueError(f"MaskFeat batch: pixels must be the clip's uint8 values, shaped as video "
+                         f"{tuple(video.shape)}; got {pixels.dtype} {tuple(pixels.shape)}")
+
+
 class MaskFeat(BackboneLayerIds, nn.Module):
-    """forward(batch) -> {"loss", "pred", "target", "mask"}; reads batch["video"] (B×3×T×H×W, normalised) and
-    batch["mask"] (B×T'×H'×W' bool, on the mask-unit grid).
+    """forward(batch) -> {"loss", "pred", "target", "mask"}, batch holding `video` (float B×3×T×H×W, normalised: the
+    backbone's input), `pixels` (the same clip as uint8 B×3×T×H×W on the same device: the HOG target's input) and
+    `mask` (B×T'×H'×W' bool, mask units).
 
     pred and target are B×T×H×W×D on the output grid (D = 108 for the default HOG), mask is that grid's bool mask.
     """
@@ -85,21 +104,22 @@ class MaskFeat(BackboneLayerIds, nn.Module):
         return self.pred_head(x[:, 1:])
 
     @torch.no_grad()
-    def target(self, video: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """HOG features per output token, B×N×D, of the input as fed (normalised), in float32."""
-        hog = self.hog(video.float())
+    def target(self, pixels: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """HOG features per output token, B×N×D, of the clip's uint8 pixel values, in float32."""
+        hog = self.hog(pixels)
         if tuple(hog.shape[1:4]) != tuple(grid):
             raise ValueError(f"HOG target grid {tuple(hog.shape[1:4])} differs from the model's output grid "
-                             f"{tuple(grid)} for a clip of shape {tuple(video.shape)}")
+                             f"{tuple(grid)} for a clip of shape {tuple(pixels.shape)}")
         return hog.flatten(1, 3)
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        check_batch(batch)
         video, mask = batch["video"], batch["mask"]
         tokens, grid = self.backbone.embed(video)
         tokens = self.insert_mask_token(tokens, mask, grid)
         x, out_grid = self.backbone.encode(tokens, grid)
         pred = self.predict(x)
-        target = self.target(video, out_grid)
+        target = self.target(batch["pixels"], out_grid)
         out_mask = upsample_mask(mask, out_grid, pred.device)
         b = video.shape[0]
         return {"loss": masked_mse(pred, target, out_mask),

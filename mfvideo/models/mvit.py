@@ -151,19 +151,55 @@ def rel_pos_lookup(table: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
     return table[(q_pos - k_pos + (k_len - 1) * k_ratio).long()]
 
 
-def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_t: torch.Tensor, rel_pos_h: torch.Tensor,
-                 rel_pos_w: torch.Tensor) -> torch.Tensor:
-    """Decomposed relative-position logits B×heads×(1+Nq)×(1+Nk); zero in the cls row and column.
+def rel_pos_terms(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_t: torch.Tensor, rel_pos_h: torch.Tensor,
+                  rel_pos_w: torch.Tensor) -> torch.Tensor:
+    """Per-axis relative-position logits of the grid queries, B×heads×Nq×(kt+kh+kw): entry (i, a) is q_i·R[pos(q_i)
+    − a] for key position a along t, then h, then w. The logit between query i and key j is the sum of its three
+    entries at the positions of j (`rel_pos_bias` writes that sum out, `fold_rel_pos` leaves it to the matmul).
 
     Uses the unscaled (pooled) queries, as the official models do."""
     b, heads, _, c = q.shape
     (qt, qh, qw), (kt, kh, kw) = q_grid, k_grid
     r_q = q[:, :, 1:].reshape(b, heads, qt, qh, qw, c)
-    bias_t = torch.einsum("bnthwc,tkc->bnthwk", r_q, rel_pos_lookup(rel_pos_t, qt, kt))
-    bias_h = torch.einsum("bnthwc,hkc->bnthwk", r_q, rel_pos_lookup(rel_pos_h, qh, kh))
-    bias_w = torch.einsum("bnthwc,wkc->bnthwk", r_q, rel_pos_lookup(rel_pos_w, qw, kw))
-    bias = (bias_t[..., :, None, None] + bias_h[..., None, :, None] + bias_w[..., None, None, :])
-    return F.pad(bias.reshape(b, heads, qt * qh * qw, kt * kh * kw), (1, 0, 1, 0))
+    terms_t = torch.einsum("bnthwc,tkc->bnthwk", r_q, rel_pos_lookup(rel_pos_t, qt, kt))
+    terms_h = torch.einsum("bnthwc,hkc->bnthwk", r_q, rel_pos_lookup(rel_pos_h, qh, kh))
+    terms_w = torch.einsum("bnthwc,wkc->bnthwk", r_q, rel_pos_lookup(rel_pos_w, qw, kw))
+    return torch.cat((terms_t, terms_h, terms_w), dim=-1).reshape(b, heads, qt * qh * qw, kt + kh + kw)
+
+
+def rel_pos_bias(terms: torch.Tensor, k_grid: Grid) -> torch.Tensor:
+    """The decomposed relative-position logits written out: B×heads×(1+Nq)×(1+Nk), zero in the cls row and column."""
+    b, heads, nq, _ = terms.shape
+    kt, kh, kw = k_grid
+    bias_t, bias_h, bias_w = terms.split(k_grid, dim=-1)
+    bias = bias_t[..., :, None, None] + bias_h[..., None, :, None] + bias_w[..., None, None, :]
+    return F.pad(bias.reshape(b, heads, nq, kt * kh * kw), (1, 0, 1, 0))
+
+
+def key_positions(k_grid: Grid, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1+Nk)×(kt+kh+kw) one-hot positions of the keys along t, h and w (three ones per grid key, none for cls), so
+    that terms · key_positionsᵀ is the relative-position bias."""
+    t, h, w = torch.meshgrid(*(torch.arange(n, device=device) for n in k_grid), indexing="ij")
+    columns = torch.stack((t.flatten(), k_grid[0] + h.flatten(), k_grid[0] + k_grid[1] + w.flatten()), dim=1)
+    positions = torch.zeros(1 + columns.shape[0], sum(k_grid), dtype=dtype, device=device)
+    positions[1:].scatter_(1, columns, 1.0)
+    return positions
+
+
+def fold_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: torch.Tensor, k_grid: Grid,
+                 scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v for plain attention at scale 1 with the relative positions inside the dot product (DESIGN §4):
+    q' = [scale·q, terms] (zero terms for the cls query), k' = [k, key positions], so q'·k' = scale·q·k + bias.
+
+    The three are zero-padded to one width, a multiple of 8: the fused kernels (FlashAttention on GPU, the flash
+    kernel on CPU) take only equal head widths, the GPU ones only multiples of 8. Zero columns add nothing to q'·k';
+    the output's extra columns are zero and are cut off by the caller."""
+    b, heads, nk, c = k.shape
+    width = -(-(c + terms.shape[-1]) // 8) * 8
+    positions = key_positions(k_grid, k.dtype, k.device).expand(b, heads, -1, -1)
+    q = torch.cat((q * scale, F.pad(terms.to(q.dtype), (0, width - c - terms.shape[-1], 1, 0))), dim=-1)
+    k = F.pad(torch.cat((k, positions), dim=-1), (0, width - c - positions.shape[-1]))
+    return q, k, F.pad(v, (0, width - c))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -185,10 +221,19 @@ def pool_tokens(x: torch.Tensor, pool: nn.Module, grid: Grid) -> Tuple[torch.Ten
     return (x.squeeze(1) if squeeze else x), new_grid
 
 
-class MultiScaleAttention(nn.Module):
-    """Pooling attention: Q, K, V pooled by depthwise Conv3d + LayerNorm, relative positions, residual pooling."""
+ATTENTION_KERNELS = ("folded", "bias_mask", "explicit")
 
-    def __init__(self, cfg: BlockConfig, use_sdpa: bool = True) -> None:
+
+class MultiScaleAttention(nn.Module):
+    """Pooling attention: Q, K, V pooled by depthwise Conv3d + LayerNorm, relative positions, residual pooling.
+
+    `kernel` is one of three exact formulations of softmax(q·kᵀ·scale + bias)·v (ATTENTION_KERNELS):
+    "folded" (default, fastest): the relative positions folded into q and k, `scaled_dot_product_attention` without
+    a mask, which the fused kernels take; "bias_mask": SDPA with the bias as an additive float mask (kept off the
+    fused kernels by the mask; compared in the model benchmark); "explicit": matmul, softmax, matmul written out
+    (the reference of the tests and the benchmark)."""
+
+    def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
         dim = cfg.attn_dim
         if dim % cfg.num_heads:
@@ -196,7 +241,7 @@ class MultiScaleAttention(nn.Module):
         self.num_heads = cfg.num_heads
         self.head_dim = dim // cfg.num_heads
         self.scale = self.head_dim ** -0.5
-        self.use_sdpa = use_sdpa
+        self.kernel = "folded"
         self.qkv = nn.Linear(cfg.dim_in, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.pool_q, self.norm_q = self._pool(cfg.kernel, cfg.stride_q)
@@ -207,6 +252,11 @@ class MultiScaleAttention(nn.Module):
         self.rel_pos_h = nn.Parameter(torch.zeros(lengths[1], self.head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(lengths[2], self.head_dim))
 
+    def set_kernel(self, kernel: str) -> None:
+        if kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"attention kernel {kernel!r}: expected one of {ATTENTION_KERNELS}")
+        self.kernel = kernel
+
     def _pool(self, kernel: Grid, stride: Grid) -> Tuple[nn.Conv3d, nn.LayerNorm]:
         conv = nn.Conv3d(self.head_dim, self.head_dim, kernel, stride=stride, padding=[k // 2 for k in kernel],
                          groups=self.head_dim, bias=False)
@@ -216,9 +266,14 @@ class MultiScaleAttention(nn.Module):
         x, grid = pool_tokens(x, pool, grid)
         return norm(x), grid
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """softmax(q·kᵀ·scale + bias)·v, fused (SDPA) or written out (reference for tests and the benchmark)."""
-        if self.use_sdpa:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_grid: Grid, k_grid: Grid) -> torch.Tensor:
+        """softmax(q·kᵀ·scale + bias)·v with the decomposed relative-position bias, by `self.kernel`."""
+        terms = rel_pos_terms(q, q_grid, k_grid, self.rel_pos_t, self.rel_pos_h, self.rel_pos_w)
+        if self.kernel == "folded":
+            out = F.scaled_dot_product_attention(*fold_rel_pos(q, k, v, terms, k_grid, self.scale), scale=1.0)
+            return out[..., :v.shape[-1]]
+        bias = rel_pos_bias(terms, k_grid)
+        if self.kernel == "bias_mask":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
         logits = (q * self.scale) @ k.transpose(-2, -1) + bias
         return logits.softmax(dim=-1) @ v
@@ -229,8 +284,7 @@ class MultiScaleAttention(nn.Module):
         q, q_grid = self._pooled(q, self.pool_q, self.norm_q, grid)
         k, k_grid = self._pooled(k, self.pool_k, self.norm_k, grid)
         v, _ = self._pooled(v, self.pool_v, self.norm_v, grid)
-        bias = rel_pos_bias(q, q_grid, k_grid, self.rel_pos_t, self.rel_pos_h, self.rel_pos_w)
-        out = self.attend(q, k, v, bias)
+        out = self.attend(q, k, v, q_grid, k_grid)
         out = out + F.pad(q[:, :, 1:], (0, 0, 1, 0))  # residual pooling, not on the cls token
         out = out.transpose(1, 2).reshape(b, -1, self.num_heads * self.head_dim)
         return self.proj(out), q_grid
@@ -253,11 +307,11 @@ class MultiScaleBlock(nn.Module):
     Where the width changes, `proj` (Linear) maps the normed input of the attention (dim_mul_in_att) or of the MLP
     onto the new width for the residual path."""
 
-    def __init__(self, cfg: BlockConfig, use_sdpa: bool = True) -> None:
+    def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.norm1 = nn.LayerNorm(cfg.dim_in, eps=LAYER_NORM_EPS)
-        self.attn = MultiScaleAttention(cfg, use_sdpa)
+        self.attn = MultiScaleAttention(cfg)
         self.norm2 = nn.LayerNorm(cfg.attn_dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(cfg.attn_dim, int(cfg.attn_dim * cfg.mlp_ratio), cfg.dim_out)
         self.drop_path = DropPath(cfg.drop_path) if cfg.drop_path > 0 else nn.Identity()
@@ -303,14 +357,14 @@ def check_video(video: torch.Tensor) -> None:
 class MViT(nn.Module):
     """Patch embedding, cls token (no absolute positions), MultiScaleBlocks. Returns normalisation-free tokens."""
 
-    def __init__(self, cfg: MViTConfig, input_size: Sequence[int], use_sdpa: bool = True) -> None:
+    def __init__(self, cfg: MViTConfig, input_size: Sequence[int]) -> None:
         super().__init__()
         self.cfg = cfg
         self.input_size = tuple(input_size)
         self.block_configs = block_configs(cfg, input_size)
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
-        self.blocks = nn.ModuleList(MultiScaleBlock(b, use_sdpa) for b in self.block_configs)
+        self.blocks = nn.ModuleList(MultiScaleBlock(b) for b in self.block_configs)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.cls_token, std=INIT_STD)
 
@@ -318,9 +372,10 @@ class MViT(nn.Module):
     def dim_out(self) -> int:
         return self.block_configs[-1].dim_out
 
-    def set_sdpa(self, enabled: bool) -> None:
+    def set_attention_kernel(self, kernel: str) -> None:
+        """Switch every block to one of ATTENTION_KERNELS (all exact; "folded", the default, is the fastest)."""
         for block in self.blocks:
-            block.attn.use_sdpa = enabled
+            block.attn.set_kernel(kernel)
 
     def embed(self, video: torch.Tensor) -> Tuple[torch.Tensor, Grid]:
         """Patch tokens; the clip may stay float32 (the HOG target reads it) while the weights are bf16."""

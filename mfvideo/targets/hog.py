@@ -6,6 +6,12 @@ release's argument order: 9 unsigned 20° bins), hard binning, magnitudes summed
 L2 over the 9 bins of each (channel, cell). Video: frames 0, 2, 4, … (one per temporal token);
 each 16×16 token gets its 2×2 cells → 3·9·4 = 108 values ordered (colour·9 + bin)·4 + dy·2 + dx.
 
+Input: the clip's pixel values, uint8 as the loader ships them (any dtype is read as float32 values). On integer
+values every Sobel gradient is an integer of at most 4·255 in magnitude, exact in float32, so each pixel's bin is the
+formula's own: where a gradient cancels to exactly 0 (common on quantised frames) atan2 sees +0 and the bin is 0.
+On normalised floats the same cancellation leaves ±1e-8 and flips such pixels between bins 0 and 8 (DESIGN §2);
+mean and std drop out of the target in exact arithmetic, so the pixel values give the target of the model input.
+
 `HogTarget` never materialises a full-resolution tensor of bins: each pixel's magnitude is
 scattered straight into its (bin, cell) slot, so the working set is a few full-resolution planes
 (≈16 bytes per pixel and channel) instead of the ≥ 72 of a one-hot histogram. Sobel is computed
@@ -41,7 +47,8 @@ def gaussian_window_weights(size: int) -> torch.Tensor:
 
 
 class HogTarget(nn.Module):
-    """Video B×C×T×H×W → HOG targets B×T'×(H/token)×(W/token)×(C·bins·(token/cell)²), float32, no grad.
+    """Video B×C×T×H×W (pixel values, uint8) → HOG targets B×T'×(H/token)×(W/token)×(C·bins·(token/cell)²), float32,
+    no grad.
 
     T' = T / temporal_stride (frames 0, s, 2s, …); a single frame (T = 1, images) gives T' = 1.
     """

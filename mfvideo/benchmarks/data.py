@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from mfvideo.benchmark_report import write_section
+from mfvideo.benchmarks.report import write_section
 from mfvideo.config.schema import DataConfig, MaskConfig
 
 TARGET_GPU_CLIPS_PER_S = 600

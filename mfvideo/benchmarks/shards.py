@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mfvideo.benchmark_report import write_section
+from mfvideo.benchmarks.report import write_section
 from mfvideo.shards.sources.demo import DemoSource
 from mfvideo.shards.sources.kinetics import KineticsSource
 from mfvideo.shards.writer import ShardOptions, make_shards

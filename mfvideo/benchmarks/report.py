@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEFAULT_REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+DEFAULT_REPORT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 _HEADER = "# Benchmarks\n\nEach section is rewritten by the command it names; figures are from one run on the machine it names.\n"
 
 
