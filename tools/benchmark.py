@@ -24,12 +24,20 @@ def main() -> None:
     model = sub.add_parser("model", help="HOG target, SDPA vs explicit attention, MaskFeat training-step timings")
     model.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
 
+    finetune = sub.add_parser("finetune", help="fine-tuning step time per clip (augmentation, step) and test clips/s")
+    finetune.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per measurement")
+    finetune.add_argument("--batch", type=int, default=4, help="micro-batch")
+    finetune.add_argument("--size", dest="sizes", nargs=3, action="append", metavar=("ARCH", "FRAMES", "CROP"),
+                          help="model and clip size, repeatable (default: mvit_s 8 112 on CPU, mvit_s 16 224 on GPU)")
+
     args = parser.parse_args()
     # Imported after parsing so `--help` stays instant and each benchmark loads only its own stage.
     if args.which == "shards":
         from mfvideo.benchmarks.shards import run
     elif args.which == "data":
         from mfvideo.benchmarks.data import run
+    elif args.which == "finetune":
+        from mfvideo.benchmarks.finetune import run
     else:
         from mfvideo.benchmarks.model import run
     run(args)
