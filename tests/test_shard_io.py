@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mfvideo.data.pipeline import build_train_loader
+from mfvideo.data.loader import build_train_loader
 from mfvideo.data.shardio import ReadPolicy, ShardReadError
 from mfvideo.data.shardlist import SlotPlan, list_shards
 from mfvideo.data.tarstream import iter_shard, samples_from
@@ -181,7 +181,7 @@ def test_local_shard_of_another_size_than_its_manifest_is_an_error_at_start(shar
     with pytest.raises(ValueError, match=message):
         list_shards(str(copy))
     with pytest.raises(ValueError, match=message):
-        build_train_loader(data_cfg(str(copy / "demo-{000000..000008}.tar")), mask_cfg(), 4, 0, 1, seed=0)
+        build_train_loader(data_cfg(str(copy / "demo-{000000..000008}.tar")), mask_cfg(), 4, 0, 1, seed=0, fields=("label", "mask"))
 
 
 def test_read_policy_from_the_environment():
@@ -203,8 +203,8 @@ def test_training_batches_over_a_flaky_server_equal_those_from_local_files(shard
     monkeypatch.setenv("MFVIDEO_READ_BACKOFF", "0.1")
     monkeypatch.setenv("MFVIDEO_READ_RETRIES", "2")
     server = serve(shards, faults={4: ("cut", 30000), 5: "silent", 8: ("cut", 1000)})
-    local = list(build_train_loader(data_cfg(demo_shards()), mask_cfg(), 4, 0, 1, seed=0))
-    remote = list(build_train_loader(data_cfg(_http_pattern(server, shards)), mask_cfg(), 4, 0, 1, seed=0))
+    local = list(build_train_loader(data_cfg(demo_shards()), mask_cfg(), 4, 0, 1, seed=0, fields=("label", "mask")))
+    remote = list(build_train_loader(data_cfg(_http_pattern(server, shards)), mask_cfg(), 4, 0, 1, seed=0, fields=("label", "mask")))
     assert len(remote) == len(local) == 53 // 4
     for ours, theirs in zip(remote, local):
         assert ours["key"] == theirs["key"]
