@@ -1,6 +1,6 @@
 """Multi-view classification testing: per-clip softmax scores summed per video, every video counted once.
 
-The test loader (`mfvideo.data.pipeline.build_test_loader`) gives every video `num_temporal_views × num_crops`
+The test loader (`mfvideo.data.loader.build_test_loader`) gives every video `num_temporal_views × num_crops`
 views, view id = temporal view × num_crops + crop, each batch carrying `video_index` (the video's index in pattern
 order), `view`, `label` and `key`. Slots short of data repeat whole videos, so the same (video_index, view) may
 arrive twice: the first to arrive is counted, repeats (the same clip again) are ignored. `ViewAggregator.update`
