@@ -106,8 +106,23 @@ def test_two_processes_match_one_process(single_process, tmp_path, launcher, zer
 
     ours, reference = (torch.load(run_dir / "model.pt", weights_only=True)["model"] for run_dir in (out, single_process))
     assert ours.keys() == reference.keys()
+    assert_same_weights(ours, reference, sum(r["lr"] for r in read_metrics(single_process).values()))
+
+
+def assert_same_weights(ours: dict, reference: dict, summed_lr: float) -> None:
+    """Equal within rtol 1e-3 / atol 1e-4, but for a handful of elements (≤ 1 in 10,000) whose gradient is near zero:
+    Adam moves every element by up to ~lr per step whatever its gradient's size, so where fp32 summation order flips
+    a near-zero gradient's sign, the runs part by up to 2 × the summed learning rate (measured under ZeRO-3: 9 of
+    325,804 elements, all in block 0's relative-position tables). A wrong gradient average or sample order moves
+    most elements, and the losses, far more."""
+    import torch
+
+    outside = 0
     for name in reference:
-        torch.testing.assert_close(ours[name], reference[name], rtol=1e-3, atol=1e-4, msg=name)
+        gap = (ours[name] - reference[name]).abs()
+        assert gap.max() <= 2 * summed_lr, name
+        outside += int((gap > 1e-4 + 1e-3 * reference[name].abs()).sum())
+    assert outside <= 1e-4 * sum(tensor.numel() for tensor in reference.values())
 
 
 @pytest.mark.slow
