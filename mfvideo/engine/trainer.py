@@ -88,38 +88,42 @@ def deepspeed_config(recipe: Recipe, split: BatchSplit) -> dict:
     }
 
 
-def _global_mean_and_finite(loss: torch.Tensor, world_size: int) -> tuple[float, bool]:
-    """One all-reduce per micro-batch: every rank takes the same skip decision, so collectives stay matched.
-
-    The tensor stays on the loss's device (NCCL reduces only CUDA tensors); reading it back is the one host sync
-    the decision needs before backward."""
+def _global_loss_and_finite(loss: torch.Tensor) -> torch.Tensor:
+    """[sum of the ranks' finite losses, number of ranks whose loss is not finite], one all-reduce on the loss's
+    device (NCCL reduces only CUDA tensors) and no host read: every rank holds the same decision."""
     value = loss.detach().float()
     finite = torch.isfinite(value)
     stats = torch.stack([torch.where(finite, value, torch.zeros_like(value)), (~finite).float()])
     dist.all_reduce(stats)
-    total, nonfinite = stats.tolist()
-    return total / world_size, nonfinite == 0
-
-
-def _zero_inputs(batch: dict) -> dict:
-    """The stand-in of a skipped micro-batch: every tensor zeroed (finite, and it moves no weight once its loss is
-    multiplied by 0), the rest kept, so the model runs the same graph and ZeRO's collectives stay in step."""
-    return {key: torch.zeros_like(value) if torch.is_tensor(value) else value for key, value in batch.items()}
+    return stats
 
 
 class Stepper:
     """One optimizer step: `accumulation_steps` micro-batches forward and backward, non-finite losses skipped
-    consistently on every rank, the step's learning rate applied, then the DeepSpeed step."""
+    consistently on every rank, the step's learning rate applied, then the DeepSpeed step.
+
+    The skip decision stays on the device: a hook on every parameter's gradient lets it through only when every
+    rank's loss of the micro-batch was finite (`torch.where`, so a NaN gradient becomes 0, not NaN), so a skipped
+    micro-batch contributes nothing while ZeRO's collectives run as always. The host reads the step's numbers once,
+    after its last backward: the losses for the log, and whether every micro-batch was skipped (then the step runs at
+    learning rate 0 and moves no weight)."""
 
     def __init__(self, engine, optimizer, lr_scales: list[float], schedule: CosineSchedule, split: BatchSplit,
                  max_nonfinite: int, ckpt_dir: Path):
         self.engine, self.optimizer, self.lr_scales, self.schedule = engine, optimizer, lr_scales, schedule
         self.split, self.max_nonfinite, self.ckpt_dir = split, max_nonfinite, ckpt_dir
         self.nonfinite_in_a_row = 0
+        self.keep = None  # bool scalar on the device: let the current micro-batch's gradients through
+        for param in engine.module.parameters():
+            if param.requires_grad:
+                param.register_hook(self._gate)
+
+    def _gate(self, grad: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
     def __call__(self, batches: Iterator[dict], progress: Progress) -> tuple[dict, float]:
         """(metrics record of the step, seconds spent waiting for data)."""
-        losses, data_wait, skipped = [], 0.0, 0
+        stats, keys, data_wait = [], [], 0.0
         lr = self.schedule(progress.step)
         for micro in range(self.split.accumulation_steps):
             start = time.perf_counter()
@@ -127,33 +131,37 @@ class Stepper:
             data_wait += time.perf_counter() - start
             progress.batches_into_epoch += 1
             loss = self.engine(batch)["loss"]
-            mean_loss, finite = _global_mean_and_finite(loss, self.split.world_size)
-            if finite:
-                losses.append(mean_loss)
-                self.nonfinite_in_a_row = 0
-            else:
-                skipped += 1
-                self._count_nonfinite(progress.step + 1, batch.get("key"))
-                loss = self.engine(_zero_inputs(batch))["loss"] * 0.0
+            stats.append(_global_loss_and_finite(loss))
+            keys.append(batch.get("key"))
+            self.keep = stats[-1][1] == 0
             self.engine.backward(loss)
             if micro == self.split.accumulation_steps - 1:
+                totals, nonfinite = torch.stack(stats).cpu().unbind(1)  # the step's one host read
+                skipped = [bool(n) for n in nonfinite]
+                self._count_nonfinite(progress.step + 1, skipped, keys)
                 # A step whose every micro-batch was skipped moves no weight: learning rate 0.
-                apply_lr(self.optimizer, self.lr_scales, lr if skipped < self.split.accumulation_steps else 0.0)
+                apply_lr(self.optimizer, self.lr_scales, 0.0 if all(skipped) else lr)
             self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
+        losses = [float(total) / self.split.world_size for total, skip in zip(totals, skipped) if not skip]
         record = {"step": progress.step + 1, "epoch": progress.epoch,
                   "loss": sum(losses) / len(losses) if losses else math.nan, "lr": lr,
-                  "grad_norm": float(grad_norm) if grad_norm is not None else None, "skipped_micro_batches": skipped}
+                  "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                  "skipped_micro_batches": sum(skipped)}
         return record, data_wait
 
-    def _count_nonfinite(self, step: int, keys) -> None:
-        self.nonfinite_in_a_row += 1
-        log.warning("non-finite loss at step %d (keys %s): skipping its gradient", step, keys)
-        if self.nonfinite_in_a_row >= self.max_nonfinite:
-            raise NonFiniteLossError(
-                f"{self.nonfinite_in_a_row} non-finite losses in a row (train.max_nonfinite_steps="
-                f"{self.max_nonfinite}); stopping. The last good checkpoint is "
-                f"{checkpoint.latest_tag(self.ckpt_dir) or 'none yet'} in {self.ckpt_dir}")
+    def _count_nonfinite(self, step: int, skipped: list[bool], keys: list) -> None:
+        for skip, batch_keys in zip(skipped, keys):
+            if not skip:
+                self.nonfinite_in_a_row = 0
+                continue
+            self.nonfinite_in_a_row += 1
+            log.warning("non-finite loss at step %d (keys %s): skipping its gradient", step, batch_keys)
+            if self.nonfinite_in_a_row >= self.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_in_a_row} non-finite losses in a row (train.max_nonfinite_steps="
+                    f"{self.max_nonfinite}); stopping. The last good checkpoint is "
+                    f"{checkpoint.latest_tag(self.ckpt_dir) or 'none yet'} in {self.ckpt_dir}")
 
 
 def build_engine(recipe: Recipe, model: torch.nn.Module, split: BatchSplit):
