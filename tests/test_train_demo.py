@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from launch_helpers import REPO, child_env
+from mfvideo.engine import checkpoint
 from mfvideo.engine.monitor import read_metrics
+from mfvideo.preemption import REQUEUE_EXIT_CODE
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,35 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_losses(demo_recipe, unint
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
+    expected = {step: r["loss"] for step, r in read_metrics(uninterrupted).items()}
+    got = {step: r["loss"] for step, r in read_metrics(out).items()}
+    assert got == pytest.approx(expected, rel=1e-6, abs=0)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_checkpoints_the_step_and_asks_for_a_requeue(demo_recipe, uninterrupted, tmp_path):
+    """SIGTERM to the whole process group (as Slurm sends it, loader workers included) during epoch 0: the step
+    finishes, its checkpoint is written (periodic ones are off, so it is the preemption's), the exit code asks for a
+    requeue, and the rerun's losses are those of the uninterrupted run."""
+    out = tmp_path / "run"
+    command = train_cmd(demo_recipe, out) + ["train.checkpoint_every=1000"]
+    job = subprocess.Popen(command, env=child_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while max(read_metrics(out), default=0) < 2:
+        assert job.poll() is None and time.monotonic() < deadline, "training ended before it could be signalled"
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGTERM)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == REQUEUE_EXIT_CODE, stderr[-4000:]
+    stopped_at = max(read_metrics(out))
+    assert 2 <= stopped_at < 8, "the preemption must land inside epoch 0 (steps 1-8)"
+    assert checkpoint.latest_tag(out / "checkpoints") == checkpoint.tag_for(stopped_at)
+    assert f"preempted after step {stopped_at} of 16" in stderr
+
+    resumed = subprocess.run(command, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resumed from {out / 'checkpoints' / checkpoint.tag_for(stopped_at)}" in resumed.stderr
     expected = {step: r["loss"] for step, r in read_metrics(uninterrupted).items()}
     got = {step: r["loss"] for step, r in read_metrics(out).items()}
     assert got == pytest.approx(expected, rel=1e-6, abs=0)

@@ -28,6 +28,7 @@ from mfvideo.data.clips import EvalClips, TemporalSampling, TrainClips
 from mfvideo.data.collate import Collate
 from mfvideo.data.stream import ClipStream
 from mfvideo.data.transforms import EvalTransform, Normalise, TrainTransform
+from mfvideo.preemption import leave_preemption_to_parent
 
 BatchAugment = Callable[[dict, np.random.Generator], dict]
 
@@ -43,9 +44,11 @@ class StreamLoader(StatefulDataLoader):
                  batch_augment: Optional[BatchAugment] = None, seed: int = 0):
         # Its own generator: drawing the workers' base seed from the global torch RNG would shift the training
         # process's random stream (drop path) between a fresh epoch and a mid-epoch resume. The stream seeds
-        # everything it samples from (seed, epoch, position), so this seed decides nothing.
+        # everything it samples from (seed, epoch, position), so this seed decides nothing. Workers ignore a
+        # scheduler's SIGTERM/SIGUSR1 sent to the whole process group: the training process finishes its step
+        # with them and then stops them (mfvideo.preemption).
         super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                         generator=torch.Generator().manual_seed(0))
+                         generator=torch.Generator().manual_seed(0), worker_init_fn=leave_preemption_to_parent)
         self.stream = stream
         self.normalise = normalise
         self.keep_pixels = keep_pixels

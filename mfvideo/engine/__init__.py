@@ -40,11 +40,17 @@ def _checked_recipe(recipe_path: str, overrides: Sequence[str]) -> Recipe:
 
 
 def run_training(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
-    """Entry point of tools/train.py."""
+    """Entry point of tools/train.py; exits with `REQUEUE_EXIT_CODE` when preempted (`mfvideo.preemption`)."""
     recipe = _checked_recipe(recipe_path, overrides)
-    from mfvideo.engine.trainer import train
+    from mfvideo.engine.trainer import Preempted, train
+    from mfvideo.preemption import REQUEUE_EXIT_CODE
 
-    train(recipe, local_rank)
+    try:
+        train(recipe, local_rank)
+    except Preempted as stop:
+        print(f"{stop}: exiting with {REQUEUE_EXIT_CODE} (requeue me); run the same command to resume",
+              file=sys.stderr)
+        raise SystemExit(REQUEUE_EXIT_CODE) from None
 
 
 def run_test(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
