@@ -16,6 +16,8 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from mfvideo.data.shardio import ReadPolicy  # standard library only: the schema stays light
+
 RANGE = "range"  # the metadata key of a field's Range
 
 
@@ -81,6 +83,11 @@ class DataConfig:
     shuffle_buffer: int = at_least(0, default=1000)  # samples
     # stop when more than this fraction of samples fails to decode
     max_failure_fraction: float = within(0, 1, default=0.01)
+    # Reading shards and manifests (mfvideo.data.shardio.ReadPolicy): seconds without a byte before a read fails,
+    # failed attempts in a row retried before the error, seconds before the first retry (doubling after each).
+    read_timeout: float = above(0, default=ReadPolicy.timeout)
+    read_retries: int = at_least(0, default=ReadPolicy.retries)
+    read_backoff: float = at_least(0, default=ReadPolicy.backoff)
 
 
 @dataclass

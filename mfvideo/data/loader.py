@@ -26,6 +26,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from mfvideo.data.augment import RandAugment
 from mfvideo.data.clips import EvalClips, TemporalSampling, TrainClips
 from mfvideo.data.collate import Collate
+from mfvideo.data.shardio import ReadPolicy
 from mfvideo.data.stream import ClipStream
 from mfvideo.data.transforms import EvalTransform, Normalise, TrainTransform
 from mfvideo.preemption import leave_preemption_to_parent
@@ -92,6 +93,11 @@ class StreamLoader(StatefulDataLoader):
         super().load_state_dict(state["loader"])
 
 
+def read_policy(data_cfg) -> ReadPolicy:
+    """How `data_cfg`'s shards and manifests are read: data.read_timeout, data.read_retries, data.read_backoff."""
+    return ReadPolicy(data_cfg.read_timeout, data_cfg.read_retries, data_cfg.read_backoff)
+
+
 def _temporal(data_cfg) -> TemporalSampling:
     return TemporalSampling(data_cfg.num_frames, data_cfg.sampling_rate, data_cfg.reference_fps, data_cfg.sampling)
 
@@ -120,7 +126,7 @@ def build_train_loader(data_cfg, mask_cfg, micro_batch_size: int, rank: int, wor
     clip_maker = TrainClips(_temporal(data_cfg), transform, data_cfg.repeated_sampling, masks)
     stream = ClipStream(data_cfg.train, data_cfg.train_manifest, clip_maker, Collate(fields), True,
                         micro_batch_size, rank, world_size, data_cfg.num_workers, seed, data_cfg.shuffle_buffer,
-                        data_cfg.max_failure_fraction)
+                        data_cfg.max_failure_fraction, read_policy(data_cfg))
     return StreamLoader(stream, data_cfg.num_workers, Normalise(data_cfg.mean, data_cfg.std), keep_pixels,
                         batch_augment, seed)
 
@@ -140,5 +146,5 @@ def build_test_loader(data_cfg, micro_batch_size: int, rank: int, world_size: in
                               data_cfg.test_crops if num_crops is None else num_crops)
     clip_maker = EvalClips(_temporal(data_cfg), transform, data_cfg.test_clips if num_clips is None else num_clips)
     stream = ClipStream(pattern, manifest, clip_maker, Collate(fields), False, micro_batch_size, rank,
-                        world_size, data_cfg.num_workers, 0, 0, data_cfg.max_failure_fraction)
+                        world_size, data_cfg.num_workers, 0, 0, data_cfg.max_failure_fraction, read_policy(data_cfg))
     return StreamLoader(stream, data_cfg.num_workers, Normalise(data_cfg.mean, data_cfg.std))

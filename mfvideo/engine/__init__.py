@@ -20,6 +20,7 @@ def _recipe_error(recipe_path: str, problems: Sequence[str]) -> None:
 def _checked_recipe(recipe_path: str, overrides: Sequence[str]) -> Recipe:
     """The recipe, with the task's own checks and the train shards' presence; exit 2 naming every problem."""
     recipe = load_recipe_or_exit(recipe_path, overrides)
+    from mfvideo.data.loader import read_policy
     from mfvideo.data.shardlist import list_shards
     from mfvideo.tasks import task_of
 
@@ -31,7 +32,7 @@ def _checked_recipe(recipe_path: str, overrides: Sequence[str]) -> Recipe:
     except ValueError as err:
         problems.append(str(err))
     try:
-        list_shards(recipe.data.train, recipe.data.train_manifest)
+        list_shards(recipe.data.train, recipe.data.train_manifest, read_policy(recipe.data))
     except (OSError, ValueError) as err:
         problems.append(f"data.train={recipe.data.train!r}: {err}")
     if problems:
