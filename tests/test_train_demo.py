@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -108,3 +110,20 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_asks_for_a_requeue(demo_reci
     expected = {step: r["loss"] for step, r in read_metrics(uninterrupted).items()}
     got = {step: r["loss"] for step, r in read_metrics(out).items()}
     assert got == pytest.approx(expected, rel=1e-6, abs=0)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space(demo_recipe, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE, 1 MB: below the model's checkpoint shard) makes the checkpoint's writes fail
+    the way a full disk does, inside DeepSpeed's save."""
+    out = tmp_path / "run"
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    proc = subprocess.run(train_cmd(demo_recipe, out) + ["train.max_steps=1"], env=child_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size)
+    assert proc.returncode == 1
+    assert f"cannot write checkpoint {out / 'checkpoints' / checkpoint.tag_for(1)} on rank 0 (" in proc.stderr
+    assert re.search(r"\(\d+\.\d\d GiB free there\)", proc.stderr)
+    assert checkpoint.latest_tag(out / "checkpoints") is None

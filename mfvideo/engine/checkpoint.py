@@ -66,13 +66,31 @@ def best_tag(directory: Path) -> str | None:
     return _tag_named_by(directory / BEST)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a quota, a file-size limit); names the folder and the free
+    space. The previous checkpoint is left as `latest`."""
+
+
+def _free_space(directory: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(directory).free / 2**30:.2f} GiB free there"
+    except OSError as err:
+        return f"free space unknown: {err}"
+
+
 def save(engine, directory: Path, step: int, client_state: dict, rank_state: dict, keep_last: int,
          best: bool = False) -> None:
     """Collective: every rank must call it. Returns once `latest` (and with `best`, `best`) names the new
-    checkpoint."""
+    checkpoint; raises CheckpointWriteError when this rank cannot write its part."""
     tag = tag_for(step)
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
-    torch.save(rank_state, directory / tag / f"rank_{dist.get_rank()}.pt")
+    try:
+        engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+        torch.save(rank_state, directory / tag / f"rank_{dist.get_rank()}.pt")
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError("unexpected pos …")
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {directory / tag} on rank {dist.get_rank()} ({_free_space(directory)}): "
+            f"{type(err).__name__}: {err}; the last complete checkpoint is {latest_tag(directory) or 'none yet'}")  \
+            from err
     dist.barrier()
     if dist.get_rank() == 0:
         for path in (directory / tag).rglob("*"):
