@@ -163,8 +163,7 @@ class ClipStream(IterableDataset):
             cursor.partial = (position, kept[position], done)
         return cursor
 
-    @staticmethod
-    def _reread(plan: SlotPlan, wanted: set[int], end: int) -> dict[int, RawSample]:
+    def _reread(self, plan: SlotPlan, wanted: set[int], end: int) -> dict[int, RawSample]:
         """Undecoded samples at the `wanted` positions (all < `end`), read again from the shards."""
         kept: dict[int, RawSample] = {}
         if not wanted:
