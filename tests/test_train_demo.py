@@ -127,3 +127,19 @@ def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space
     assert f"cannot write checkpoint {out / 'checkpoints' / checkpoint.tag_for(1)} on rank 0 (" in proc.stderr
     assert re.search(r"\(\d+\.\d\d GiB free there\)", proc.stderr)
     assert checkpoint.latest_tag(out / "checkpoints") is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, env, expect", [
+    (["train.micro_batch_size=2"], {}, "train.micro_batch_size is 2 but checkpoint {} was written with 4"),
+    (["data.num_workers=2"], {}, "data.num_workers is 2 but checkpoint {} was written with 1"),
+    ([], {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "world size is 2 but checkpoint {} was written with 1"),
+])
+def test_resume_with_another_layout_is_refused_before_any_work_naming_both_values(demo_recipe, uninterrupted, change,
+                                                                                  env, expect):
+    before = {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")}
+    proc = subprocess.run(train_cmd(demo_recipe, uninterrupted) + change, env={**child_env(), **env}, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert expect.format(uninterrupted / "checkpoints" / checkpoint.tag_for(16)) in proc.stderr
+    assert {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")} == before

@@ -1,7 +1,8 @@
 """Atomic, resumable checkpoints on top of DeepSpeed's sharded save.
 
 Layout under `<output_dir>/checkpoints/`: one folder per step (`step_00001234/`) holding DeepSpeed's model and
-optimizer shards plus `rank_<r>.pt` (that rank's data-pipeline state and RNG streams), and a `latest` file
+optimizer shards plus `rank_<r>.pt` (that rank's data-pipeline state and RNG streams) and `layout.json` (the world
+size, micro-batch and loader workers the data positions are valid for), and a `latest` file
 naming the last *complete* folder. `latest` is replaced atomically only after every rank finished writing,
 so a job killed mid-save resumes from the previous checkpoint; folders newer than `latest` are debris. A `best`
 file names the checkpoint whose validation was best so far; pruning keeps it beside the last `keep_last`.
@@ -9,6 +10,7 @@ file names the checkpoint whose validation was best so far; pruning keeps it bes
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -25,6 +27,7 @@ from mfvideo.fileio import write_atomic
 log = logging.getLogger(__name__)
 LATEST = "latest"
 BEST = "best"
+LAYOUT = "layout.json"
 
 
 def tag_for(step: int) -> str:
@@ -78,7 +81,7 @@ def _free_space(directory: Path) -> str:
         return f"free space unknown: {err}"
 
 
-def save(engine, directory: Path, step: int, client_state: dict, rank_state: dict, keep_last: int,
+def save(engine, directory: Path, step: int, client_state: dict, rank_state: dict, keep_last: int, layout: dict,
          best: bool = False) -> None:
     """Collective: every rank must call it. Returns once `latest` (and with `best`, `best`) names the new
     checkpoint; raises CheckpointWriteError when this rank cannot write its part."""
@@ -93,6 +96,7 @@ def save(engine, directory: Path, step: int, client_state: dict, rank_state: dic
             from err
     dist.barrier()
     if dist.get_rank() == 0:
+        (directory / tag / LAYOUT).write_text(json.dumps(layout, indent=1))
         for path in (directory / tag).rglob("*"):
             if path.is_file():
                 with open(path, "rb") as handle:
@@ -103,6 +107,20 @@ def save(engine, directory: Path, step: int, client_state: dict, rank_state: dic
         _prune(directory, keep_last)
         log.info("checkpoint %s written", directory / tag)
     dist.barrier()
+
+
+def layout_changes(directory: Path, layout: dict) -> list[str]:
+    """Each value of `layout` (name -> value now) that differs from the one the latest checkpoint was written with,
+    as a sentence naming both; [] when there is no checkpoint. Read before any process group exists."""
+    tag = latest_tag(directory)
+    if tag is None:
+        return []
+    marker = directory / tag / LAYOUT
+    saved = json.loads(marker.read_text()) if marker.is_file() else {
+        "world size": len(list((directory / tag).glob("rank_*.pt")))}  # a checkpoint from before layout.json
+    return [f"{name} is {value} but checkpoint {directory / tag} was written with {saved[name]}: resume with "
+            f"{saved[name]} (the saved data positions hold for that layout only) or use a new train.output_dir"
+            for name, value in layout.items() if name in saved and saved[name] != value]
 
 
 def _prune(directory: Path, keep_last: int) -> None:

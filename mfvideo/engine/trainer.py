@@ -77,6 +77,12 @@ def default_validation(recipe: Recipe, micro_batch_size: int, info: DistInfo) ->
     return eval_loader_and_evaluator(recipe, micro_batch_size, info.rank, info.world_size, recipe.data.val_clips, 1)
 
 
+def data_layout(recipe: Recipe, world_size: int) -> dict:
+    """What a checkpoint's data positions depend on (`checkpoint.layout_changes`)."""
+    return {"world size": world_size, "train.micro_batch_size": recipe.train.micro_batch_size,
+            "data.num_workers": recipe.data.num_workers}
+
+
 def uses_bf16(recipe: Recipe) -> bool:
     return recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and torch.cuda.is_available())
 
@@ -263,7 +269,7 @@ def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactor
         mid_epoch = progress.batches_into_epoch > 0
         checkpoint.save(engine, ckpt_dir, progress.step, client_state={"progress": asdict(progress)},
                         rank_state={"rng": checkpoint.rng_state(), "loader": loader.state_dict() if mid_epoch else None},
-                        keep_last=recipe.train.keep_last, best=best)
+                        keep_last=recipe.train.keep_last, layout=data_layout(recipe, info.world_size), best=best)
 
     monitor = Monitor(output_dir, info.is_main, total_steps, recipe.train.log_every)
     batches = None  # made lazily, so no worker starts for an epoch that will not run
