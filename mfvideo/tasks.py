@@ -60,10 +60,11 @@ def _mixing(recipe: Recipe) -> Optional[BatchAugment]:
 
 
 def _view_aggregator(recipe: Recipe, num_temporal_views: int, num_crops: int):
+    from mfvideo.data.loader import read_policy
     from mfvideo.data.shardlist import read_split_manifest
     from mfvideo.evaluation.classification import ViewAggregator
 
-    classes = read_split_manifest(recipe.data.val, recipe.data.val_manifest).get("classes") or None
+    classes = read_split_manifest(recipe.data.val, recipe.data.val_manifest, read_policy(recipe.data)).get("classes") or None
     return lambda: ViewAggregator(recipe.model.num_classes, num_temporal_views, num_crops, classes)
 
 
@@ -83,6 +84,7 @@ def _no_finetuning_values(recipe: Recipe) -> list[str]:
 
 
 def _classification_values(recipe: Recipe) -> list[str]:
+    from mfvideo.data.loader import read_policy
     from mfvideo.data.shardlist import read_split_manifest
 
     problems = []
@@ -97,7 +99,7 @@ def _classification_values(recipe: Recipe) -> list[str]:
         problems.append(f"train.eval_every={recipe.train.eval_every} but data.val is not set")
     for key, pattern, manifest in splits:
         try:
-            classes = read_split_manifest(pattern, manifest).get("classes") or []
+            classes = read_split_manifest(pattern, manifest, read_policy(recipe.data)).get("classes") or []
         except (OSError, ValueError) as err:
             problems.append(f"{key}={pattern!r}: {err}")
             continue

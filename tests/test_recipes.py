@@ -135,3 +135,50 @@ def test_k400_pretraining_recipes_carry_the_paper_values():
         assert recipe.optim.clip_grad == pytest.approx(0.02) and recipe.optim.weight_decay == pytest.approx(0.05)
         assert (recipe.optim.epochs, recipe.optim.warmup_epochs) == (300, 10)
         assert recipe.optim.warmup_start_lr == pytest.approx(1e-6) and recipe.optim.min_lr == pytest.approx(1e-6)
+
+
+# Values the schema's ranges reject (issue 12): each stops tools/train.py and tools/test.py with exit code 2 naming
+# the key and the recipe file, before any process group, model or output folder exists.
+OUT_OF_RANGE = [
+    ("optim.lr=-1.0e-3", "optim.lr"),
+    ("optim.warmup_start_lr=-1.0e-4", "optim.warmup_start_lr"),
+    ("optim.min_lr=-1.0e-6", "optim.min_lr"),
+    ("optim.epochs=0", "optim.epochs"),
+    ("train.checkpoint_every=0", "train.checkpoint_every"),
+    ("train.log_every=0", "train.log_every"),
+    ("mask.ratio=1.5", "mask.ratio"),
+    ("mask.ratio=0", "mask.ratio"),
+    ("data.num_frames=5", "data.num_frames"),
+    ("data.crop_size=100", "data.crop_size"),
+    ("augment.erase_prob=1.5", "augment.erase_prob"),
+    ("augment.mix_prob=-0.1", "augment.mix_prob"),
+    ("augment.mix_switch_prob=2", "augment.mix_switch_prob"),
+    ("optim.betas=[0.9,1.5]", "optim.betas"),
+    ("data.test_crops=2", "data.test_crops"),
+]
+
+
+@pytest.mark.parametrize("entry", ["train", "test"])
+@pytest.mark.parametrize("override, key", OUT_OF_RANGE, ids=[case[0] for case in OUT_OF_RANGE])
+def test_out_of_range_value_exits_2_naming_the_key_before_any_work(tmp_path, capsys, entry, override, key):
+    from mfvideo.engine import run_test, run_training
+
+    leaf = write(tmp_path / "leaf.yaml", f"base: {REPO / 'recipes' / 'demo_pt.yaml'}\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        (run_training if entry == "train" else run_test)(str(leaf), [override, f"train.output_dir={out}"])
+    assert stop.value.code == 2
+    message = capsys.readouterr().err
+    assert f"'{key}'" in message and "leaf.yaml" in message
+    assert not out.exists()
+
+
+def test_range_checks_stop_the_command_line_tools(tmp_path):
+    leaf = write(tmp_path / "leaf.yaml", f"base: {REPO / 'recipes' / 'demo_pt.yaml'}\n")
+    for tool in ("tools/train.py", "tools/test.py"):
+        proc = subprocess.run([sys.executable, tool, str(leaf), "optim.warmup_start_lr=-1e-4",
+                               f"train.output_dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 2, proc.stderr
+        assert "'optim.warmup_start_lr'" in proc.stderr and "leaf.yaml" in proc.stderr
+    assert not (tmp_path / "out").exists()
+

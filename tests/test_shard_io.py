@@ -195,16 +195,27 @@ def test_read_policy_from_the_environment():
         ReadPolicy.from_env({"MFVIDEO_READ_TIMEOUT": "0"})
 
 
+def test_the_recipes_read_policy_reaches_the_reader(shards, serve):
+    """data.read_timeout / read_retries / read_backoff, not the environment's defaults, decide how the loader reads:
+    a server that never answers fails after 2 attempts of 0.3 s and one backoff of 0.1 s."""
+    server = serve(shards, faults={0: "silent", 1: "silent"})
+    cfg = data_cfg(_http_pattern(server, shards), read_timeout=0.3, read_retries=1, read_backoff=0.1)
+    started = time.monotonic()
+    expected = r"manifest.json.*2 attempt\(s\) in a row failed.*read timeout 0.3 s, 1 retries, first backoff 0.1 s"
+    with pytest.raises(OSError, match=expected):
+        build_train_loader(cfg, mask_cfg(), 4, 0, 1, seed=0, fields=("label", "mask"))
+    assert time.monotonic() - started < 0.3 * 2 + 0.1 + 2.0
+
+
 @pytest.mark.slow
-def test_training_batches_over_a_flaky_server_equal_those_from_local_files(shards, serve, monkeypatch):
-    """The loader as training builds it, with the policy from the environment: a dropped connection and a silent
-    retry mid-epoch change no batch."""
-    monkeypatch.setenv("MFVIDEO_READ_TIMEOUT", "0.5")
-    monkeypatch.setenv("MFVIDEO_READ_BACKOFF", "0.1")
-    monkeypatch.setenv("MFVIDEO_READ_RETRIES", "2")
+def test_training_batches_over_a_flaky_server_equal_those_from_local_files(shards, serve):
+    """The loader as training builds it, with the recipe's read policy: a dropped connection and a silent retry
+    mid-epoch change no batch."""
     server = serve(shards, faults={4: ("cut", 30000), 5: "silent", 8: ("cut", 1000)})
+    quick = dict(read_timeout=0.5, read_backoff=0.1, read_retries=2)
     local = list(build_train_loader(data_cfg(demo_shards()), mask_cfg(), 4, 0, 1, seed=0, fields=("label", "mask")))
-    remote = list(build_train_loader(data_cfg(_http_pattern(server, shards)), mask_cfg(), 4, 0, 1, seed=0, fields=("label", "mask")))
+    remote = list(build_train_loader(data_cfg(_http_pattern(server, shards), **quick), mask_cfg(), 4, 0, 1, seed=0,
+                                     fields=("label", "mask")))
     assert len(remote) == len(local) == 53 // 4
     for ours, theirs in zip(remote, local):
         assert ours["key"] == theirs["key"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from launch_helpers import REPO, child_env
+from mfvideo.engine import checkpoint
 from mfvideo.engine.monitor import read_metrics
+from mfvideo.preemption import REQUEUE_EXIT_CODE
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +81,65 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_losses(demo_recipe, unint
     expected = {step: r["loss"] for step, r in read_metrics(uninterrupted).items()}
     got = {step: r["loss"] for step, r in read_metrics(out).items()}
     assert got == pytest.approx(expected, rel=1e-6, abs=0)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_checkpoints_the_step_and_asks_for_a_requeue(demo_recipe, uninterrupted, tmp_path):
+    """SIGTERM to the whole process group (as Slurm sends it, loader workers included) during epoch 0: the step
+    finishes, its checkpoint is written (periodic ones are off, so it is the preemption's), the exit code asks for a
+    requeue, and the rerun's losses are those of the uninterrupted run."""
+    out = tmp_path / "run"
+    command = train_cmd(demo_recipe, out) + ["train.checkpoint_every=1000"]
+    job = subprocess.Popen(command, env=child_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while max(read_metrics(out), default=0) < 2:
+        assert job.poll() is None and time.monotonic() < deadline, "training ended before it could be signalled"
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGTERM)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == REQUEUE_EXIT_CODE, stderr[-4000:]
+    stopped_at = max(read_metrics(out))
+    assert 2 <= stopped_at < 8, "the preemption must land inside epoch 0 (steps 1-8)"
+    assert checkpoint.latest_tag(out / "checkpoints") == checkpoint.tag_for(stopped_at)
+    assert f"preempted after step {stopped_at} of 16" in stderr
+
+    resumed = subprocess.run(command, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resumed from {out / 'checkpoints' / checkpoint.tag_for(stopped_at)}" in resumed.stderr
+    expected = {step: r["loss"] for step, r in read_metrics(uninterrupted).items()}
+    got = {step: r["loss"] for step, r in read_metrics(out).items()}
+    assert got == pytest.approx(expected, rel=1e-6, abs=0)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space(demo_recipe, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE, 1 MB: below the model's checkpoint shard) makes the checkpoint's writes fail
+    the way a full disk does, inside DeepSpeed's save."""
+    out = tmp_path / "run"
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    proc = subprocess.run(train_cmd(demo_recipe, out) + ["train.max_steps=1"], env=child_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size)
+    assert proc.returncode == 1
+    assert f"cannot write checkpoint {out / 'checkpoints' / checkpoint.tag_for(1)} on rank 0 (" in proc.stderr
+    assert re.search(r"\(\d+\.\d\d GiB free there\)", proc.stderr)
+    assert checkpoint.latest_tag(out / "checkpoints") is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, env, expect", [
+    (["train.micro_batch_size=2"], {}, "train.micro_batch_size is 2 but checkpoint {} was written with 4"),
+    (["data.num_workers=2"], {}, "data.num_workers is 2 but checkpoint {} was written with 1"),
+    ([], {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "world size is 2 but checkpoint {} was written with 1"),
+])
+def test_resume_with_another_layout_is_refused_before_any_work_naming_both_values(demo_recipe, uninterrupted, change,
+                                                                                  env, expect):
+    before = {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")}
+    proc = subprocess.run(train_cmd(demo_recipe, uninterrupted) + change, env={**child_env(), **env}, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert expect.format(uninterrupted / "checkpoints" / checkpoint.tag_for(16)) in proc.stderr
+    assert {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")} == before

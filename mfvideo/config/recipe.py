@@ -16,7 +16,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mfvideo.config.schema import Recipe
+from mfvideo.config.schema import Recipe, range_problems
 
 BASE_KEY = "base"
 
@@ -24,6 +24,7 @@ BASE_KEY = "base"
 # implemented ("module:NAME", imported only when a recipe is checked, so loading the schema pulls in no model code).
 CHOICES = {
     "data.sampling": "mfvideo.data.clips:SAMPLING_MODES",
+    "data.test_crops": "mfvideo.data.transforms:CROP_COUNTS",
     "mask.mode": "mfvideo.targets.masks:MASK_MODES",
     "model.arch": "mfvideo.models.mvit:ARCHS",
     "model.pooling": "mfvideo.models.classifier:POOLINGS",
@@ -106,7 +107,24 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
             raise RecipeError(f"{path}: key '{key}' is {value!r}; expected one of {', '.join(map(str, allowed))}")
     recipe = OmegaConf.to_object(cfg)
     assert isinstance(recipe, Recipe)
+    problems = range_problems(recipe) or _geometry_problems(recipe)
+    if problems:
+        raise RecipeError("\n".join(f"{path}: {problem}" for problem in problems))
     return recipe
+
+
+def _geometry_problems(recipe: Recipe) -> list[str]:
+    """Clip sizes the mask grid cannot tile exactly (the model upsamples the mask by exact factors)."""
+    if recipe.mask.mode == "none":
+        return []
+    from mfvideo.targets.masks import mask_grid
+
+    try:
+        mask_grid(recipe.data.num_frames, recipe.data.crop_size)
+    except ValueError as err:
+        return [f"keys 'data.num_frames' ({recipe.data.num_frames}) and 'data.crop_size' ({recipe.data.crop_size}) "
+                f"do not fit the mask grid: {str(err).removeprefix('mask_grid: ')}"]
+    return []
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -2,14 +2,60 @@
 
 Batch size and learning rate are **global** (all devices of all nodes): the per-device micro-batch
 and the accumulation steps are derived from them at start (`derive_batch_split`).
+
+A numeric key's allowed range is declared beside it (`at_least`, `above`, `within`: a `Range` in the field's
+metadata, for a list every element); `load_recipe` checks every one before any work (`range_problems`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
+
+from mfvideo.data.shardio import ReadPolicy  # standard library only: the schema stays light
+
+RANGE = "range"  # the metadata key of a field's Range
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False   # the bound itself is outside the range
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        above_low = value > self.low if self.low_open else value >= self.low
+        below_high = value < self.high if self.high_open else value <= self.high
+        return above_low and below_high
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def at_least(low: float, default: Any = MISSING, factory=None):
+    return _ranged(Range(low), default, factory)
+
+
+def above(low: float, default: Any = MISSING, factory=None):
+    return _ranged(Range(low, low_open=True), default, factory)
+
+
+def within(low: float, high: float, default: Any = MISSING, factory=None, low_open: bool = False,
+           high_open: bool = False):
+    return _ranged(Range(low, high, low_open, high_open), default, factory)
+
+
+def _ranged(allowed: Range, default: Any, factory):
+    if factory is not None:
+        return field(default_factory=factory, metadata={RANGE: allowed})
+    return field(default=default, metadata={RANGE: allowed})
 
 
 @dataclass
@@ -18,24 +64,30 @@ class DataConfig:
     val: Optional[str] = None
     train_manifest: Optional[str] = None  # manifest.json of the train shards; default: beside them (needed for pipe:)
     val_manifest: Optional[str] = None    # same for data.val
-    num_frames: int = 16                  # T of a clip (1 for images)
-    sampling_rate: int = 4                # frame stride at `reference_fps`; scaled by the video's real fps
-    reference_fps: float = 30.0
+    num_frames: int = at_least(1, default=16)  # T of a clip (1 for images)
+    sampling_rate: int = at_least(1, default=4)  # frame stride at `reference_fps`; scaled by the video's real fps
+    reference_fps: float = above(0, default=30.0)
     sampling: str = "random"              # random | segment (SSv2)
-    crop_size: int = 224
-    train_crop_area: List[float] = field(default_factory=lambda: [0.5, 1.0])
-    train_crop_aspect: List[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
-    test_short_side: int = 256
-    test_clips: int = 10                  # temporal views at test time (tools/test.py)
+    crop_size: int = at_least(1, default=224)
+    train_crop_area: List[float] = within(0, 1, factory=lambda: [0.5, 1.0], low_open=True)
+    train_crop_aspect: List[float] = above(0, factory=lambda: [0.75, 4.0 / 3.0])
+    test_short_side: int = at_least(1, default=256)
+    test_clips: int = at_least(1, default=10)  # temporal views at test time (tools/test.py)
     test_crops: int = 1                   # 1 (centre) or 3 spatial crops
-    val_clips: int = 1                    # temporal views of the validation pass during training (centre crop)
+    val_clips: int = at_least(1, default=1)  # temporal views of the validation pass during training (centre crop)
     flip: bool = True                     # off for SSv2: its labels are directional
     mean: List[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
-    std: List[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
-    repeated_sampling: int = 1            # clips drawn from one decoded video
-    num_workers: int = 8                  # loader processes per rank
-    shuffle_buffer: int = 1000            # samples
-    max_failure_fraction: float = 0.01    # stop when more than this fraction of samples fails to decode
+    std: List[float] = above(0, factory=lambda: [0.225, 0.225, 0.225])
+    repeated_sampling: int = at_least(1, default=1)  # clips drawn from one decoded video
+    num_workers: int = at_least(0, default=8)  # loader processes per rank
+    shuffle_buffer: int = at_least(0, default=1000)  # samples
+    # stop when more than this fraction of samples fails to decode
+    max_failure_fraction: float = within(0, 1, default=0.01)
+    # Reading shards and manifests (mfvideo.data.shardio.ReadPolicy): seconds without a byte before a read fails,
+    # failed attempts in a row retried before the error, seconds before the first retry (doubling after each).
+    read_timeout: float = above(0, default=ReadPolicy.timeout)
+    read_retries: int = at_least(0, default=ReadPolicy.retries)
+    read_backoff: float = at_least(0, default=ReadPolicy.backoff)
 
 
 @dataclass
@@ -44,36 +96,37 @@ class AugmentConfig:
     random erasing and mixup/CutMix run on the batch where it is consumed (the GPU when there is one)."""
 
     rand_augment: str = ""                # timm-style spec, e.g. rand-m7-n2-mstd0.5-inc1; "" = off
-    erase_prob: float = 0.0               # random erasing: one cube per clip (same box on every frame), pixel mode
-    mixup_alpha: float = 0.0              # 0 = no mixup
-    cutmix_alpha: float = 0.0             # 0 = no CutMix
-    mix_switch_prob: float = 0.5          # CutMix instead of mixup when both are on
-    mix_prob: float = 1.0                 # batches mixed at all
-    label_smoothing: float = 0.0
+    # random erasing: one cube per clip (same box on every frame), pixel mode
+    erase_prob: float = within(0, 1, default=0.0)
+    mixup_alpha: float = at_least(0, default=0.0)  # 0 = no mixup
+    cutmix_alpha: float = at_least(0, default=0.0)  # 0 = no CutMix
+    mix_switch_prob: float = within(0, 1, default=0.5)  # CutMix instead of mixup when both are on
+    mix_prob: float = within(0, 1, default=1.0)  # batches mixed at all
+    label_smoothing: float = within(0, 1, default=0.0, high_open=True)
 
 
 @dataclass
 class MaskConfig:
     mode: str = "cube"                    # cube | tube | frame | block (images) | none (fine-tuning, detection)
-    ratio: float = 0.4
-    min_units: int = 9                    # smallest cube face in mask units (49 // 5); 15 for 2-D blocks
-    max_tries: int = 100
+    ratio: float = within(0, 1, default=0.4, low_open=True, high_open=True)
+    min_units: int = at_least(1, default=9)  # smallest cube face in mask units (49 // 5); 15 for 2-D blocks
+    max_tries: int = at_least(1, default=100)
 
 
 @dataclass
 class HogConfig:
-    cell_size: int = 8
-    bins: int = 9
-    gaussian_window: int = 0              # 0 = off (official); 16 in one re-implementation
+    cell_size: int = at_least(1, default=8)
+    bins: int = at_least(1, default=9)
+    gaussian_window: int = at_least(0, default=0)  # 0 = off (official); 16 in one re-implementation
 
 
 @dataclass
 class ModelConfig:
     arch: str = "mvit_s"                  # mfvideo.models.mvit.ARCHS
     task: str = "pretrain"                # mfvideo.tasks.TASKS: pretrain | classify
-    num_classes: int = 400
-    drop_path: float = 0.0
-    dropout: float = 0.5
+    num_classes: int = at_least(1, default=400)
+    drop_path: float = within(0, 1, default=0.0, high_open=True)
+    dropout: float = within(0, 1, default=0.5, high_open=True)
     init: Optional[str] = None            # checkpoint to start from (mfvideo, PySlowFast or torchvision layout)
     activation_checkpointing: bool = False
     hog: HogConfig = field(default_factory=HogConfig)
@@ -85,32 +138,32 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 8e-4                      # global: for the whole global batch
-    warmup_start_lr: float = 1e-6
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    layer_decay: float = 1.0              # 1.0 = off
-    clip_grad: float = 0.02               # L2 norm; 0 = off
-    epochs: int = 300
-    warmup_epochs: float = 10.0
+    lr: float = above(0, default=8e-4)    # global: for the whole global batch
+    warmup_start_lr: float = at_least(0, default=1e-6)
+    min_lr: float = at_least(0, default=1e-6)
+    weight_decay: float = at_least(0, default=0.05)
+    betas: List[float] = within(0, 1, factory=lambda: [0.9, 0.999], high_open=True)
+    eps: float = above(0, default=1e-8)
+    layer_decay: float = within(0, 1, default=1.0, low_open=True)  # 1.0 = off
+    clip_grad: float = at_least(0, default=0.02)  # L2 norm; 0 = off
+    epochs: int = at_least(1, default=300)
+    warmup_epochs: float = at_least(0, default=10.0)
 
 
 @dataclass
 class TrainConfig:
-    global_batch_size: int = 256          # clips per optimizer step, all devices of all nodes
-    micro_batch_size: int = 4             # clips per device per forward
+    global_batch_size: int = at_least(1, default=256)  # clips per optimizer step, all devices of all nodes
+    micro_batch_size: int = at_least(1, default=4)  # clips per device per forward
     zero_stage: int = 2
     precision: str = "auto"               # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
-    seed: int = 0
+    seed: int = at_least(0, default=0)
     output_dir: str = "outputs/run"
-    checkpoint_every: int = 1000          # steps; also at every epoch end
-    keep_last: int = 3
-    log_every: int = 10
-    max_steps: int = 0                    # 0 = run all epochs
-    max_nonfinite_steps: int = 5          # consecutive non-finite losses that stop the run
-    eval_every: int = 0                   # epochs between validation passes on data.val; 0 = none
+    checkpoint_every: int = at_least(1, default=1000)  # steps; also at every epoch end
+    keep_last: int = at_least(0, default=3)
+    log_every: int = at_least(1, default=10)
+    max_steps: int = at_least(0, default=0)  # 0 = run all epochs
+    max_nonfinite_steps: int = at_least(1, default=5)  # consecutive non-finite losses that stop the run
+    eval_every: int = at_least(0, default=0)  # epochs between validation passes on data.val; 0 = none
 
 
 @dataclass
@@ -121,6 +174,22 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def range_problems(section: Any, prefix: str = "") -> list[str]:
+    """"key 'section.key' is VALUE; expected RANGE" for every value of `section` (a Recipe or one of its sections)
+    outside the range declared beside its key."""
+    problems = []
+    for spec in dataclasses.fields(section):
+        value, key = getattr(section, spec.name), f"{prefix}{spec.name}"
+        if dataclasses.is_dataclass(value):
+            problems += range_problems(value, f"{key}.")
+        elif RANGE in spec.metadata:
+            allowed = spec.metadata[RANGE]
+            if not all(allowed.contains(item) for item in (value if isinstance(value, list) else [value])):
+                problems.append(f"key '{key}' is {value!r}; expected {'each ' if isinstance(value, list) else ''}"
+                                f"{allowed}")
+    return problems
 
 
 @dataclass(frozen=True)

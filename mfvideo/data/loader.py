@@ -26,8 +26,10 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from mfvideo.data.augment import RandAugment
 from mfvideo.data.clips import EvalClips, TemporalSampling, TrainClips
 from mfvideo.data.collate import Collate
+from mfvideo.data.shardio import ReadPolicy
 from mfvideo.data.stream import ClipStream
 from mfvideo.data.transforms import EvalTransform, Normalise, TrainTransform
+from mfvideo.preemption import leave_preemption_to_parent
 
 BatchAugment = Callable[[dict, np.random.Generator], dict]
 
@@ -43,9 +45,11 @@ class StreamLoader(StatefulDataLoader):
                  batch_augment: Optional[BatchAugment] = None, seed: int = 0):
         # Its own generator: drawing the workers' base seed from the global torch RNG would shift the training
         # process's random stream (drop path) between a fresh epoch and a mid-epoch resume. The stream seeds
-        # everything it samples from (seed, epoch, position), so this seed decides nothing.
+        # everything it samples from (seed, epoch, position), so this seed decides nothing. Workers ignore a
+        # scheduler's SIGTERM/SIGUSR1 sent to the whole process group: the training process finishes its step
+        # with them and then stops them (mfvideo.preemption).
         super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                         generator=torch.Generator().manual_seed(0))
+                         generator=torch.Generator().manual_seed(0), worker_init_fn=leave_preemption_to_parent)
         self.stream = stream
         self.normalise = normalise
         self.keep_pixels = keep_pixels
@@ -89,6 +93,11 @@ class StreamLoader(StatefulDataLoader):
         super().load_state_dict(state["loader"])
 
 
+def read_policy(data_cfg) -> ReadPolicy:
+    """How `data_cfg`'s shards and manifests are read: data.read_timeout, data.read_retries, data.read_backoff."""
+    return ReadPolicy(data_cfg.read_timeout, data_cfg.read_retries, data_cfg.read_backoff)
+
+
 def _temporal(data_cfg) -> TemporalSampling:
     return TemporalSampling(data_cfg.num_frames, data_cfg.sampling_rate, data_cfg.reference_fps, data_cfg.sampling)
 
@@ -117,7 +126,7 @@ def build_train_loader(data_cfg, mask_cfg, micro_batch_size: int, rank: int, wor
     clip_maker = TrainClips(_temporal(data_cfg), transform, data_cfg.repeated_sampling, masks)
     stream = ClipStream(data_cfg.train, data_cfg.train_manifest, clip_maker, Collate(fields), True,
                         micro_batch_size, rank, world_size, data_cfg.num_workers, seed, data_cfg.shuffle_buffer,
-                        data_cfg.max_failure_fraction)
+                        data_cfg.max_failure_fraction, read_policy(data_cfg))
     return StreamLoader(stream, data_cfg.num_workers, Normalise(data_cfg.mean, data_cfg.std), keep_pixels,
                         batch_augment, seed)
 
@@ -137,5 +146,5 @@ def build_test_loader(data_cfg, micro_batch_size: int, rank: int, world_size: in
                               data_cfg.test_crops if num_crops is None else num_crops)
     clip_maker = EvalClips(_temporal(data_cfg), transform, data_cfg.test_clips if num_clips is None else num_clips)
     stream = ClipStream(pattern, manifest, clip_maker, Collate(fields), False, micro_batch_size, rank,
-                        world_size, data_cfg.num_workers, 0, 0, data_cfg.max_failure_fraction)
+                        world_size, data_cfg.num_workers, 0, 0, data_cfg.max_failure_fraction, read_policy(data_cfg))
     return StreamLoader(stream, data_cfg.num_workers, Normalise(data_cfg.mean, data_cfg.std))

@@ -15,8 +15,10 @@ responses are retried too. The timeout is the socket timeout for HTTP and a wait
 command is killed on retry); local reads and fsspec back ends keep their own (a stalled NFS mount blocks in the
 kernel: mount it `soft` with `timeo`, or serve the shards over HTTP).
 
-The policy's defaults come from the environment (`ReadPolicy.from_env`): MFVIDEO_READ_TIMEOUT (seconds, default
-60), MFVIDEO_READ_RETRIES (default 6) and MFVIDEO_READ_BACKOFF (seconds before the first retry, default 1).
+Training and testing take the policy from the recipe (`data.read_timeout`, `data.read_retries`, `data.read_backoff`,
+see `mfvideo.data.loader.read_policy`); callers without one get `ReadPolicy.from_env()`: MFVIDEO_READ_TIMEOUT
+(seconds, default 60), MFVIDEO_READ_RETRIES (default 6) and MFVIDEO_READ_BACKOFF (seconds before the first retry,
+default 1).
 """
 
 from __future__ import annotations

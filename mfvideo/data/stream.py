@@ -43,6 +43,7 @@ from mfvideo.data.collate import Collate
 from mfvideo.data.decode import DecodeError, open_media
 from mfvideo.data.shardlist import (SlotPlan, check_enough_shards, eval_plans, list_shards, train_batches_per_rank,
                                     train_plans)
+from mfvideo.data.shardio import ReadPolicy
 from mfvideo.data.tarstream import RawSample, samples_from
 
 logger = logging.getLogger(__name__)
@@ -74,12 +75,13 @@ class _Cursor:
 class ClipStream(IterableDataset):
     def __init__(self, pattern: str, manifest: Optional[str], clip_maker: TrainClips | EvalClips, collate: Collate,
                  train: bool, batch_size: int, rank: int, world_size: int, num_workers: int, seed: int, shuffle_buffer: int,
-                 max_failure_fraction: float):
+                 max_failure_fraction: float, policy: Optional[ReadPolicy] = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         if batch_size < 1:
             raise ValueError(f"micro-batch size must be positive, got {batch_size}")
-        self.shards = list_shards(pattern, manifest)
+        self.policy = policy or ReadPolicy.from_env()  # reads the manifest here and the shards in the workers
+        self.shards = list_shards(pattern, manifest, self.policy)
         self.workers_per_rank = max(1, num_workers)
         check_enough_shards(len(self.shards), world_size, self.workers_per_rank, pattern)
         self.clip_maker = clip_maker
@@ -161,13 +163,12 @@ class ClipStream(IterableDataset):
             cursor.partial = (position, kept[position], done)
         return cursor
 
-    @staticmethod
-    def _reread(plan: SlotPlan, wanted: set[int], end: int) -> dict[int, RawSample]:
+    def _reread(self, plan: SlotPlan, wanted: set[int], end: int) -> dict[int, RawSample]:
         """Undecoded samples at the `wanted` positions (all < `end`), read again from the shards."""
         kept: dict[int, RawSample] = {}
         if not wanted:
             return kept
-        stream = samples_from(plan, min(wanted))
+        stream = samples_from(plan, min(wanted), self.policy)
         for position, sample in stream:
             if position in wanted:
                 kept[position] = sample
@@ -204,7 +205,7 @@ class ClipStream(IterableDataset):
         if cursor.partial is not None:
             yield cursor.partial
         capacity = min(self.shuffle_buffer, plan.cycle_samples) if self.shuffle_buffer > 1 else 0
-        stream = samples_from(plan, cursor.read)
+        stream = samples_from(plan, cursor.read, self.policy)
         while True:
             position, sample = self._pull(cursor, stream, capacity, plan.cycle_samples)
             yield position, sample, 0

@@ -61,11 +61,14 @@ def random_resized_crop_box(height: int, width: int, area_range: Sequence[float]
     return CropBox((height - box_h) // 2, (width - box_w) // 2, box_h, box_w)
 
 
+CROP_COUNTS = (1, 3)  # spatial test crops: the centre, or both ends and the centre of the long side
+
+
 def eval_crop_boxes(height: int, width: int, short_side: int, crop_size: int, num_crops: int) -> list[CropBox]:
     """Boxes in source pixels equal to: resize the short side to `short_side`, then crop `crop_size` squares at
     the centre (1 crop) or at the start, centre and end of the long side (3 crops)."""
-    if num_crops not in (1, 3):
-        raise ValueError(f"data.test_crops must be 1 or 3, got {num_crops}")
+    if num_crops not in CROP_COUNTS:
+        raise ValueError(f"data.test_crops must be one of {CROP_COUNTS}, got {num_crops}")
     scale = short_side / min(height, width)
     side = min(int(round(crop_size / scale)), height, width)
     spare_h, spare_w = height - side, width - side

@@ -17,9 +17,11 @@ def _recipe_error(recipe_path: str, problems: Sequence[str]) -> None:
     raise SystemExit(2)
 
 
-def _checked_recipe(recipe_path: str, overrides: Sequence[str]) -> Recipe:
-    """The recipe, with the task's own checks and the train shards' presence; exit 2 naming every problem."""
+def _checked_recipe(recipe_path: str, overrides: Sequence[str], training: bool = False) -> Recipe:
+    """The recipe, with the task's own checks and the train shards' presence, and for `training` a resume whose
+    checkpoint fits the world size, micro-batch and loader workers; exit 2 naming every problem."""
     recipe = load_recipe_or_exit(recipe_path, overrides)
+    from mfvideo.data.loader import read_policy
     from mfvideo.data.shardlist import list_shards
     from mfvideo.tasks import task_of
 
@@ -30,8 +32,14 @@ def _checked_recipe(recipe_path: str, overrides: Sequence[str]) -> Recipe:
         derive_batch_split(recipe.train, current_world_size())
     except ValueError as err:
         problems.append(str(err))
+    if training:
+        from mfvideo.engine.checkpoint import layout_changes
+        from mfvideo.engine.trainer import data_layout
+
+        problems += layout_changes(Path(recipe.train.output_dir) / "checkpoints",
+                                   data_layout(recipe, current_world_size()))
     try:
-        list_shards(recipe.data.train, recipe.data.train_manifest)
+        list_shards(recipe.data.train, recipe.data.train_manifest, read_policy(recipe.data))
     except (OSError, ValueError) as err:
         problems.append(f"data.train={recipe.data.train!r}: {err}")
     if problems:
@@ -40,11 +48,17 @@ def _checked_recipe(recipe_path: str, overrides: Sequence[str]) -> Recipe:
 
 
 def run_training(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
-    """Entry point of tools/train.py."""
-    recipe = _checked_recipe(recipe_path, overrides)
-    from mfvideo.engine.trainer import train
+    """Entry point of tools/train.py; exits with `REQUEUE_EXIT_CODE` when preempted (`mfvideo.preemption`)."""
+    recipe = _checked_recipe(recipe_path, overrides, training=True)
+    from mfvideo.engine.trainer import Preempted, train
+    from mfvideo.preemption import REQUEUE_EXIT_CODE
 
-    train(recipe, local_rank)
+    try:
+        train(recipe, local_rank)
+    except Preempted as stop:
+        print(f"{stop}: exiting with {REQUEUE_EXIT_CODE} (requeue me); run the same command to resume",
+              file=sys.stderr)
+        raise SystemExit(REQUEUE_EXIT_CODE) from None
 
 
 def run_test(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:

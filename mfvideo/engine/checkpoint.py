@@ -1,7 +1,8 @@
 """Atomic, resumable checkpoints on top of DeepSpeed's sharded save.
 
 Layout under `<output_dir>/checkpoints/`: one folder per step (`step_00001234/`) holding DeepSpeed's model and
-optimizer shards plus `rank_<r>.pt` (that rank's data-pipeline state and RNG streams), and a `latest` file
+optimizer shards plus `rank_<r>.pt` (that rank's data-pipeline state and RNG streams) and `layout.json` (the world
+size, micro-batch and loader workers the data positions are valid for), and a `latest` file
 naming the last *complete* folder. `latest` is replaced atomically only after every rank finished writing,
 so a job killed mid-save resumes from the previous checkpoint; folders newer than `latest` are debris. A `best`
 file names the checkpoint whose validation was best so far; pruning keeps it beside the last `keep_last`.
@@ -9,6 +10,7 @@ file names the checkpoint whose validation was best so far; pruning keeps it bes
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -25,6 +27,7 @@ from mfvideo.fileio import write_atomic
 log = logging.getLogger(__name__)
 LATEST = "latest"
 BEST = "best"
+LAYOUT = "layout.json"
 
 
 def tag_for(step: int) -> str:
@@ -66,15 +69,34 @@ def best_tag(directory: Path) -> str | None:
     return _tag_named_by(directory / BEST)
 
 
-def save(engine, directory: Path, step: int, client_state: dict, rank_state: dict, keep_last: int,
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a quota, a file-size limit); names the folder and the free
+    space. The previous checkpoint is left as `latest`."""
+
+
+def _free_space(directory: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(directory).free / 2**30:.2f} GiB free there"
+    except OSError as err:
+        return f"free space unknown: {err}"
+
+
+def save(engine, directory: Path, step: int, client_state: dict, rank_state: dict, keep_last: int, layout: dict,
          best: bool = False) -> None:
     """Collective: every rank must call it. Returns once `latest` (and with `best`, `best`) names the new
-    checkpoint."""
+    checkpoint; raises CheckpointWriteError when this rank cannot write its part."""
     tag = tag_for(step)
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
-    torch.save(rank_state, directory / tag / f"rank_{dist.get_rank()}.pt")
+    try:
+        engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+        torch.save(rank_state, directory / tag / f"rank_{dist.get_rank()}.pt")
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError("unexpected pos …")
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {directory / tag} on rank {dist.get_rank()} ({_free_space(directory)}): "
+            f"{type(err).__name__}: {err}; the last complete checkpoint is {latest_tag(directory) or 'none yet'}")  \
+            from err
     dist.barrier()
     if dist.get_rank() == 0:
+        (directory / tag / LAYOUT).write_text(json.dumps(layout, indent=1))
         for path in (directory / tag).rglob("*"):
             if path.is_file():
                 with open(path, "rb") as handle:
@@ -85,6 +107,20 @@ def save(engine, directory: Path, step: int, client_state: dict, rank_state: dic
         _prune(directory, keep_last)
         log.info("checkpoint %s written", directory / tag)
     dist.barrier()
+
+
+def layout_changes(directory: Path, layout: dict) -> list[str]:
+    """Each value of `layout` (name -> value now) that differs from the one the latest checkpoint was written with,
+    as a sentence naming both; [] when there is no checkpoint. Read before any process group exists."""
+    tag = latest_tag(directory)
+    if tag is None:
+        return []
+    marker = directory / tag / LAYOUT
+    saved = json.loads(marker.read_text()) if marker.is_file() else {
+        "world size": len(list((directory / tag).glob("rank_*.pt")))}  # a checkpoint from before layout.json
+    return [f"{name} is {value} but checkpoint {directory / tag} was written with {saved[name]}: resume with "
+            f"{saved[name]} (the saved data positions hold for that layout only) or use a new train.output_dir"
+            for name, value in layout.items() if name in saved and saved[name] != value]
 
 
 def _prune(directory: Path, keep_last: int) -> None:

@@ -23,6 +23,7 @@ from mfvideo.engine.evaluate import evaluate
 from mfvideo.engine.monitor import Monitor, plot_loss
 from mfvideo.engine.optim import CosineSchedule, apply_lr, param_groups, schedule_for
 from mfvideo.log import setup_logging
+from mfvideo.preemption import REQUEUE_EXIT_CODE, PreemptionWatch
 
 log = logging.getLogger("mfvideo.train")
 
@@ -36,6 +37,11 @@ ValidationFactory = Callable[[Recipe, int, DistInfo], Optional[tuple]]
 
 class NonFiniteLossError(RuntimeError):
     """Raised when too many losses in a row were NaN/inf; the last good checkpoint is left in place."""
+
+
+class Preempted(Exception):
+    """Raised on every rank once a preemption signal reached any rank, its step finished and a checkpoint of that
+    step was written; entry points exit with `mfvideo.preemption.REQUEUE_EXIT_CODE`."""
 
 
 @dataclass
@@ -71,6 +77,12 @@ def default_validation(recipe: Recipe, micro_batch_size: int, info: DistInfo) ->
     return eval_loader_and_evaluator(recipe, micro_batch_size, info.rank, info.world_size, recipe.data.val_clips, 1)
 
 
+def data_layout(recipe: Recipe, world_size: int) -> dict:
+    """What a checkpoint's data positions depend on (`checkpoint.layout_changes`)."""
+    return {"world size": world_size, "train.micro_batch_size": recipe.train.micro_batch_size,
+            "data.num_workers": recipe.data.num_workers}
+
+
 def uses_bf16(recipe: Recipe) -> bool:
     return recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and torch.cuda.is_available())
 
@@ -88,12 +100,14 @@ def deepspeed_config(recipe: Recipe, split: BatchSplit) -> dict:
     }
 
 
-def _global_loss_and_finite(loss: torch.Tensor) -> torch.Tensor:
-    """[sum of the ranks' finite losses, number of ranks whose loss is not finite], one all-reduce on the loss's
-    device (NCCL reduces only CUDA tensors) and no host read: every rank holds the same decision."""
+def _global_step_stats(loss: torch.Tensor, preempted: bool) -> torch.Tensor:
+    """[sum of the ranks' finite losses, number of ranks whose loss is not finite, number of ranks that received a
+    preemption signal], one all-reduce on the loss's device (NCCL reduces only CUDA tensors) and no host read:
+    every rank holds the same decisions."""
     value = loss.detach().float()
     finite = torch.isfinite(value)
-    stats = torch.stack([torch.where(finite, value, torch.zeros_like(value)), (~finite).float()])
+    stats = torch.stack([torch.where(finite, value, torch.zeros_like(value)), (~finite).float(),
+                         torch.full_like(value, float(preempted))])
     dist.all_reduce(stats)
     return stats
 
@@ -105,13 +119,16 @@ class Stepper:
     The skip decision stays on the device: a hook on every parameter's gradient lets it through only when every
     rank's loss of the micro-batch was finite (`torch.where`, so a NaN gradient becomes 0, not NaN), so a skipped
     micro-batch contributes nothing while ZeRO's collectives run as always. The host reads the step's numbers once,
-    after its last backward: the losses for the log, and whether every micro-batch was skipped (then the step runs at
-    learning rate 0 and moves no weight)."""
+    after its last backward: the losses for the log, whether every micro-batch was skipped (then the step runs at
+    learning rate 0 and moves no weight), and whether any rank has received a preemption signal (`stop_requested`,
+    the same on every rank; a signal that arrives after the step's last all-reduce counts at the next step)."""
 
     def __init__(self, engine, optimizer, lr_scales: list[float], schedule: CosineSchedule, split: BatchSplit,
-                 max_nonfinite: int, ckpt_dir: Path):
+                 max_nonfinite: int, ckpt_dir: Path, preemption: PreemptionWatch):
         self.engine, self.optimizer, self.lr_scales, self.schedule = engine, optimizer, lr_scales, schedule
         self.split, self.max_nonfinite, self.ckpt_dir = split, max_nonfinite, ckpt_dir
+        self.preemption = preemption
+        self.stop_requested = False
         self.nonfinite_in_a_row = 0
         self.keep = None  # bool scalar on the device: let the current micro-batch's gradients through
         for param in engine.module.parameters():
@@ -131,13 +148,14 @@ class Stepper:
             data_wait += time.perf_counter() - start
             progress.batches_into_epoch += 1
             loss = self.engine(batch)["loss"]
-            stats.append(_global_loss_and_finite(loss))
+            stats.append(_global_step_stats(loss, self.preemption.received is not None))
             keys.append(batch.get("key"))
             self.keep = stats[-1][1] == 0
             self.engine.backward(loss)
             if micro == self.split.accumulation_steps - 1:
-                totals, nonfinite = torch.stack(stats).cpu().unbind(1)  # the step's one host read
+                totals, nonfinite, preempted = torch.stack(stats).cpu().unbind(1)  # the step's one host read
                 skipped = [bool(n) for n in nonfinite]
+                self.stop_requested = bool(preempted.any())
                 self._count_nonfinite(progress.step + 1, skipped, keys)
                 # A step whose every micro-batch was skipped moves no weight: learning rate 0.
                 apply_lr(self.optimizer, self.lr_scales, 0.0 if all(skipped) else lr)
@@ -209,7 +227,17 @@ def validate(engine, validation: tuple, progress: Progress, monitor: Monitor) ->
 def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFactory = default_model,
           loader_factory: LoaderFactory = default_loader,
           validation_factory: ValidationFactory = default_validation) -> Path:
-    """Run (or resume) training as configured; returns the output folder."""
+    """Run (or resume) training as configured; returns the output folder. Raises `Preempted` after the checkpoint
+    of the step during which any rank received SIGTERM or SIGUSR1 (`mfvideo.preemption`)."""
+    preemption = PreemptionWatch().install()  # first: a signal during start-up stops after the first step
+    try:
+        return _train(recipe, local_rank, model_factory, loader_factory, validation_factory, preemption)
+    finally:
+        preemption.restore()
+
+
+def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactory, loader_factory: LoaderFactory,
+           validation_factory: ValidationFactory, preemption: PreemptionWatch) -> Path:
     info = init_distributed(local_rank)
     setup_logging(rank=info.rank, world_size=info.world_size)
     split = derive_batch_split(recipe.train, info.world_size)
@@ -234,13 +262,14 @@ def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFac
     progress = resume(engine, ckpt_dir, loader, recipe.train.seed, info.rank)
     validation = validation_factory(recipe, split.micro_batch_size, info)
     schedule = schedule_for(recipe.optim, steps_per_epoch, recipe.optim.epochs * steps_per_epoch)
-    step = Stepper(engine, optimizer, lr_scales, schedule, split, recipe.train.max_nonfinite_steps, ckpt_dir)
+    step = Stepper(engine, optimizer, lr_scales, schedule, split, recipe.train.max_nonfinite_steps, ckpt_dir,
+                   preemption)
 
     def save(best: bool) -> None:
         mid_epoch = progress.batches_into_epoch > 0
         checkpoint.save(engine, ckpt_dir, progress.step, client_state={"progress": asdict(progress)},
                         rank_state={"rng": checkpoint.rng_state(), "loader": loader.state_dict() if mid_epoch else None},
-                        keep_last=recipe.train.keep_last, best=best)
+                        keep_last=recipe.train.keep_last, layout=data_layout(recipe, info.world_size), best=best)
 
     monitor = Monitor(output_dir, info.is_main, total_steps, recipe.train.log_every)
     batches = None  # made lazily, so no worker starts for an epoch that will not run
@@ -261,8 +290,15 @@ def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFac
             best = validation is not None and (
                 (epoch_done and progress.epoch % recipe.train.eval_every == 0) or progress.step == total_steps
             ) and validate(engine, validation, progress, monitor)
-            if progress.step % recipe.train.checkpoint_every == 0 or epoch_done or progress.step == total_steps:
+            last = progress.step == total_steps
+            if progress.step % recipe.train.checkpoint_every == 0 or epoch_done or last or step.stop_requested:
                 save(best)
+            if step.stop_requested and not last:
+                log.warning("preemption signal (%s on this rank): stopped after step %d with its checkpoint; exit "
+                            "code %d asks for a requeue, and the next run resumes from here", preemption.name,
+                            progress.step, REQUEUE_EXIT_CODE)
+                raise Preempted(f"preempted after step {progress.step} of {total_steps}; checkpoint "
+                                f"{ckpt_dir / checkpoint.tag_for(progress.step)} written")
     finally:
         monitor.close()
 
