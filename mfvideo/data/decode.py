@@ -31,6 +31,7 @@ from typing import Protocol
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 
 VIDEO_EXTENSIONS = ("mp4", "webm")
 IMAGE_EXTENSIONS = ("jpg",)
@@ -84,6 +85,8 @@ class VideoMedia:
             out = self._decode(slots)
         except av.FFmpegError as err:
             raise DecodeError(f"cannot decode frames {safe.min()}..{safe.max()}: {err}") from err
+        if np.array_equal(wanted, safe):  # distinct and ascending, as a clip or a union of clips: no reordering copy
+            return out
         return out[torch.from_numpy(np.searchsorted(wanted, safe))]
 
     def _decode(self, slots: dict[int, int]) -> torch.Tensor:
@@ -93,6 +96,7 @@ class VideoMedia:
         start = max((key for key in self._keyframes if key <= first), default=self._keyframes[0])
         self._container.seek(start, stream=self._stream, backward=True)
         codec = self._stream.codec_context
+        to_rgb = VideoReformatter()  # one scaler for all frames: its set-up is half the cost of a conversion
         out, missing = None, set(slots)
         for packet in self._container.demux(self._stream):
             if packet.pts is not None:
@@ -100,7 +104,7 @@ class VideoMedia:
             for frame in self._stream.decode(packet):
                 self.frames_decoded += 1
                 if frame.pts in missing:
-                    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                    rgb = torch.from_numpy(to_rgb.reformat(frame, format="rgb24").to_ndarray())
                     if out is None:
                         out = torch.empty((len(slots), *rgb.shape), dtype=torch.uint8)
                     out[slots[frame.pts]] = rgb
