@@ -24,8 +24,10 @@ def main() -> None:
                       help="folders holding other decord builds to compare, e.g. made by "
                            "`pip install --no-deps --target DIR decord2` (decord and decord2 share the import name)")
 
-    model = sub.add_parser("model", help="HOG target, SDPA vs explicit attention, MaskFeat training-step timings")
+    model = sub.add_parser("model", help="HOG target and its exactness, attention kernels, MaskFeat training step")
     model.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    model.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (default: torch's); 1 is steadier on a machine shared with other jobs")
 
     args = parser.parse_args()
     # Imported after parsing so `--help` stays instant and each benchmark loads only its own stage.
