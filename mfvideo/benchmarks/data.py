@@ -171,14 +171,16 @@ def decode_with_decord_here(payload: Path) -> None:
     """Child process: decord's `get_batch` for every (video, clip) in the pickled payload; a DecodeRun as JSON on
     stdout. Run with a decord build first on sys.path (PYTHONPATH) to measure that build."""
     import decord
+    from torch.utils.dlpack import from_dlpack
 
     videos, clips = pickle.loads(payload.read_bytes())
     digest, cpu = hashlib.sha256(), 0.0
     for data, clip in zip(videos, clips):
         start = time.process_time()
-        frames = decord.VideoReader(io.BytesIO(data), num_threads=1).get_batch(clip).asnumpy()
+        # As the loader took them: decord's buffer handed to torch through DLPack, without a copy.
+        frames = from_dlpack(decord.VideoReader(io.BytesIO(data), num_threads=1).get_batch(clip).to_dlpack())
         cpu += time.process_time() - start
-        _digest(digest, frames)
+        _digest(digest, frames.numpy())
     print(json.dumps(DecodeRun(_decord_distribution(), cpu, digest.hexdigest(), float("nan")).__dict__))
 
 
@@ -365,6 +367,9 @@ def _report(args, decode, pipeline, normalise_ms, load_before) -> str:
         ratio = decord_before.cpu_seconds / video_media["now"].cpu_seconds
         lines.append(f"Decode: {ratio:.2f}× fewer CPU seconds per clip now ({decord_before.decoder} on the shards "
                      "as written before → `VideoMedia` on the shards as written now).")
+    if args.decord_site:
+        lines.append("decord builds other than the environment's were installed with `pip install --no-deps --target "
+                     "DIR <name>` and measured from DIR (`--decord-site DIR`).")
     lines += ["", "(b), (c) Training pipeline, one worker process:", "",
               "| measurement | worker CPU ms per clip | clips/s per worker core | clips |", "|---|---|---|---|"]
     for name, rate in pipeline.items():
