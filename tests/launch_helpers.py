@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -14,3 +16,20 @@ def child_env() -> dict:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     return env
+
+
+def signal_after_step(command: list[str], output_dir: Path, step: int, signum: int,
+                      timeout: float = 300) -> subprocess.Popen:
+    """Start `tools/train.py`-style `command` in its own process group, wait until `output_dir`'s metrics.jsonl logs
+    `step`, then send `signum` to the whole group (loader workers included, as a scheduler does). Returns the
+    process (stderr piped as text; call communicate() or wait())."""
+    from mfvideo.engine.monitor import read_metrics
+
+    job = subprocess.Popen(command, env=child_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while max(read_metrics(output_dir), default=0) < step:
+        assert job.poll() is None and time.monotonic() < deadline, "training ended before it could be signalled"
+        time.sleep(0.05)
+    os.killpg(job.pid, signum)
+    return job

@@ -5,19 +5,17 @@ and the recipe errors that must stop a run before any work."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from launch_helpers import REPO, child_env
+from launch_helpers import REPO, child_env, signal_after_step
 from mfvideo.config import load_recipe
 from mfvideo.data.tarstream import iter_shard
 from mfvideo.data.shardlist import list_shards
@@ -141,14 +139,8 @@ def test_finetuning_validates_every_epoch_and_keeps_the_best_checkpoint(finetune
 @pytest.mark.slow
 def test_finetuning_killed_mid_epoch_resumes_with_identical_losses(demo_splits, finetuned, tmp_path):
     out = tmp_path / "run"
-    job = subprocess.Popen(train_cmd(demo_splits, out), env=child_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while max(read_metrics(out), default=0) < 3:  # past the step-2 checkpoint, inside epoch 0 (steps 1-6)
-        assert job.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
+    job = signal_after_step(train_cmd(demo_splits, out), out, 3, signal.SIGKILL)  # past the step-2 checkpoint
+    job.communicate()
     assert max(read_metrics(out)) < 6
 
     resumed = _run(train_cmd(demo_splits, out))

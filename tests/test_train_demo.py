@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from launch_helpers import REPO, child_env
+from launch_helpers import REPO, child_env, signal_after_step
 from mfvideo.engine import checkpoint
 from mfvideo.engine.monitor import read_metrics
 from mfvideo.preemption import REQUEUE_EXIT_CODE
@@ -63,14 +61,8 @@ def test_single_process_pretraining_on_real_shards(uninterrupted):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_identical_losses(demo_recipe, uninterrupted, tmp_path):
     out = tmp_path / "run"
-    job = subprocess.Popen(train_cmd(demo_recipe, out), env=child_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while max(read_metrics(out), default=0) < 5:  # past the step-3 checkpoint, inside epoch 0 (steps 1-8)
-        assert job.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
+    job = signal_after_step(train_cmd(demo_recipe, out), out, 5, signal.SIGKILL)  # past the step-3 checkpoint
+    job.communicate()
     killed_at = max(read_metrics(out))
     assert killed_at < 16
 
@@ -90,13 +82,7 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_asks_for_a_requeue(demo_reci
     requeue, and the rerun's losses are those of the uninterrupted run."""
     out = tmp_path / "run"
     command = train_cmd(demo_recipe, out) + ["train.checkpoint_every=1000"]
-    job = subprocess.Popen(command, env=child_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while max(read_metrics(out), default=0) < 2:
-        assert job.poll() is None and time.monotonic() < deadline, "training ended before it could be signalled"
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGTERM)
+    job = signal_after_step(command, out, 2, signal.SIGTERM)
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == REQUEUE_EXIT_CODE, stderr[-4000:]
     stopped_at = max(read_metrics(out))
