@@ -16,6 +16,7 @@ import pytest
 
 from launch_helpers import REPO, child_env
 from mfvideo.engine import checkpoint
+from mfvideo.engine.distributed import free_port
 from mfvideo.engine.monitor import read_metrics
 from mfvideo.preemption import REQUEUE_EXIT_CODE
 
@@ -143,3 +144,32 @@ def test_resume_with_another_layout_is_refused_before_any_work_naming_both_value
     assert proc.returncode == 2, proc.stderr[-4000:]
     assert expect.format(uninterrupted / "checkpoints" / checkpoint.tag_for(16)) in proc.stderr
     assert {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_sigusr1_to_one_rank_of_two_stops_both_after_the_same_step(demo_recipe, tmp_path):
+    """Two processes started as `srun` starts them (RANK/WORLD_SIZE set, no launcher); SIGUSR1 reaches only rank 1.
+    The flag travels on the step's all-reduce, so both finish that step, write one checkpoint together and exit 75."""
+    out, port = tmp_path / "run", free_port()
+    ranks = [subprocess.Popen(train_cmd(demo_recipe, out) + ["train.checkpoint_every=1000"], cwd=REPO,
+                              env={**child_env(), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 300
+        while max(read_metrics(out), default=0) < 2:
+            assert all(r.poll() is None for r in ranks) and time.monotonic() < deadline, "training ended too early"
+            time.sleep(0.05)
+        ranks[1].send_signal(signal.SIGUSR1)
+        logs = [r.communicate(timeout=300)[1] for r in ranks]
+    finally:
+        for r in ranks:
+            if r.poll() is None:
+                r.kill()
+    assert [r.returncode for r in ranks] == [REQUEUE_EXIT_CODE] * 2, logs[0][-3000:] + logs[1][-3000:]
+    stopped_at = max(read_metrics(out))
+    assert stopped_at < 8  # 64 clips / global batch 8: epoch 0 is steps 1-8
+    tag = checkpoint.tag_for(stopped_at)
+    assert checkpoint.latest_tag(out / "checkpoints") == tag
+    assert {p.name for p in (out / "checkpoints" / tag).glob("rank_*.pt")} == {"rank_0.pt", "rank_1.pt"}
+    assert "preemption (SIGUSR1 received here)" in logs[1] and "preemption (signal on another rank)" in logs[0]

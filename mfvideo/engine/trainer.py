@@ -294,8 +294,9 @@ def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactor
             if progress.step % recipe.train.checkpoint_every == 0 or epoch_done or last or step.stop_requested:
                 save(best)
             if step.stop_requested and not last:
-                log.warning("preemption signal (%s on this rank): stopped after step %d with its checkpoint; exit "
-                            "code %d asks for a requeue, and the next run resumes from here", preemption.name,
+                log.warning("preemption (%s): stopped after step %d with its checkpoint; exit code %d asks for a "
+                            "requeue, and the next run resumes from here",
+                            f"{preemption.name} received here" if preemption.received else "signal on another rank",
                             progress.step, REQUEUE_EXIT_CODE)
                 raise Preempted(f"preempted after step {progress.step} of {total_steps}; checkpoint "
                                 f"{ckpt_dir / checkpoint.tag_for(progress.step)} written")
