@@ -39,7 +39,7 @@ def demo_shards() -> str:
     test session."""
     if "demo" not in _CACHE:
         source = DemoSource(num_videos=53, width=64, height=48, min_frames=20, max_frames=100, seed=1)
-        make_shards(source, ShardOptions(out=_ROOT / "demo", max_count=16, max_size=70_000, progress=False))
+        make_shards(source, ShardOptions(out=_ROOT / "demo", max_count=16, max_size=64_000, progress=False))
         _CACHE["demo"] = _ROOT / "demo"
     return _pattern(_CACHE["demo"])
 
@@ -118,6 +118,38 @@ def encode_video(num_frames: int, width: int = 64, height: int = 48, fps: int = 
         for packet in stream.encode():
             container.mux(packet)
     return buffer.getvalue()
+
+
+def textured_video(num_frames: int, width: int = 96, height: int = 64, seed: int = 0) -> bytes:
+    """H.264 mp4 written by the shard writer's encoder (make_shards' frame-type pattern, one keyframe per second at
+    30 fps): a noise texture panning under a moving square, with a per-frame brightness ramp, so that P- and B-frames
+    carry real residuals and a wrong frame shows in the pixels."""
+    from mfvideo.shards.encode import encode_rgb_frames
+
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 160, (height, 2 * width, 3), dtype=np.uint8)
+    frames = []
+    for index in range(num_frames):
+        frame = np.roll(texture, -2 * index, axis=1)[:, :width].astype(int) + 3 * (index % 30)
+        frame[10:26, (5 * index) % (width - 16):(5 * index) % (width - 16) + 16] = 250
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return encode_rgb_frames(frames, 30)[0]
+
+
+def decode_all(data: bytes, skip_non_reference: bool = False) -> dict[int, np.ndarray]:
+    """Every frame by presentation timestamp, decoded in one pass from the start (no seeking): the ground truth for
+    what frame index i means. With `skip_non_reference`, only the frames other frames reference come out."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        if skip_non_reference:
+            stream.codec_context.skip_frame = "NONREF"
+        return {frame.pts: frame.to_ndarray(format="rgb24") for frame in container.decode(stream)}
+
+
+def frames_in_order(data: bytes) -> np.ndarray:
+    """T×H×W×3 uint8: frame i is the i-th in presentation order."""
+    frames = decode_all(data)
+    return np.stack([frames[pts] for pts in sorted(frames)])
 
 
 def encode_jpg(width: int = 64, height: int = 48, seed: int = 0) -> bytes:

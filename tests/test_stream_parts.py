@@ -1,6 +1,5 @@
 """Decoding, frame sampling and spatial transforms of the clip stream, one piece at a time."""
 
-import decord
 import numpy as np
 import pytest
 import torch
@@ -10,7 +9,7 @@ from mfvideo.data.clips import EvalClips, TemporalSampling, TrainClips
 from mfvideo.data.decode import DecodeError, open_media
 from mfvideo.data.transforms import (EvalTransform, Normalise, TrainTransform, eval_crop_boxes, pack_clips,
                                      random_resized_crop_box, resize_box)
-from stream_helpers import encode_jpg, encode_video
+from stream_helpers import decode_all, encode_jpg, encode_video, frames_in_order, textured_video
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.225, 0.225, 0.225]
 
@@ -87,16 +86,62 @@ def test_frame_union_maps_every_clip_back():
 
 # ----- decoding -------------------------------------------------------------------------------------------------
 
-def test_decoded_frames_equal_decord_on_the_file(video_file):
-    data, path = video_file
+def test_decoded_frames_are_the_frames_the_indices_name(video_file):
+    data, _ = video_file
     media = open_media(data, "mp4", 70)
     assert media.num_frames == 70 and media.fps == pytest.approx(30.0)
     indices = np.array([0, 3, 17, 40, 69])
-    reference = decord.VideoReader(str(path), num_threads=1).get_batch(indices.tolist()).asnumpy()
     frames = media.frames(indices)
     assert frames.dtype == torch.uint8 and frames.shape == (5, 48, 64, 3)
-    assert np.array_equal(frames.numpy(), reference)
+    assert np.array_equal(frames.numpy(), frames_in_order(data)[indices])
     assert not torch.equal(frames[0], frames[1])  # fixture frames really differ
+
+
+@pytest.fixture(scope="module")
+def shard_video():
+    """100 frames (3.3 s) as make_shards encodes them: keyframes at 0, 30, 60, 90, B-frames no frame references."""
+    data = textured_video(100)
+    return data, frames_in_order(data)
+
+
+def test_shard_encoding_puts_three_unreferenced_b_frames_between_reference_frames(shard_video):
+    data, truth = shard_video
+    reference_pts = sorted(decode_all(data, skip_non_reference=True))
+    all_pts = sorted(decode_all(data))
+    references = [all_pts.index(pts) for pts in reference_pts]
+    # From each keyframe (every 30 frames) every 4th frame is a reference; the frame before the next keyframe too.
+    expected = sorted({gop + k for gop in (0, 30, 60, 90) for k in range(0, 30, 4) if gop + k < 100} | {29, 59, 89, 99})
+    assert references == expected
+
+
+@pytest.mark.parametrize("phase", [0, 1, 2, 3])
+def test_clips_from_shard_encoded_video_show_exactly_their_frames(shard_video, phase):
+    """16×4 clips at every start phase against the reference pattern, each from a fresh media (as the loader
+    opens one per sample), and several decodes from one media, unsorted and repeated indices included."""
+    data, truth = shard_video
+    for start in range(phase, 100 - 61, 4 * 3):
+        indices = start + 4 * np.arange(16)
+        assert np.array_equal(open_media(data, "mp4", 100).frames(indices).numpy(), truth[indices]), start
+    media = open_media(data, "mp4", 100)
+    for indices in ([99, 0, 29, 30, 31, 29], [phase], [59 + phase, 60, 61, 2 + phase]):
+        assert np.array_equal(media.frames(np.array(indices)).numpy(), truth[indices]), indices
+
+
+def test_unrequested_non_reference_frames_are_skipped(shard_video):
+    """A clip of reference frames makes the decoder produce the reference frames from its keyframe to its end and
+    nothing else (give or take what its reordering delay holds back or lets through); one of B-frames adds just its
+    own frames. Decoding all from the keyframe would produce 29 frames for either."""
+    data, _ = shard_video
+    for keyframe in (0, 30, 60):                                 # the decode starts at the clip's own keyframe
+        on_references = open_media(data, "mp4", 100)
+        on_references.frames(keyframe + np.arange(0, 29, 4))     # the 8 reference frames of that GOP
+        assert 8 <= on_references.frames_decoded <= 8 + 2, keyframe
+    on_b_frames = open_media(data, "mp4", 100)
+    on_b_frames.frames(np.arange(1, 29, 4))                      # 7 B-frames between references 0, 4, …, 28
+    assert 7 + 7 <= on_b_frames.frames_decoded <= 8 + 7 + 2
+    everything = open_media(data, "mp4", 100)
+    everything.frames(np.arange(100))
+    assert everything.frames_decoded == 100
 
 
 def test_indices_past_the_end_are_clamped(video_file):
@@ -198,17 +243,17 @@ def test_flip_off_never_flips():
 
 # ----- a video's clips ------------------------------------------------------------------------------------------
 
-def test_test_views_show_decords_frames_at_their_indices(video_file):
-    data, path = video_file
+def test_test_views_show_the_frames_at_their_indices(video_file):
+    data, _ = video_file
     temporal = TemporalSampling(8, 4, 30.0, "random")
     maker = EvalClips(temporal, EvalTransform(48, 48, 3), num_clips=2)
     clips = maker(open_media(data, "mp4", 70), np.random.default_rng(0))
     assert [c.view for c in clips] == list(range(6))
-    reader = decord.VideoReader(str(path), num_threads=1)
+    truth = torch.from_numpy(frames_in_order(data))
     for clip in clips:
         expected_indices = sampling.uniform_clips(70, 8, 4.0, 2)[clip.view // 3]
         assert np.array_equal(clip.frame_indices, expected_indices)
-        frames = torch.from_numpy(reader.get_batch(expected_indices.tolist()).asnumpy())
+        frames = truth[expected_indices]
         left = [0, 8, 16][clip.view % 3]
         assert torch.equal(clip.video, frames[:, :, left:left + 48].permute(0, 3, 1, 2))
 

@@ -15,14 +15,19 @@ def main() -> None:
     shards.add_argument("--frames", type=int, default=90)
     shards.add_argument("--short-side", type=int, default=320)
 
-    data = sub.add_parser("data", help="loader clips/s vs the decord decode bound, repeated sampling")
-    data.add_argument("--videos", type=int, default=40)
-    data.add_argument("--seconds", type=float, default=3.0)
+    data = sub.add_parser("data", help="worker CPU time per clip before/after, decoders side by side, repeated sampling")
+    data.add_argument("--videos", type=int, default=32)
+    data.add_argument("--seconds", type=float, default=10.0)
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--rounds", type=int, default=3)
+    data.add_argument("--decord-site", nargs="*", default=[], metavar="DIR",
+                      help="folders holding other decord builds to compare, e.g. made by "
+                           "`pip install --no-deps --target DIR decord2` (decord and decord2 share the import name)")
 
-    model = sub.add_parser("model", help="HOG target, SDPA vs explicit attention, MaskFeat training-step timings")
+    model = sub.add_parser("model", help="HOG target and its exactness, attention kernels, MaskFeat training step")
     model.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    model.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (default: torch's); 1 is steadier on a machine shared with other jobs")
 
     finetune = sub.add_parser("finetune", help="fine-tuning step time per clip (augmentation, step) and test clips/s")
     finetune.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per measurement")

@@ -11,6 +11,7 @@ Measured in one process, interleaved rounds, best of each (the machines are shar
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 
@@ -83,14 +84,15 @@ def measure(arch: str, frames: int, crop: int, batch: int, repeats: int, device:
 def run(args) -> None:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     sizes = args.sizes or ([("mvit_s", 16, 224)] if device.type == "cuda" else [("mvit_s", 8, 112)])
-    rows = []
+    rows, load = [], os.getloadavg()[0]
     for arch, frames, crop in sizes:
         frames, crop = int(frames), int(crop)
         t = measure(arch, frames, crop, args.batch, args.repeats, device)
         rows.append(f"| {arch} | {frames}×{crop}² | {args.batch} | {1e3 * t['rand_augment']:.1f} | "
                     f"{1e3 * t['batch_ops']:.2f} | {1e3 * t['train']:.0f} | {1 / t['test']:.1f} |")
         print(rows[-1], flush=True)
-    body = ("Per clip, best of interleaved rounds. RandAugment runs in a loader worker on the uint8 clip; erasing + "
+    load = max(load, os.getloadavg()[0])
+    body = (f"Load average while it ran: up to {load:.1f} on {os.cpu_count()} cores. Per clip, best of interleaved rounds. RandAugment runs in a loader worker on the uint8 clip; erasing + "
             "mixup/CutMix on the batch where it is consumed; the training step is forward + soft-target loss + "
             "backward + AdamW of the classifier (drop path 0.1; bf16 autocast on a GPU); test is the eval-mode forward "
             "of multi-view testing.\n\n"

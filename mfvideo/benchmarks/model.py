@@ -52,54 +52,65 @@ def best_ms(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.de
 
 
 def attention_benchmark(repeats: int, device: torch.device) -> str:
-    """MaskFeat MViT-S block 0 at 16×224² (8×56×56 queries, 8×7×7 keys): the three exact attention kernels, in
+    """MaskFeat MViT-S block 0 at 16×224² (8×56×56 queries, 8×7×7 keys): the three exact attention kernels, on the
+    attention itself (the block's pooled q, k, v → output, relative positions included) and on the whole block, in
     fp32 on CPU and under bf16 autocast on CUDA (as training runs there)."""
     cfg = block_configs(replace(mvit_s(), keep_last_q_stride=False), (16, 224, 224))[0]
     block = MultiScaleBlock(cfg).to(device)
+    attn = block.attn
     tokens = 1 + cfg.input_grid[0] * cfg.input_grid[1] * cfg.input_grid[2]
     x = torch.randn(1, tokens, cfg.dim_in, device=device, requires_grad=True)
+    with torch.no_grad():  # the block's own pooled q, k, v of x
+        q, k, v, q_grid, k_grid = attn.pooled_qkv(block.norm1(x), cfg.input_grid)
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
     bf16 = device.type == "cuda"
+    parts = {"attention": lambda: attn.attend(q, k, v, q_grid, k_grid),
+             "block": lambda: block(x, cfg.input_grid)[0]}
 
-    def forward(kernel: str) -> Callable[[], object]:
+    def forward(kernel: str, part: str) -> Callable[[], object]:
         def run() -> object:
-            block.attn.set_kernel(kernel)
+            attn.set_kernel(kernel)
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                return block(x, cfg.input_grid)
+                return parts[part]()
         return run
 
-    def training(kernel: str) -> Callable[[], object]:
+    def training(kernel: str, part: str) -> Callable[[], object]:
         def run() -> None:
-            block.attn.set_kernel(kernel)
+            attn.set_kernel(kernel)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = block(x, cfg.input_grid)[0]
+                out = parts[part]()
             out.float().square().mean().backward()
         return run
 
     passes = {"fwd": forward, "fwd+bwd": training}
-    ms = best_ms({f"{kernel} {name}": make(kernel) for name, make in passes.items() for kernel in ATTENTION_KERNELS},
-                 repeats, device)
+    ms = best_ms({f"{kernel} {part} {name}": make(kernel, part) for part in parts for name, make in passes.items()
+                  for kernel in ATTENTION_KERNELS}, repeats, device)
     rows = []
-    for name in passes:
-        explicit = ms[f"explicit {name}"]
-        cells = [f"{ms[f'{kernel} {name}']:.1f} ({ms[f'{kernel} {name}'] / explicit:.2f}×)"
-                 for kernel in ATTENTION_KERNELS]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    folded_training = ms["folded fwd+bwd"] / ms["explicit fwd+bwd"]
+    for part in parts:
+        for name in passes:
+            explicit = ms[f"explicit {part} {name}"]
+            cells = [f"{ms[f'{kernel} {part} {name}']:.1f} ({ms[f'{kernel} {part} {name}'] / explicit:.2f}×)"
+                     for kernel in ATTENTION_KERNELS]
+            rows.append(f"| {part} | {name} | " + " | ".join(cells) + " |")
+    folded_training = ms["folded attention fwd+bwd"] / ms["explicit attention fwd+bwd"]
     return "\n".join([
-        f"Attention in one MultiScaleBlock (MaskFeat MViT-S block 0: {tokens} query tokens, 1+8×7×7 keys, dim "
-        f"{cfg.dim_in}, batch 1, {device.type}, {'bf16 autocast' if bf16 else 'fp32'}, best of {repeats} interleaved "
-        "runs), the three exact kernels of `MultiScaleAttention` (ms, and the ratio to explicit):",
+        f"Attention of MaskFeat MViT-S block 0 ({q.shape[2]} queries, {k.shape[2]} keys, head width "
+        f"{attn.head_dim}, batch 1, {device.type}, {'bf16 autocast' if bf16 else 'fp32'}, "
+        f"{torch.get_num_threads()} threads, best of {repeats} interleaved runs), the three exact kernels of "
+        "`MultiScaleAttention` in ms, and the ratio to explicit. \"attention\" is the attention itself (the block's "
+        "pooled q, k, v → output, relative positions included; backward into q, k, v and the tables), \"block\" the "
+        "whole MultiScaleBlock (QKV projection, pooling, MLP):",
         "",
-        "| pass | " + " | ".join(f"`{kernel}`" for kernel in ATTENTION_KERNELS) + " |",
-        "|---|---|---|---|",
+        "| part | pass | " + " | ".join(f"`{kernel}`" for kernel in ATTENTION_KERNELS) + " |",
+        "|---|---|---|---|---|",
         *rows,
         "",
-        f"`folded` (the default) fwd+bwd = {folded_training:.2f}× explicit"
+        f"`folded` (the default) attention fwd+bwd = {folded_training:.2f}× explicit"
         + ("" if bf16 else f" (target ≤ 0.6 on CPU: {'met' if folded_training <= 0.6 else 'NOT met'})")
-        + ". `folded` puts the relative positions into q and k and "
-        "calls `scaled_dot_product_attention` without a mask (the fused flash kernels, on CPU too); `bias_mask` "
-        "passes the bias as an additive float mask, which keeps SDPA on its math kernel whenever the bias needs a "
-        "gradient; `explicit` writes out matmul, softmax, matmul.",
+        + ". `folded` puts the relative positions into q and k and calls `scaled_dot_product_attention` without "
+        "a mask (the fused flash kernels, on CPU too); `bias_mask` passes the bias as an additive float mask, which "
+        "keeps SDPA on its math kernel whenever the bias needs a gradient; `explicit` writes out matmul, softmax, "
+        "matmul.",
     ])
 
 
@@ -178,8 +189,10 @@ def gpu_benchmark(repeats: int) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    """args.repeats: timed runs per measurement."""
+    """args.repeats: timed runs per measurement; args.threads: torch CPU threads (default: torch's)."""
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     hog = benchmark_hog(batch=2, frames=16, size=224, repeats=args.repeats)
     sections = [format_hog_benchmark(hog), attention_benchmark(args.repeats, torch.device("cpu")),

@@ -1,6 +1,6 @@
 """Spatial transforms for clips, identical for every frame of a clip, in plain torch (no torchvision).
 
-Input: decoded frames, uint8 `T×H×W×C` (decord's layout, optionally with the positions of the clip's frames in
+Input: decoded frames, uint8 `T×H×W×C` (the decoder's layout, optionally with the positions of the clip's frames in
 them). Output: uint8 `T×C×H×W` clips; `pack_clips` makes the uint8 `B×C×T×H×W` batch a worker hands over and
 `Normalise` turns it into float32 where it is consumed.
 Every transform is a crop box in source pixels followed by one bilinear resize of only that box to the output

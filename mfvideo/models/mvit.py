@@ -278,12 +278,18 @@ class MultiScaleAttention(nn.Module):
         logits = (q * self.scale) @ k.transpose(-2, -1) + bias
         return logits.softmax(dim=-1) @ v
 
-    def forward(self, x: torch.Tensor, grid: Grid) -> Tuple[torch.Tensor, Grid]:
+    def pooled_qkv(self, x: torch.Tensor, grid: Grid) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Grid, Grid]:
+        """B×(1+N)×C tokens → pooled, normed q, k, v (B×heads×(1+N')×head_dim) and the q and k grids."""
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, q_grid = self._pooled(q, self.pool_q, self.norm_q, grid)
         k, k_grid = self._pooled(k, self.pool_k, self.norm_k, grid)
         v, _ = self._pooled(v, self.pool_v, self.norm_v, grid)
+        return q, k, v, q_grid, k_grid
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> Tuple[torch.Tensor, Grid]:
+        b = x.shape[0]
+        q, k, v, q_grid, k_grid = self.pooled_qkv(x, grid)
         out = self.attend(q, k, v, q_grid, k_grid)
         out = out + F.pad(q[:, :, 1:], (0, 0, 1, 0))  # residual pooling, not on the cls token
         out = out.transpose(1, 2).reshape(b, -1, self.num_heads * self.head_dim)
