@@ -134,7 +134,6 @@ def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space
 @pytest.mark.parametrize("change, env, expect", [
     (["train.micro_batch_size=2"], {}, "train.micro_batch_size is 2 but checkpoint {} was written with 4"),
     (["data.num_workers=2"], {}, "data.num_workers is 2 but checkpoint {} was written with 1"),
-    ([], {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "world size is 2 but checkpoint {} was written with 1"),
 ])
 def test_resume_with_another_layout_is_refused_before_any_work_naming_both_values(demo_recipe, uninterrupted, change,
                                                                                   env, expect):
