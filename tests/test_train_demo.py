@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +144,22 @@ def test_resume_with_another_layout_is_refused_before_any_work_naming_both_value
     assert proc.returncode == 2, proc.stderr[-4000:]
     assert expect.format(uninterrupted / "checkpoints" / checkpoint.tag_for(16)) in proc.stderr
     assert {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_a_resume_on_two_processes_passes_the_checks_and_loads_the_universal_checkpoint(demo_recipe, uninterrupted,
+                                                                                        tmp_path):
+    """tools/train.py under torchrun on a copy of the finished 1-process run: the world size change is not refused,
+    rank 0 converts its step-16 checkpoint, both ranks load it, and no step is left to train."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(free_port())] + train_cmd(demo_recipe, out)[1:],
+                          env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "written by 1 processes, 2 run now: resuming from its universal form" in proc.stderr
+    assert (out / "checkpoints" / checkpoint.tag_for(16) / "universal" / "zero").is_dir()
+    assert list(read_metrics(out)) == list(range(1, 17))
 
 
 @pytest.mark.slow
