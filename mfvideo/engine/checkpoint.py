@@ -3,11 +3,12 @@
 Layout under `<output_dir>/checkpoints/`: one folder per step (`step_00001234/`) holding DeepSpeed's model and
 optimizer shards plus `rank_<r>.pt` (that rank's data-pipeline state and RNG streams) and `layout.json` (the world
 size, micro-batch and loader workers the data positions are valid for), and a `latest` file
-naming the last *complete* folder. A resume on another world size converts that folder once into DeepSpeed's
-universal form, `step_…/universal/` (atomically: built under a temporary name, then renamed), which every rank loads
-with `checkpoint.load_universal`; the per-rank data positions do not carry over to another world size. `latest` is replaced atomically only after every rank finished writing,
+naming the last *complete* folder. `latest` is replaced atomically only after every rank finished writing,
 so a job killed mid-save resumes from the previous checkpoint; folders newer than `latest` are debris. A `best`
 file names the checkpoint whose validation was best so far; pruning keeps it beside the last `keep_last`.
+A resume on another world size converts the latest folder once into DeepSpeed's universal form, `step_…/universal/`
+(built under a temporary name, then renamed), which every rank loads with `checkpoint.load_universal`; the per-rank
+data positions and RNG streams do not carry over to another world size.
 """
 
 from __future__ import annotations

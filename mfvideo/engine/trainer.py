@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -241,10 +243,6 @@ def resume(engine, ckpt_dir: Path, loader, seed: int, rank: int, world_changed: 
 def reseed(seed: int, rank: int, step: int) -> None:
     """Python, NumPy and torch RNG streams of this rank drawn from (seed, rank, step): distinct per rank and per
     resume point, and the same on every rerun."""
-    import random
-
-    import numpy as np
-
     words = np.random.SeedSequence([seed, rank, step]).generate_state(4)
     random.seed(int(words[0]))
     np.random.seed(words[1])
