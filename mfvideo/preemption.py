@@ -48,7 +48,7 @@ class PreemptionWatch:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else "none"
+        return signal.Signals(self.received).name if self.received is not None else "no signal"
 
 
 def leave_preemption_to_parent(worker_id: int) -> None:

@@ -1,9 +1,11 @@
 """The training engine under real DeepSpeed processes (CPU, gloo): data parallel equivalence, ZeRO, multi-node,
-non-finite skipping, bad recipes. The synthetic clip stream of tests/engine_harness.py makes a global batch
-independent of the number of processes, so losses can be compared step by step."""
+non-finite skipping, resume on another world size, bad recipes. The synthetic clip stream of
+tests/engine_harness.py makes a global batch independent of the number of processes, so losses can be compared
+step by step."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from launch_helpers import REPO, child_env
+from mfvideo.engine import checkpoint
 from mfvideo.engine.distributed import free_port
 from mfvideo.engine.monitor import read_metrics
 
@@ -202,3 +205,46 @@ def test_two_process_zero2_finetuning_matches_one_process(tmp_path):
     reference = losses(single)
     assert len(reference) == 12 and reference[-1] < reference[0]
     assert losses(double) == pytest.approx(reference, rel=LOSS_RTOL)
+
+
+def resume_cmd(nproc: int, *args: str) -> list[str]:
+    return torchrun(nproc, *args) if nproc > 1 else [sys.executable, str(HARNESS), *args]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
+def test_zero2_resume_on_another_world_size_continues_the_uninterrupted_run(single_process, tmp_path, first, then):
+    """Stopped at the end of epoch 0 (step 6), resumed with another number of processes through the universal
+    checkpoint: the synthetic stream gives the same global batches, so steps 7-12 must reproduce the uninterrupted
+    run within LOSS_RTOL. That holds only with the optimizer state loaded: Adam restarted from zero moments moves
+    every weight by ~lr at step 7, which shifts the losses of steps 8-12 by far more than LOSS_RTOL."""
+    recipe, out = tiny_recipe(tmp_path), tmp_path / "run"
+    run(resume_cmd(first, str(recipe), f"train.output_dir={out}", "train.max_steps=6"))
+    resumed = run(resume_cmd(then, str(recipe), f"train.output_dir={out}"))
+    assert f"written by {first} processes, {then} run now: resuming from its universal form" in resumed.stderr
+    assert "the data stream restarts at the beginning of epoch 1" in resumed.stderr
+    assert (out / "checkpoints" / "step_00000006" / "universal" / "zero").is_dir()
+    records = read_metrics(out)
+    assert list(records) == list(range(1, 13)) and records[7]["epoch"] == 1
+    reference = losses(single_process)
+    assert losses(out) == pytest.approx(reference, rel=LOSS_RTOL)
+    import torch
+
+    ours, theirs = (torch.load(run_dir / "model.pt", weights_only=True)["model"] for run_dir in (out, single_process))
+    assert_same_weights(ours, theirs, sum(r["lr"] for r in read_metrics(single_process).values()))
+    assert json.loads((out / "checkpoints" / "step_00000012" / "layout.json").read_text())["world size"] == then
+
+
+@pytest.mark.slow
+def test_a_mid_epoch_checkpoint_resumed_on_another_world_size_restarts_at_the_next_epoch(tmp_path):
+    """Step 4 is 4 of epoch 0's 6 steps: the saved data positions belong to one rank, so two ranks start epoch 1 from
+    its beginning and the step count carries on (step 5 trains on epoch 1's first global batch)."""
+    recipe, out = tiny_recipe(tmp_path), tmp_path / "run"
+    run(resume_cmd(1, str(recipe), f"train.output_dir={out}", "train.max_steps=4"))
+    resumed = run(torchrun(2, str(recipe), f"train.output_dir={out}", "train.max_steps=6"))
+    assert ("written 16 micro-batches per rank into epoch 0: the data stream restarts at the beginning of epoch 1 "
+            "(the rest of epoch 0 is skipped)") in resumed.stderr
+    records = read_metrics(out)
+    assert list(records) == list(range(1, 7))
+    assert [records[s]["epoch"] for s in records] == [0, 0, 0, 0, 1, 1]
+    assert checkpoint.latest_tag(out / "checkpoints") == "step_00000006"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from launch_helpers import REPO, child_env, signal_after_step
 from mfvideo.engine import checkpoint
+from mfvideo.engine.distributed import free_port
 from mfvideo.engine.monitor import read_metrics
 from mfvideo.preemption import REQUEUE_EXIT_CODE
 
@@ -119,7 +121,6 @@ def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space
 @pytest.mark.parametrize("change, env, expect", [
     (["train.micro_batch_size=2"], {}, "train.micro_batch_size is 2 but checkpoint {} was written with 4"),
     (["data.num_workers=2"], {}, "data.num_workers is 2 but checkpoint {} was written with 1"),
-    ([], {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "world size is 2 but checkpoint {} was written with 1"),
 ])
 def test_resume_with_another_layout_is_refused_before_any_work_naming_both_values(demo_recipe, uninterrupted, change,
                                                                                   env, expect):
@@ -129,3 +130,48 @@ def test_resume_with_another_layout_is_refused_before_any_work_naming_both_value
     assert proc.returncode == 2, proc.stderr[-4000:]
     assert expect.format(uninterrupted / "checkpoints" / checkpoint.tag_for(16)) in proc.stderr
     assert {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_a_resume_on_two_processes_passes_the_checks_and_loads_the_universal_checkpoint(demo_recipe, uninterrupted,
+                                                                                        tmp_path):
+    """tools/train.py under torchrun on a copy of the finished 1-process run: the world size change is not refused,
+    rank 0 converts its step-16 checkpoint, both ranks load it, and no step is left to train."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(free_port())] + train_cmd(demo_recipe, out)[1:],
+                          env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "written by 1 processes, 2 run now: resuming from its universal form" in proc.stderr
+    assert (out / "checkpoints" / checkpoint.tag_for(16) / "universal" / "zero").is_dir()
+    assert list(read_metrics(out)) == list(range(1, 17))
+
+
+@pytest.mark.slow
+def test_sigusr1_to_one_rank_of_two_stops_both_after_the_same_step(demo_recipe, tmp_path):
+    """Two processes started as `srun` starts them (RANK/WORLD_SIZE set, no launcher); SIGUSR1 reaches only rank 1.
+    The flag travels on the step's all-reduce, so both finish that step, write one checkpoint together and exit 75."""
+    out, port = tmp_path / "run", free_port()
+    ranks = [subprocess.Popen(train_cmd(demo_recipe, out) + ["train.checkpoint_every=1000"], cwd=REPO,
+                              env={**child_env(), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 300
+        while max(read_metrics(out), default=0) < 2:
+            assert all(r.poll() is None for r in ranks) and time.monotonic() < deadline, "training ended too early"
+            time.sleep(0.05)
+        ranks[1].send_signal(signal.SIGUSR1)
+        logs = [r.communicate(timeout=300)[1] for r in ranks]
+    finally:
+        for r in ranks:
+            if r.poll() is None:
+                r.kill()
+    assert [r.returncode for r in ranks] == [REQUEUE_EXIT_CODE] * 2, logs[0][-3000:] + logs[1][-3000:]
+    stopped_at = max(read_metrics(out))
+    assert stopped_at < 8  # 64 clips / global batch 8: epoch 0 is steps 1-8
+    tag = checkpoint.tag_for(stopped_at)
+    assert checkpoint.latest_tag(out / "checkpoints") == tag
+    assert {p.name for p in (out / "checkpoints" / tag).glob("rank_*.pt")} == {"rank_0.pt", "rank_1.pt"}
+    assert "preemption (SIGUSR1 received here)" in logs[1] and "preemption (signal on another rank)" in logs[0]

@@ -19,7 +19,8 @@ def _recipe_error(recipe_path: str, problems: Sequence[str]) -> None:
 
 def _checked_recipe(recipe_path: str, overrides: Sequence[str], training: bool = False) -> Recipe:
     """The recipe, with the task's own checks and the train shards' presence, and for `training` a resume whose
-    checkpoint fits the world size, micro-batch and loader workers; exit 2 naming every problem."""
+    checkpoint fits the micro-batch and loader workers (another world size resumes through a universal checkpoint);
+    exit 2 naming every problem."""
     recipe = load_recipe_or_exit(recipe_path, overrides)
     from mfvideo.data.loader import read_policy
     from mfvideo.data.shardlist import list_shards
@@ -33,11 +34,12 @@ def _checked_recipe(recipe_path: str, overrides: Sequence[str], training: bool =
     except ValueError as err:
         problems.append(str(err))
     if training:
-        from mfvideo.engine.checkpoint import layout_changes
+        from mfvideo.engine.checkpoint import WORLD_SIZE, layout_changes
         from mfvideo.engine.trainer import data_layout
 
-        problems += layout_changes(Path(recipe.train.output_dir) / "checkpoints",
-                                   data_layout(recipe, current_world_size()))
+        layout = data_layout(recipe, current_world_size())
+        del layout[WORLD_SIZE]  # another world size resumes through a universal checkpoint
+        problems += layout_changes(Path(recipe.train.output_dir) / "checkpoints", layout)
     try:
         list_shards(recipe.data.train, recipe.data.train_manifest, read_policy(recipe.data))
     except (OSError, ValueError) as err:

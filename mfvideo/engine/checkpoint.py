@@ -6,6 +6,9 @@ size, micro-batch and loader workers the data positions are valid for), and a `l
 naming the last *complete* folder. `latest` is replaced atomically only after every rank finished writing,
 so a job killed mid-save resumes from the previous checkpoint; folders newer than `latest` are debris. A `best`
 file names the checkpoint whose validation was best so far; pruning keeps it beside the last `keep_last`.
+A resume on another world size converts the latest folder once into DeepSpeed's universal form, `step_…/universal/`
+(built under a temporary name, then renamed), which every rank loads with `checkpoint.load_universal`; the per-rank
+data positions and RNG streams do not carry over to another world size.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import logging
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,8 @@ log = logging.getLogger(__name__)
 LATEST = "latest"
 BEST = "best"
 LAYOUT = "layout.json"
+WORLD_SIZE = "world size"  # the layout entry a resume may change (through a universal checkpoint)
+UNIVERSAL = "universal"
 
 
 def tag_for(step: int) -> str:
@@ -109,15 +116,23 @@ def save(engine, directory: Path, step: int, client_state: dict, rank_state: dic
     dist.barrier()
 
 
+def saved_layout(directory: Path) -> dict | None:
+    """The layout the latest checkpoint was written with (see `save`), or None when there is no checkpoint."""
+    tag = latest_tag(directory)
+    if tag is None:
+        return None
+    marker = directory / tag / LAYOUT
+    return json.loads(marker.read_text()) if marker.is_file() else {
+        WORLD_SIZE: len(list((directory / tag).glob("rank_*.pt")))}  # a checkpoint from before layout.json
+
+
 def layout_changes(directory: Path, layout: dict) -> list[str]:
     """Each value of `layout` (name -> value now) that differs from the one the latest checkpoint was written with,
     as a sentence naming both; [] when there is no checkpoint. Read before any process group exists."""
-    tag = latest_tag(directory)
-    if tag is None:
+    saved = saved_layout(directory)
+    if saved is None:
         return []
-    marker = directory / tag / LAYOUT
-    saved = json.loads(marker.read_text()) if marker.is_file() else {
-        "world size": len(list((directory / tag).glob("rank_*.pt")))}  # a checkpoint from before layout.json
+    tag = latest_tag(directory)
     return [f"{name} is {value} but checkpoint {directory / tag} was written with {saved[name]}: resume with "
             f"{saved[name]} (the saved data positions hold for that layout only) or use a new train.output_dir"
             for name, value in layout.items() if name in saved and saved[name] != value]
@@ -132,8 +147,37 @@ def _prune(directory: Path, keep_last: int) -> None:
             shutil.rmtree(directory / name, ignore_errors=True)
 
 
-def load(engine, directory: Path) -> tuple[dict, dict] | None:
-    """(client_state, this rank's state) of the latest complete checkpoint, or None when there is none."""
+def convert_to_universal(checkpoint_dir: Path) -> Path:
+    """`checkpoint_dir/universal`, made from the DeepSpeed checkpoint in `checkpoint_dir` by `ds_to_universal` unless
+    it is already there (a job that stopped again before its first save on the new world size). Built under a
+    temporary folder and renamed, so a job killed mid-conversion leaves no half-written universal checkpoint."""
+    target = checkpoint_dir / UNIVERSAL
+    if target.is_dir():
+        return target
+    scratch = checkpoint_dir / f".{UNIVERSAL}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)  # debris of a conversion that was killed
+    scratch.mkdir()
+    # ds_to_universal writes `latest_universal` beside its output folder: inside the scratch folder, removed with it.
+    # --inject_missing_state: a purely data-parallel model (no tensor or pipeline slicing) needs no conversion hints
+    # but the format version, which DeepSpeed's own save does not record.
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint_dir),
+               "--output_folder", str(scratch / UNIVERSAL), "--inject_missing_state",
+               "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    log.info("converting %s to a universal checkpoint: %s", checkpoint_dir, " ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"converting {checkpoint_dir} to a universal checkpoint failed (exit {done.returncode}):\n"
+                           f"{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    os.replace(scratch / UNIVERSAL, target)
+    shutil.rmtree(scratch)
+    return target
+
+
+def load(engine, directory: Path, universal: bool = False) -> tuple[dict, dict | None] | None:
+    """(client_state, this rank's state) of the latest complete checkpoint, or None when there is none. With
+    `universal` (the engine was built with `checkpoint.load_universal`: the world size changed), rank 0 converts the
+    checkpoint to its universal form first, every rank loads that, and this rank's state is None: the saved data
+    positions and RNG streams belong to ranks of another world."""
     tag = latest_tag(directory)
     if tag is None:
         return None
@@ -142,7 +186,22 @@ def load(engine, directory: Path) -> tuple[dict, dict] | None:
             if debris.is_dir() and debris.name > tag:
                 log.warning("removing incomplete checkpoint %s (newer than %s)", debris, tag)
                 shutil.rmtree(debris, ignore_errors=True)
+    failure = [None]
+    if universal and dist.get_rank() == 0:
+        try:
+            convert_to_universal(directory / tag)
+        except (OSError, RuntimeError) as err:
+            failure = [str(err)]
+    if universal:
+        dist.broadcast_object_list(failure, src=0)  # every rank stops with rank 0's reason, none waits forever
+        if failure[0] is not None:
+            raise RuntimeError(failure[0])
     dist.barrier()
+    if universal:
+        _, client_state = engine.load_checkpoint(str(directory / tag), tag=UNIVERSAL, load_optimizer_states=True,
+                                                 load_lr_scheduler_states=False)
+        log.info("resumed from %s (universal checkpoint)", directory / tag / UNIVERSAL)
+        return client_state, None
     _, client_state = engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
                                              load_lr_scheduler_states=False)
     rank_file = directory / tag / f"rank_{dist.get_rank()}.pt"

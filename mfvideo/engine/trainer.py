@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -79,7 +81,7 @@ def default_validation(recipe: Recipe, micro_batch_size: int, info: DistInfo) ->
 
 def data_layout(recipe: Recipe, world_size: int) -> dict:
     """What a checkpoint's data positions depend on (`checkpoint.layout_changes`)."""
-    return {"world size": world_size, "train.micro_batch_size": recipe.train.micro_batch_size,
+    return {checkpoint.WORLD_SIZE: world_size, "train.micro_batch_size": recipe.train.micro_batch_size,
             "data.num_workers": recipe.data.num_workers}
 
 
@@ -87,8 +89,10 @@ def uses_bf16(recipe: Recipe) -> bool:
     return recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and torch.cuda.is_available())
 
 
-def deepspeed_config(recipe: Recipe, split: BatchSplit) -> dict:
+def deepspeed_config(recipe: Recipe, split: BatchSplit, load_universal: bool = False) -> dict:
+    """`load_universal`: the checkpoint to resume from was written with another world size (`checkpoint.load`)."""
     return {
+        "checkpoint": {"load_universal": load_universal},
         "train_batch_size": split.global_batch_size,
         "train_micro_batch_size_per_gpu": split.micro_batch_size,
         "gradient_accumulation_steps": split.accumulation_steps,
@@ -182,7 +186,7 @@ class Stepper:
                     f"{checkpoint.latest_tag(self.ckpt_dir) or 'none yet'} in {self.ckpt_dir}")
 
 
-def build_engine(recipe: Recipe, model: torch.nn.Module, split: BatchSplit):
+def build_engine(recipe: Recipe, model: torch.nn.Module, split: BatchSplit, load_universal: bool = False):
     """(DeepSpeed engine, its optimizer, each parameter group's layer-decay LR scale)."""
     import deepspeed
 
@@ -190,25 +194,59 @@ def build_engine(recipe: Recipe, model: torch.nn.Module, split: BatchSplit):
     lr_scales = [group.pop("lr_scale") for group in groups]
     optimizer = torch.optim.AdamW(groups, lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), eps=recipe.optim.eps)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, dist_init_required=False,
-                                                   config=deepspeed_config(recipe, split))
+                                                   config=deepspeed_config(recipe, split, load_universal))
     return engine, optimizer, lr_scales
 
 
-def resume(engine, ckpt_dir: Path, loader, seed: int, rank: int) -> Progress:
+def saved_world_size(ckpt_dir: Path) -> Optional[int]:
+    """The world size the latest checkpoint was written with; None when there is none."""
+    layout = checkpoint.saved_layout(ckpt_dir)
+    return None if layout is None else layout[checkpoint.WORLD_SIZE]
+
+
+def resume(engine, ckpt_dir: Path, loader, seed: int, rank: int, world_changed: bool = False) -> Progress:
     """Restore the latest complete checkpoint (weights, optimizer, progress, RNG streams, data position) or start
-    fresh; either way the loader is set to the epoch that runs next."""
-    resumed = checkpoint.load(engine, ckpt_dir)
+    fresh; either way the loader is set to the epoch that runs next.
+
+    `world_changed` (the checkpoint was written with another world size): weights, optimizer and progress come from
+    its universal form, but each rank's data position and RNG streams held for the old ranks only. The data stream
+    then restarts at a deterministic point: the beginning of the next epoch when the checkpoint was mid-epoch (the
+    rest of that epoch is skipped; the step count, and so the schedule and the last step, carry on), the beginning
+    of its epoch when it was written at an epoch's end. RNG streams are reseeded from (seed, rank, step)."""
+    resumed = checkpoint.load(engine, ckpt_dir, universal=world_changed)
     if resumed is None:
         torch.manual_seed(seed + 1000 * rank)  # drop path differs across ranks
         loader.set_epoch(0)
         return Progress()
     client_state, rank_state = resumed
     progress = Progress(**client_state["progress"])
+    if world_changed:
+        if progress.batches_into_epoch > 0:
+            log.warning("the world size changed since step %d's checkpoint, written %d micro-batches per rank into "
+                        "epoch %d: the data stream restarts at the beginning of epoch %d (the rest of epoch %d is "
+                        "skipped)", progress.step, progress.batches_into_epoch, progress.epoch, progress.epoch + 1,
+                        progress.epoch)
+            progress.epoch, progress.batches_into_epoch = progress.epoch + 1, 0
+        else:
+            log.warning("the world size changed since step %d's checkpoint, written at the end of an epoch: the data "
+                        "stream restarts at the beginning of epoch %d", progress.step, progress.epoch)
+        reseed(seed, rank, progress.step)
+        loader.set_epoch(progress.epoch)
+        return progress
     checkpoint.set_rng_state(rank_state["rng"])
     loader.set_epoch(progress.epoch)
     if rank_state["loader"] is not None:  # None: saved at an epoch's end
         loader.load_state_dict(rank_state["loader"])
     return progress
+
+
+def reseed(seed: int, rank: int, step: int) -> None:
+    """Python, NumPy and torch RNG streams of this rank drawn from (seed, rank, step): distinct per rank and per
+    resume point, and the same on every rerun."""
+    words = np.random.SeedSequence([seed, rank, step]).generate_state(4)
+    random.seed(int(words[0]))
+    np.random.seed(words[1])
+    torch.manual_seed(int(words[2]) << 32 | int(words[3]))
 
 
 def validate(engine, validation: tuple, progress: Progress, monitor: Monitor) -> bool:
@@ -258,8 +296,13 @@ def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactor
                          f"{split.accumulation_steps} accumulation steps of one optimizer step: "
                          f"train.global_batch_size={recipe.train.global_batch_size} is too large for {recipe.data.train}")
     total_steps = recipe.train.max_steps or recipe.optim.epochs * steps_per_epoch
-    engine, optimizer, lr_scales = build_engine(recipe, model, split)
-    progress = resume(engine, ckpt_dir, loader, recipe.train.seed, info.rank)
+    saved_world = saved_world_size(ckpt_dir)
+    world_changed = saved_world is not None and saved_world != info.world_size
+    if world_changed and info.is_main:
+        log.info("the latest checkpoint in %s was written by %d processes, %d run now: resuming from its universal "
+                 "form", ckpt_dir, saved_world, info.world_size)
+    engine, optimizer, lr_scales = build_engine(recipe, model, split, load_universal=world_changed)
+    progress = resume(engine, ckpt_dir, loader, recipe.train.seed, info.rank, world_changed)
     validation = validation_factory(recipe, split.micro_batch_size, info)
     schedule = schedule_for(recipe.optim, steps_per_epoch, recipe.optim.epochs * steps_per_epoch)
     step = Stepper(engine, optimizer, lr_scales, schedule, split, recipe.train.max_nonfinite_steps, ckpt_dir,
@@ -294,8 +337,9 @@ def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactor
             if progress.step % recipe.train.checkpoint_every == 0 or epoch_done or last or step.stop_requested:
                 save(best)
             if step.stop_requested and not last:
-                log.warning("preemption signal (%s on this rank): stopped after step %d with its checkpoint; exit "
-                            "code %d asks for a requeue, and the next run resumes from here", preemption.name,
+                log.warning("preemption (%s): stopped after step %d with its checkpoint; exit code %d asks for a "
+                            "requeue, and the next run resumes from here",
+                            f"{preemption.name} received here" if preemption.received else "signal on another rank",
                             progress.step, REQUEUE_EXIT_CODE)
                 raise Preempted(f"preempted after step {progress.step} of {total_steps}; checkpoint "
                                 f"{ckpt_dir / checkpoint.tag_for(progress.step)} written")
