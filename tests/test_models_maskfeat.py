@@ -178,3 +178,13 @@ def test_pyslowfast_maskfeat_checkpoint_loads_strictly(tmp_path):
     assert report.source == "pyslowfast"
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_a_checkpoint_that_fits_almost_nothing_is_refused_naming_what_is_missing(tmp_path):
+    """A model.init holding a stray tensor or two must not load silently and train from random weights."""
+    source = build_model(TINY, 16, 64).state_dict()
+    torch.save({"model": {"backbone.cls_token": source["backbone.cls_token"]}}, tmp_path / "stray.pt")
+    classify = replace(TINY, task="classify", num_classes=5, init=str(tmp_path / "stray.pt"))
+    with pytest.raises(ValueError, match=r"stray\.pt does not fit the model: \d+ of its \d+ tensors are missing "
+                                         r"\(backbone\.patch_embed\.proj\.weight"):
+        build_model(classify, 16, 64)
