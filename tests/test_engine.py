@@ -118,8 +118,6 @@ def assert_same_weights(ours: dict, reference: dict, summed_lr: float) -> None:
     a near-zero gradient's sign, the runs part by up to 2 × the summed learning rate (measured under ZeRO-3: 9 of
     325,804 elements, all in block 0's relative-position tables). A wrong gradient average or sample order moves
     most elements, and the losses, far more."""
-    import torch
-
     outside = 0
     for name in reference:
         gap = (ours[name] - reference[name]).abs()
