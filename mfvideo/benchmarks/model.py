@@ -111,6 +111,11 @@ def attention_benchmark(repeats: int, device: torch.device) -> str:
         "a mask (the fused flash kernels, on CPU too); `bias_mask` passes the bias as an additive float mask, which "
         "keeps SDPA on its math kernel whenever the bias needs a gradient; `explicit` writes out matmul, softmax, "
         "matmul.",
+        *([] if bf16 else [
+            "",
+            "On a CPU shared with other jobs the flash kernel's multi-threaded backward slows down several-fold "
+            "whenever another process holds a core, so CPU costs are "
+            "compared per core at one thread (`--threads 1`)."]),
     ])
 
 

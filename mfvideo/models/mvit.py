@@ -189,7 +189,8 @@ def key_positions(k_grid: Grid, dtype: torch.dtype, device: torch.device) -> tor
 def fold_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: torch.Tensor, k_grid: Grid,
                  scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v for plain attention at scale 1 with the relative positions inside the dot product (DESIGN §4):
-    q' = [scale·q, terms] (zero terms for the cls query), k' = [k, key positions], so q'·k' = scale·q·k + bias.
+    q' = [q, terms] (zero terms for the cls query), k' = [scale·k, key positions], so q'·k' = scale·q·k + bias (the
+    scale goes on the keys, far fewer than the queries after KV pooling).
 
     The three are zero-padded to one width, a multiple of 8: the fused kernels (FlashAttention on GPU, the flash
     kernel on CPU) take only equal head widths, the GPU ones only multiples of 8. Zero columns add nothing to q'·k';
@@ -197,8 +198,8 @@ def fold_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: torch
     b, heads, nk, c = k.shape
     width = -(-(c + terms.shape[-1]) // 8) * 8
     positions = key_positions(k_grid, k.dtype, k.device).expand(b, heads, -1, -1)
-    q = torch.cat((q * scale, F.pad(terms.to(q.dtype), (0, width - c - terms.shape[-1], 1, 0))), dim=-1)
-    k = F.pad(torch.cat((k, positions), dim=-1), (0, width - c - positions.shape[-1]))
+    q = torch.cat((q, F.pad(terms.to(q.dtype), (0, width - c - terms.shape[-1], 1, 0))), dim=-1)
+    k = F.pad(torch.cat((k * scale, positions), dim=-1), (0, width - c - positions.shape[-1]))
     return q, k, F.pad(v, (0, width - c))
 
 
