@@ -15,12 +15,12 @@ import numpy as np
 from torch import nn
 
 from mfvideo.config.schema import ModelConfig, Recipe
+from mfvideo.data.loader import BatchAugment
 from mfvideo.models.checkpoint import load_pretrained
 from mfvideo.models.classifier import MViTClassifier
 from mfvideo.models.maskfeat import MaskFeat
 from mfvideo.models.mvit import ARCHS, MViTConfig
 
-BatchAugment = Callable[[dict, np.random.Generator], dict]
 
 
 def backbone_config(model_cfg: ModelConfig) -> MViTConfig:

@@ -92,8 +92,8 @@ def run(args) -> None:
                     f"{1e3 * t['batch_ops']:.2f} | {1e3 * t['train']:.0f} | {1 / t['test']:.1f} |")
         print(rows[-1], flush=True)
     load = max(load, os.getloadavg()[0])
-    body = (f"Load average while it ran: up to {load:.1f} on {os.cpu_count()} cores. Per clip, best of interleaved rounds. RandAugment runs in a loader worker on the uint8 clip; erasing + "
-            "mixup/CutMix on the batch where it is consumed; the training step is forward + soft-target loss + "
+    body = (f"Load average while it ran: up to {load:.1f} on {os.cpu_count()} cores. Per clip, best of interleaved "
+            "rounds. RandAugment runs in a loader worker on the uint8 clip; erasing + mixup/CutMix on the batch where it is consumed; the training step is forward + soft-target loss + "
             "backward + AdamW of the classifier (drop path 0.1; bf16 autocast on a GPU); test is the eval-mode forward "
             "of multi-view testing.\n\n"
             "| model | clip | micro-batch | RandAugment ms/clip (worker) | erasing + mixup ms/clip | train step ms/clip "

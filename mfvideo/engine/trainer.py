@@ -140,7 +140,7 @@ class Stepper:
                 param.register_hook(self._gate)
 
     def _gate(self, grad: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        return torch.where(self.keep, grad, 0.0)
 
     def __call__(self, batches: Iterator[dict], progress: Progress) -> tuple[dict, float]:
         """(metrics record of the step, seconds spent waiting for data)."""
