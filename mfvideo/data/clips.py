@@ -81,7 +81,7 @@ class TemporalSampling:
         """The clip centred on the frame shown at `time` seconds from the first (the nearest frame; a time in the
         last frame's display interval is that frame); positions beyond either end repeat the edge frame."""
         if media.fps <= 0:
-            raise BadAnnotation("the video's frame rate is unknown: the keyframe cannot be placed")
+            raise ValueError("the video's frame rate is unknown: the keyframe cannot be placed")
         duration = media.num_frames / media.fps
         if not 0.0 <= time <= duration:
             raise BadAnnotation(f"keyframe_sec={time} lies outside the video's {duration:.3f} s")

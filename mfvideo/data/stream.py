@@ -4,8 +4,8 @@
 see `shardlist`). Per slot and epoch it reads its shards as an endless stream of undecoded samples, passes them
 through a seeded shuffle buffer, turns each video into its clips once (`clip_maker`, which also sees the sample's
 metadata) and hands groups of `batch_size` (sample, clip) pairs to `collate` (which decides the batch's fields, see
-`collate`) until the slot's quota is met. Every rank emits the same number of batches (slots short of data cycle their shards again; surplus
-samples wait for another epoch), so no collective can hang on uneven shards.
+`collate`) until the slot's quota is met. Every rank emits the same number of batches (slots short of data cycle
+their shards again; surplus samples wait for another epoch), so no collective can hang on uneven shards.
 
 Randomness: the shard deal comes from (seed, epoch); the shuffle buffer's draws from (seed, epoch, rank,
 worker); every video's clips from (seed, epoch, global sample index, cycle) — so a clip does not depend on which
