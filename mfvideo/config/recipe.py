@@ -23,6 +23,7 @@ BASE_KEY = "base"
 # Keys whose value must be one of a set, checked after merging. The sets are declared once, where they are
 # implemented ("module:NAME", imported only when a recipe is checked, so loading the schema pulls in no model code).
 CHOICES = {
+    "data.detection.test_boxes": "mfvideo.data.boxes:TEST_BOX_SOURCES",
     "data.sampling": "mfvideo.data.clips:SAMPLING_MODES",
     "data.test_crops": "mfvideo.data.transforms:CROP_COUNTS",
     "mask.mode": "mfvideo.targets.masks:MASK_MODES",

@@ -59,6 +59,23 @@ def _ranged(allowed: Range, default: Any, factory):
 
 
 @dataclass
+class DetectionDataConfig:
+    """AVA detection clips (batch field `boxes`; mfvideo.data.boxes, DetectionTrainTransform, DetectionEvalTransform).
+    The defaults are PySlowFast's AVA recipe; testing scales the full frame to `data.test_short_side` (no crop)."""
+
+    # training: the short side is resized to a whole number drawn uniformly from [min, max] before the
+    # data.crop_size² random crop (min >= data.crop_size)
+    train_short_side: List[int] = at_least(1, factory=lambda: [256, 320])
+    # training RoIs: the ground truth plus person detections scoring at least this (labelled from the ground truth
+    # they overlap with IoU >= 0.9, else negatives)
+    train_score: float = within(0, 1, default=0.8)
+    # test RoIs: person detections scoring at least this (when test_boxes is "detections")
+    test_score: float = within(0, 1, default=0.8)
+    # the boxes scored at test time: detections (the AVA protocol) | ground_truth (the classifier alone)
+    test_boxes: str = "detections"
+
+
+@dataclass
 class DataConfig:
     train: str = MISSING                  # shard pattern or URL, e.g. shards/k400/train/train-{000000..000099}.tar
     val: Optional[str] = None
@@ -88,6 +105,7 @@ class DataConfig:
     read_timeout: float = above(0, default=ReadPolicy.timeout)
     read_retries: int = at_least(0, default=ReadPolicy.retries)
     read_backoff: float = at_least(0, default=ReadPolicy.backoff)
+    detection: DetectionDataConfig = field(default_factory=DetectionDataConfig)
 
 
 @dataclass

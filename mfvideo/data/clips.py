@@ -1,26 +1,48 @@
 """One video in, its clips out: temporal sampling, a single decode of the union of their frames, spatial
-transforms and masks.
+transforms, masks and boxes.
+
+A clip maker is called as `maker(media, rng, sample)` with the sample's opened media, its generator and the sample
+itself (its JSON `meta`, key and shard); it has `clips_per_video`. Classification and pretraining clips depend on
+the media alone; detection clips read the sample's keyframe and boxes.
 
 Training gives `repeated_sampling` = k clips per video, each with its own temporal position, crop, flip and mask
 (repeated sampling: the decoder runs once over the union of the k clips' frames). Testing gives
 `test_clips × test_crops` views, view id = temporal view × test_crops + crop. Everything random comes from the
 generator passed in, in a fixed order (all temporal draws, then per clip: crop, flip, mask), so a video's clips
 are a function of its seed alone.
+
+Detection (AVA, one sample per keyframe, `mfvideo.data.boxes`): the clip is centred on the keyframe
+(`TemporalSampling.centred`) and carries its RoIs (`ClipBoxes`). Training gives k clips of that one decode, each with
+its own short side, crop and flip (drawn in that order) moving its boxes; testing gives one full-frame clip (view 0).
+A sample whose box fields break the format raises `BadAnnotation` (skipped and counted by the stream); testing on
+detections from a shard made without them raises `MissingDetections` (stops the run).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
 from mfvideo.data import sampling
+from mfvideo.data.boxes import (TEST_BOX_SOURCES, BadAnnotation, KeyframeAnnotation, MissingDetections, RoIs,
+                                eval_rois, training_rois)
 from mfvideo.data.decode import DecodedMedia
-from mfvideo.data.transforms import EvalTransform, TrainTransform
+from mfvideo.data.tarstream import RawSample
+from mfvideo.data.transforms import DetectionEvalTransform, DetectionTrainTransform, EvalTransform, TrainTransform
 
 SAMPLING_MODES = ("random", "segment")
+
+
+@dataclass
+class ClipBoxes:
+    """A clip's RoIs: R ≥ 0 rows, the same order in every field."""
+
+    boxes: torch.Tensor       # float32 R×4, (x1, y1, x2, y2) in pixels of the clip's video
+    labels: torch.Tensor      # float32 R×A multi-hot over the action ids (column a − 1 = id a); zero: a negative
+    normalised: torch.Tensor  # float32 R×4, the RoIs normalised to the keyframe's full frame (as the AVA CSV has them)
 
 
 @dataclass
@@ -29,6 +51,7 @@ class Clip:
     frame_indices: np.ndarray      # the decoded frames it shows (debugging and tests)
     view: int
     mask: Optional[np.ndarray] = None
+    boxes: Optional[ClipBoxes] = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,18 @@ class TemporalSampling:
         stride = sampling.clip_stride(self.sampling_rate, media.fps, self.reference_fps)
         return sampling.uniform_clips(media.num_frames, self.num_frames, stride, num_clips)
 
+    def centred(self, media: DecodedMedia, time: float) -> np.ndarray:
+        """The clip centred on the frame shown at `time` seconds from the first (the nearest frame; a time in the
+        last frame's display interval is that frame); positions beyond either end repeat the edge frame."""
+        if media.fps <= 0:
+            raise ValueError("the video's frame rate is unknown: the keyframe cannot be placed")
+        duration = media.num_frames / media.fps
+        if not 0.0 <= time <= duration:
+            raise BadAnnotation(f"keyframe_sec={time} lies outside the video's {duration:.3f} s")
+        centre = min(int(round(time * media.fps)), media.num_frames - 1)
+        stride = sampling.clip_stride(self.sampling_rate, media.fps, self.reference_fps)
+        return sampling.centred_clip(centre, self.num_frames, stride, media.num_frames)
+
 
 def decode_clips(media: DecodedMedia, clip_indices: list[np.ndarray]) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
     """Decode the union of the clips' frames once: uint8 T×H×W×C, and per clip the positions of its frames in it
@@ -78,8 +113,8 @@ class TrainClips:
     def clips_per_video(self) -> int:
         return self.repeats
 
-
-    def __call__(self, media: DecodedMedia, rng: np.random.Generator) -> list[Clip]:
+    def __call__(self, media: DecodedMedia, rng: np.random.Generator,
+                 sample: Optional[RawSample] = None) -> list[Clip]:
         indices = [self.temporal.train(media, rng) for _ in range(self.repeats)]
         frames, positions = decode_clips(media, indices)
         clips = []
@@ -102,8 +137,8 @@ class EvalClips:
     def clips_per_video(self) -> int:
         return self.num_clips * self.transform.num_crops
 
-
-    def __call__(self, media: DecodedMedia, rng: np.random.Generator) -> list[Clip]:
+    def __call__(self, media: DecodedMedia, rng: np.random.Generator,
+                 sample: Optional[RawSample] = None) -> list[Clip]:
         indices = self.temporal.test(media, self.num_clips)
         frames, positions = decode_clips(media, indices)
         clips = []
@@ -111,3 +146,70 @@ class EvalClips:
             for crop, video in enumerate(self.transform(frames, clip_positions)):
                 clips.append(Clip(video, frame_indices, temporal_view * self.transform.num_crops + crop))
         return clips
+
+
+def _clip_boxes(rois: RoIs, boxes: np.ndarray, kept: np.ndarray) -> ClipBoxes:
+    return ClipBoxes(torch.from_numpy(boxes[kept].astype(np.float32)), torch.from_numpy(rois.labels[kept]),
+                     torch.from_numpy(rois.boxes[kept].astype(np.float32)))
+
+
+class DetectionTrainClips:
+    """`repeats` clips of one decode of the keyframe's centred clip, each with its own jitter, crop and flip, carrying
+    the training RoIs (ground truth + detections scoring ≥ `train_score`) that stay in view."""
+
+    def __init__(self, temporal: TemporalSampling, transform: DetectionTrainTransform, repeats: int,
+                 num_actions: int, train_score: float):
+        if repeats < 1:
+            raise ValueError(f"data.repeated_sampling must be at least 1, got {repeats}")
+        self.temporal = temporal
+        self.transform = transform
+        self.repeats = repeats
+        self.num_actions = num_actions
+        self.train_score = train_score
+
+    @property
+    def clips_per_video(self) -> int:
+        return self.repeats
+
+    def __call__(self, media: DecodedMedia, rng: np.random.Generator, sample: RawSample) -> list[Clip]:
+        keyframe = KeyframeAnnotation.from_meta(sample.meta, self.num_actions)
+        rois = training_rois(keyframe, self.train_score, self.num_actions)
+        indices = self.temporal.centred(media, keyframe.time)
+        frames = media.frames(indices)
+        clips = []
+        for view in range(self.repeats):
+            video, boxes, kept = self.transform(frames, rois.boxes, rng)
+            clips.append(Clip(video, indices, view, boxes=_clip_boxes(rois, boxes, kept)))
+        return clips
+
+
+class DetectionEvalClips:
+    """One full-frame clip centred on the keyframe, carrying the detections scoring ≥ `test_score` (or the ground
+    truth, `box_source="ground_truth"`)."""
+
+    clips_per_video = 1
+
+    def __init__(self, temporal: TemporalSampling, transform: DetectionEvalTransform, num_actions: int,
+                 test_score: float, box_source: str):
+        if box_source not in TEST_BOX_SOURCES:
+            raise ValueError(f"data.detection.test_boxes must be one of {TEST_BOX_SOURCES}, got {box_source!r}")
+        self.temporal = temporal
+        self.transform = transform
+        self.num_actions = num_actions
+        self.test_score = test_score
+        self.box_source = box_source
+
+    def __call__(self, media: DecodedMedia, rng: np.random.Generator, sample: RawSample) -> list[Clip]:
+        keyframe = KeyframeAnnotation.from_meta(sample.meta, self.num_actions)
+        if self.box_source == "detections" and keyframe.det_boxes is None:
+            raise MissingDetections(
+                f"sample {sample.key!r} of shard {sample.shard!r} has no person detections (det_boxes), and testing "
+                f"uses them: make the shards with --detections, or test on the ground-truth boxes "
+                f"(data.detection.test_boxes=ground_truth)")
+        rois = eval_rois(keyframe, self.test_score, self.box_source, self.num_actions)
+        indices = self.temporal.centred(media, keyframe.time)
+        video, boxes, kept = self.transform(media.frames(indices), rois.boxes)
+        return [Clip(video, indices, 0, boxes=_clip_boxes(rois, boxes, kept))]
+
+
+ClipMaker = Union[TrainClips, EvalClips, DetectionTrainClips, DetectionEvalClips]

@@ -8,6 +8,16 @@ keys). A task asks for more by name (`FIELDS`):
 - `mask`: bool B×T'×H'×W', the clip's mask (the loader must have been given a mask generator).
 - `view`: `video_index` int64 B (the video's index in pattern order) and `view` int64 B (temporal view × crops +
   crop), which identify a test view; slots short of data repeat views, so consumers de-duplicate on the pair.
+- `boxes` (detection; the loader must make clips with boxes, `mfvideo.data.clips.ClipBoxes`), R = all RoIs of the
+  batch, any R ≥ 0 (a keyframe without boxes adds none):
+  `boxes` float32 R×4, (x1, y1, x2, y2) in pixels of the batch's `video`; `box_index` int64 R, the row of `video`
+  each RoI belongs to; `box_labels` float32 R×A multi-hot over the action ids (column a − 1 = id a; an all-zero row
+  is a negative); `box_norm` float32 R×4, the RoI normalised to the keyframe's full frame; `video_id` list[str] B
+  and `timestamp` int64 B, the keyframe of each clip.
+
+`video` is the clips packed as they are; clips of different sizes (detection test batches: full frames) are padded
+at the right and bottom to the largest height and width, rounded up to `pad_multiple` (`pack_clips`), which moves
+no pixel and no box.
 """
 
 from __future__ import annotations
@@ -48,20 +58,37 @@ def _views(items: Sequence[Item]) -> dict[str, torch.Tensor]:
             "view": torch.tensor([clip.view for _, clip in items], dtype=torch.int64)}
 
 
-FIELDS: dict[str, Callable[[Sequence[Item]], dict[str, torch.Tensor]]] = {
-    "label": _labels, "mask": _masks, "view": _views,
+def _boxes(items: Sequence[Item]) -> dict[str, Any]:
+    if any(clip.boxes is None for _, clip in items):
+        raise ValueError("batch field 'boxes' asked for, but the loader makes clips without boxes")
+    rois = [clip.boxes for _, clip in items]
+    counts = torch.tensor([len(r.boxes) for r in rois], dtype=torch.int64)
+    return {"boxes": torch.cat([r.boxes for r in rois]),
+            "box_index": torch.repeat_interleave(torch.arange(len(rois)), counts),
+            "box_labels": torch.cat([r.labels for r in rois]),
+            "box_norm": torch.cat([r.normalised for r in rois]),
+            # both read and checked by the clip maker (mfvideo.data.boxes.KeyframeAnnotation)
+            "video_id": [sample.meta["video_id"] for sample, _ in items],
+            "timestamp": torch.tensor([sample.meta["timestamp"] for sample, _ in items], dtype=torch.int64)}
+
+
+FIELDS: dict[str, Callable[[Sequence[Item]], dict[str, Any]]] = {
+    "label": _labels, "mask": _masks, "view": _views, "boxes": _boxes,
 }
 
 
 class Collate:
-    def __init__(self, fields: Sequence[str]):
+    def __init__(self, fields: Sequence[str], pad_multiple: int = 1):
         unknown = [name for name in fields if name not in FIELDS]
         if unknown:
             raise ValueError(f"unknown batch field(s) {unknown}; known: {sorted(FIELDS)}")
+        if pad_multiple < 1:
+            raise ValueError(f"pad_multiple must be at least 1, got {pad_multiple}")
         self.fields = tuple(fields)
+        self.pad_multiple = pad_multiple
 
     def __call__(self, items: Sequence[Item]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"video": pack_clips([clip.video for _, clip in items]),
+        batch: dict[str, Any] = {"video": pack_clips([clip.video for _, clip in items], self.pad_multiple),
                                  "key": [sample.key for sample, _ in items]}
         for name in self.fields:
             batch.update(FIELDS[name](items))

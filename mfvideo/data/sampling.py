@@ -5,8 +5,8 @@ All functions return int64 index arrays into the video's decodable frames and ta
 resumable, independent of worker layout). pytorchvideo's clip samplers are not used: `pytorchvideo.data` does
 not import without torchvision, and its samplers draw from the global `random` module.
 
-Short videos never fail: indices past the last frame are clamped to it (the last frame repeats), and a
-one-frame source (an image) gives index 0 everywhere.
+Short videos never fail: indices past the last frame are clamped to it (the last frame repeats; before the first
+frame, the first repeats), and a one-frame source (an image) gives index 0 everywhere.
 """
 
 from __future__ import annotations
@@ -46,6 +46,13 @@ def uniform_clips(video_frames: int, num_frames: int, stride: float, num_clips: 
     """Test clips: `num_clips` starts at the centres of equal parts of the free span (one clip: the middle)."""
     free = _free_span(video_frames, num_frames, stride)
     return [_clip_at(free * (i + 0.5) / num_clips, num_frames, stride, video_frames) for i in range(num_clips)]
+
+
+def centred_clip(centre: int, num_frames: int, stride: float, video_frames: int) -> np.ndarray:
+    """AVA: the clip around frame `centre` (the keyframe), which is its frame `num_frames // 2` (PySlowFast's
+    `get_sequence`: 16 × 4 takes centre − 32, centre − 28, …, centre + 28). Positions before the first or after the
+    last frame repeat that edge frame."""
+    return _frame_indices(centre + stride * (np.arange(num_frames) - num_frames // 2), video_frames)
 
 
 def _segment_bounds(video_frames: int, num_segments: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,10 +2,10 @@
 
 `ClipStream` is an IterableDataset that runs inside each loader worker (one *slot* = one worker of one rank,
 see `shardlist`). Per slot and epoch it reads its shards as an endless stream of undecoded samples, passes them
-through a seeded shuffle buffer, turns each video into its clips once (`clip_maker`) and hands groups of
-`batch_size` (sample, clip) pairs to `collate` (which decides the batch's fields, see `collate`) until the slot's
-quota is met. Every rank emits the same number of batches (slots short of data cycle their shards again; surplus
-samples wait for another epoch), so no collective can hang on uneven shards.
+through a seeded shuffle buffer, turns each video into its clips once (`clip_maker`, which also sees the sample's
+metadata) and hands groups of `batch_size` (sample, clip) pairs to `collate` (which decides the batch's fields, see
+`collate`) until the slot's quota is met. Every rank emits the same number of batches (slots short of data cycle
+their shards again; surplus samples wait for another epoch), so no collective can hang on uneven shards.
 
 Randomness: the shard deal comes from (seed, epoch); the shuffle buffer's draws from (seed, epoch, rank,
 worker); every video's clips from (seed, epoch, global sample index, cycle) — so a clip does not depend on which
@@ -37,7 +37,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from mfvideo.data.clips import Clip, EvalClips, TrainClips
+from mfvideo.data.clips import Clip, ClipMaker
 from mfvideo.data.collate import Collate
 from mfvideo.data.decode import DecodeError, open_media
 from mfvideo.data.shardlist import (SlotPlan, check_enough_shards, eval_plans, list_shards, train_batches_per_rank,
@@ -72,7 +72,7 @@ class _Cursor:
 
 
 class ClipStream(IterableDataset):
-    def __init__(self, pattern: str, manifest: Optional[str], clip_maker: TrainClips | EvalClips, collate: Collate,
+    def __init__(self, pattern: str, manifest: Optional[str], clip_maker: ClipMaker, collate: Collate,
                  train: bool, batch_size: int, rank: int, world_size: int, num_workers: int, seed: int, shuffle_buffer: int,
                  max_failure_fraction: float, policy: Optional[ReadPolicy] = None):
         if not 0 <= rank < world_size:
@@ -216,7 +216,7 @@ class ClipStream(IterableDataset):
             extension, data = sample.media
             media = open_media(data, extension, int(meta.get("num_frames", 0)))
             rng = np.random.default_rng([self.seed, self.epoch, sample.index, sample.cycle])
-            return self.clip_maker(media, rng)
+            return self.clip_maker(media, rng, sample)
         except (DecodeError, KeyError, ValueError) as err:
             cursor.failures += 1
             logger.warning("skipping sample %r of shard %r: %s (%d of %d samples failed in rank %d worker %d)",

@@ -13,6 +13,17 @@ recipe: 320p sources go to 224, a mild downscale).
   the crop), normalisation;
 - testing: short side to `test_short_side`, then a centre crop or three crops (start, centre, end of the long
   side), normalisation.
+
+Detection (AVA, PySlowFast's recipe) moves the clip's boxes with its pixels through the same crop box and resize:
+
+- training (`DetectionTrainTransform`): short side to a uniform whole number of pixels in `short_side_range`, a
+  uniformly placed `crop_size`² crop, horizontal flip (p = 0.5 when `flip`);
+- testing (`DetectionEvalTransform`): the full frame, short side to `short_side`, no crop.
+
+Boxes come in normalised to the frame and go out as (x1, y1, x2, y2) in pixels of the output, pixel j spanning
+[j, j + 1) (the coordinates `align_corners=False` resizes map linearly, and those of an aligned RoIAlign). A box the
+crop cuts is clipped to it, and dropped when less than `MIN_VISIBLE_FRACTION` of its area, or no width or height,
+is left inside (see `clip_boxes`).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import get_worker_info
 
 from mfvideo.data.augment import RandAugment
+from mfvideo.data.boxes import box_area
 
 
 @dataclass(frozen=True)
@@ -78,29 +90,90 @@ def eval_crop_boxes(height: int, width: int, short_side: int, crop_size: int, nu
     return [CropBox(spare_h // 2, int(round(spare_w * p)), side, side) for p in positions]
 
 
-def resize_box(frames: torch.Tensor, box: CropBox, size: int, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """uint8 T×H×W×C → uint8 T×C×size×size: only the box (of the frames at `positions`, default all) is copied
-    and resized; torch's uint8 bilinear kernel is several times faster than converting to float first."""
+def jittered_crop_box(height: int, width: int, short_side_range: Sequence[int], crop_size: int,
+                      rng: np.random.Generator) -> CropBox:
+    """The box in source pixels equal to: resize the short side to a uniform whole number in `short_side_range`
+    (both ends included), then crop a uniformly placed `crop_size` square (its side rounded to whole source pixels;
+    never more than the frame)."""
+    short_side = int(rng.integers(short_side_range[0], short_side_range[1] + 1))
+    side = min(int(round(crop_size * min(height, width) / short_side)), height, width)
+    top = int(rng.integers(0, height - side + 1))
+    left = int(rng.integers(0, width - side + 1))
+    return CropBox(top, left, side, side)
+
+
+def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) of the frame resized to `short_side` on its short side, aspect kept."""
+    scale = short_side / min(height, width)
+    return int(round(height * scale)), int(round(width * scale))
+
+
+def resize_box(frames: torch.Tensor, box: CropBox, size: int | tuple[int, int],
+               positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """uint8 T×H×W×C → uint8 T×C×size×size (or T×C×height×width for `size` = (height, width)): only the box (of
+    the frames at `positions`, default all) is copied and resized; torch's uint8 bilinear kernel is several times
+    faster than converting to float first."""
+    out_size = (size, size) if isinstance(size, int) else tuple(size)
     region = frames[:, box.top:box.top + box.height, box.left:box.left + box.width, :]
     if positions is not None:
         region = region.index_select(0, positions)  # a row-wise copy; advanced indexing is ~10× slower here
     clip = region.permute(0, 3, 1, 2)
-    if (box.height, box.width) != (size, size):
-        clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False)
+    if (box.height, box.width) != out_size:
+        clip = F.interpolate(clip, size=out_size, mode="bilinear", align_corners=False)
     return clip
 
 
-def pack_clips(clips: Sequence[torch.Tensor]) -> torch.Tensor:
+# A box keeps its label only where enough of the person is in view: a quarter of the box is where most of a body
+# (and the action) can still be seen; less, and the label describes pixels the model does not get.
+MIN_VISIBLE_FRACTION = 0.25
+
+
+def boxes_through(boxes: np.ndarray, frame_height: int, frame_width: int, box: CropBox, out_height: int,
+                  out_width: int) -> np.ndarray:
+    """Boxes normalised to the frame → the same boxes in pixels of `resize_box(frames, box, (out_height,
+    out_width))`'s output (unclipped)."""
+    scale_x, scale_y = out_width / box.width, out_height / box.height
+    x = (boxes[:, [0, 2]] * frame_width - box.left) * scale_x
+    y = (boxes[:, [1, 3]] * frame_height - box.top) * scale_y
+    return np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
+
+
+def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel boxes clipped to a height×width output, and which are kept: those whose clipped part has a positive
+    width and height and at least MIN_VISIBLE_FRACTION of the unclipped box's area (a box without area, which
+    frames no pixel, is never kept)."""
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    visible_width, visible_height = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+    kept = (visible_width > 0) & (visible_height > 0) & (box_area(clipped) >= MIN_VISIBLE_FRACTION * box_area(boxes))
+    return clipped, kept
+
+
+def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """Pixel boxes of a clip flipped left-right (`clip.flip(-1)`) of the given width."""
+    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+
+
+def pack_clips(clips: Sequence[torch.Tensor], pad_multiple: int = 1) -> torch.Tensor:
     """uint8 T×C×H×W clips → one uint8 B×C×T×H×W batch. Inside a loader worker the batch lives in shared memory
-    from the start (as torch's own collate does), so handing it to the main process costs no further copy."""
-    frames, channels, height, width = clips[0].shape
+    from the start (as torch's own collate does), so handing it to the main process costs no further copy.
+
+    H and W are the largest of the clips', each rounded up to a multiple of `pad_multiple`; a smaller clip (a
+    detection test batch of full frames) sits at the top left, padded with zeros (black) at the right and bottom,
+    so its pixel coordinates, and its boxes', are unchanged."""
+    frames, channels = clips[0].shape[:2]
+    height = -(-max(clip.shape[2] for clip in clips) // pad_multiple) * pad_multiple
+    width = -(-max(clip.shape[3] for clip in clips) // pad_multiple) * pad_multiple
     shape = (len(clips), channels, frames, height, width)
     if get_worker_info() is None:
         batch = torch.empty(shape, dtype=torch.uint8)
     else:
         batch = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
+    if any(clip.shape[2:] != (height, width) for clip in clips):
+        batch.zero_()
     for out, clip in zip(batch, clips):
-        out.copy_(clip.transpose(0, 1))
+        out[:, :, :clip.shape[2], :clip.shape[3]].copy_(clip.transpose(0, 1))
     return batch
 
 
@@ -156,3 +229,46 @@ class EvalTransform:
     def __call__(self, frames: torch.Tensor, positions: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
         boxes = eval_crop_boxes(frames.shape[1], frames.shape[2], self.short_side, self.crop_size, self.num_crops)
         return [resize_box(frames, box, self.crop_size, positions) for box in boxes]
+
+
+class DetectionTrainTransform:
+    """Short side jittered → random crop → flip (p = 0.5 when `flip`), the boxes moved with the pixels; draws, in
+    this order, from `rng`: the short side, the crop's top and left, the flip.
+
+    Returns the uint8 T×C×crop_size×crop_size clip, the boxes in its pixels (clipped) and which boxes are kept."""
+
+    def __init__(self, crop_size: int, short_side_range: Sequence[int], flip: bool):
+        if len(short_side_range) != 2 or not crop_size <= short_side_range[0] <= short_side_range[1]:
+            raise ValueError(f"data.detection.train_short_side must be [min, max] with data.crop_size={crop_size} "
+                             f"<= min <= max, got {list(short_side_range)}")
+        self.crop_size = crop_size
+        self.short_side_range = tuple(short_side_range)
+        self.flip = flip
+
+    def __call__(self, frames: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator,
+                 positions: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        height, width, size = frames.shape[1], frames.shape[2], self.crop_size
+        box = jittered_crop_box(height, width, self.short_side_range, size, rng)
+        clip = resize_box(frames, box, size, positions)
+        out, kept = clip_boxes(boxes_through(boxes, height, width, box, size, size), size, size)
+        if self.flip and rng.uniform() < 0.5:
+            clip, out = clip.flip(-1), flip_boxes(out, size)
+        return clip, out, kept
+
+
+class DetectionEvalTransform:
+    """The full frame with its short side resized to `short_side`, no crop; deterministic. Returns the uint8
+    T×C×H×W clip, the boxes in its pixels and which are kept (boxes without area are not)."""
+
+    def __init__(self, short_side: int):
+        self.short_side = short_side
+
+    def __call__(self, frames: torch.Tensor, boxes: np.ndarray,
+                 positions: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        height, width = frames.shape[1], frames.shape[2]
+        out_height, out_width = short_side_size(height, width, self.short_side)
+        whole = CropBox(0, 0, height, width)
+        clip = resize_box(frames, whole, (out_height, out_width), positions)
+        out, kept = clip_boxes(boxes_through(boxes, height, width, whole, out_height, out_width), out_height,
+                               out_width)
+        return clip, out, kept
