@@ -1,0 +1,113 @@
+"""RoIAlign (He et al. 2017) with the semantics of `torchvision.ops.roi_align`, which is used where torchvision
+imports; `roi_align_torch` is the same operation in plain torch for everywhere else.
+
+Rules (torchvision's CPU and CUDA kernels): a box [x1, y1, x2, y2] is scaled by `spatial_scale` and, when `aligned`,
+shifted by −0.5 so that pixel centres sit at integer coordinates; without `aligned` a box is at least 1×1. It is cut
+into output_size bins, each averaging a grid of bilinear samples at the centres of equal sub-cells:
+`sampling_ratio` samples per bin along each axis, or, when ≤ 0, ceil(box side / bins) of them, counted per box and
+axis. A sample lying beyond −1 or beyond the map's size (y < −1 or y > H) contributes zero; one in [−1, 0] reads
+the first row (column), one past H − 1 the last. A box whose adaptive grid is empty (zero or negative side, only
+possible when `aligned`) gives zeros.
+
+The plain-torch version uses that bilinear sampling is separable: a bin's average is Σ_ab Ay[a]·f[a, b]·Ax[b] with
+Ay (Ax) the summed row (column) weights of its samples, so each box is two small matrix products with its clip's
+feature map (no per-box loop, exact up to float rounding, differentiable with respect to the features).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+
+Size = Union[int, Sequence[int]]
+
+try:  # torchvision's kernels where its ops load (a matching torch build); the plain-torch version otherwise
+    from torchvision.ops import roi_align as torchvision_roi_align
+except (ImportError, OSError, RuntimeError):
+    torchvision_roi_align = None
+
+
+def as_rois(boxes: torch.Tensor, box_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """K×5 rows [batch index, x1, y1, x2, y2] from K×5 rois, or from K×4 boxes and their int K batch indices."""
+    if box_index is None:
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(f"rois must be K×5 [batch index, x1, y1, x2, y2] (or K×4 boxes with a box_index), "
+                             f"got shape {tuple(boxes.shape)}")
+        return boxes
+    if boxes.dim() != 2 or boxes.shape[1] != 4 or box_index.shape != (boxes.shape[0],):
+        raise ValueError(f"boxes must be K×4 [x1, y1, x2, y2] with a box_index of K batch indices, got boxes "
+                         f"{tuple(boxes.shape)} and box_index {tuple(box_index.shape)}")
+    return torch.cat((box_index.to(boxes.dtype)[:, None], boxes), dim=1)
+
+
+def pair(size: Size) -> Tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def axis_weights(start: torch.Tensor, bin_size: torch.Tensor, samples: torch.Tensor, max_samples: int,
+                 bins: int, length: int) -> torch.Tensor:
+    """K×bins×length: for each box and bin along one axis, the bilinear weight of every feature row (column),
+    summed over the bin's samples and divided by their count. `samples` (K, int) is each box's count along the
+    axis; sample positions past it are masked out, so boxes with different counts share one max_samples grid."""
+    dtype = start.dtype
+    sample = torch.arange(max_samples, device=start.device, dtype=dtype)
+    bin_id = torch.arange(bins, device=start.device, dtype=dtype)
+    count = samples.clamp(min=1).to(dtype)[:, None, None]
+    # the kernels' order of operations, so that positions (and the boundary tests on them) round the same way
+    pos = (start[:, None, None] + bin_id[None, :, None] * bin_size[:, None, None]
+           + (sample[None, None, :] + 0.5) * bin_size[:, None, None] / count)
+    used = (sample[None, None, :] < samples[:, None, None]) & (pos >= -1.0) & (pos <= length)
+    pos = torch.where(used, pos, torch.zeros((), dtype=dtype, device=pos.device)).clamp(min=0.0)
+    low = pos.floor().long()
+    at_end = low >= length - 1
+    low = torch.where(at_end, length - 1, low)
+    high = torch.where(at_end, low, low + 1)
+    frac = torch.where(at_end, torch.zeros((), dtype=dtype, device=pos.device), pos - low.to(dtype))
+    scale = used.to(dtype) / count
+    weights = torch.zeros(start.shape[0], bins, length, dtype=dtype, device=start.device)
+    weights.scatter_add_(2, low, (1.0 - frac) * scale)
+    weights.scatter_add_(2, high, frac * scale)
+    return weights
+
+
+def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, output_size: Size, spatial_scale: float = 1.0,
+                    sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
+    """K×C×out_h×out_w RoIAlign of `input` (N×C×H×W) over `rois` (K×5 [batch index, x1, y1, x2, y2], in the
+    input's dtype), in plain torch with torchvision's semantics (module docstring)."""
+    if input.dim() != 4:
+        raise ValueError(f"RoIAlign input must be N×C×H×W, got shape {tuple(input.shape)}")
+    out_h, out_w = pair(output_size)
+    height, width = input.shape[2:]
+    rois = rois.detach()  # gradients flow to the features only, as with torchvision
+    scaled = rois[:, 1:] * spatial_scale - (0.5 if aligned else 0.0)
+    roi_w, roi_h = scaled[:, 2] - scaled[:, 0], scaled[:, 3] - scaled[:, 1]
+    if not aligned:  # malformed boxes count as 1×1
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    bin_h, bin_w = roi_h / out_h, roi_w / out_w
+    if sampling_ratio > 0:
+        samples_h = samples_w = torch.full((rois.shape[0],), sampling_ratio, dtype=torch.long, device=rois.device)
+        max_h = max_w = sampling_ratio
+    else:
+        samples_h, samples_w = torch.ceil(roi_h / out_h).long(), torch.ceil(roi_w / out_w).long()
+        both = torch.stack((samples_h, samples_w)).amax(dim=1).tolist() if rois.shape[0] else [1, 1]
+        max_h, max_w = max(both[0], 1), max(both[1], 1)
+    weights_h = axis_weights(scaled[:, 1], bin_h, samples_h, max_h, out_h, height).to(input.dtype)
+    weights_w = axis_weights(scaled[:, 0], bin_w, samples_w, max_w, out_w, width).to(input.dtype)
+    features = input[rois[:, 0].long()]  # K×C×H×W: each box's clip
+    return weights_h[:, None] @ features @ weights_w[:, None].transpose(-1, -2)
+
+
+BACKEND: Callable[..., torch.Tensor] = torchvision_roi_align or roi_align_torch
+BACKEND_NAME = "torchvision" if torchvision_roi_align is not None else "torch"
+
+
+def roi_align(input: torch.Tensor, boxes: torch.Tensor, output_size: Size, spatial_scale: float = 1.0,
+              sampling_ratio: int = -1, aligned: bool = False,
+              box_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`torchvision.ops.roi_align` (same arguments and defaults), by torchvision where it imports and by
+    `roi_align_torch` otherwise (BACKEND_NAME says which). `boxes` is K×5 [batch index, x1, y1, x2, y2], or K×4
+    [x1, y1, x2, y2] with `box_index` (int K, the row of `input` each box belongs to); boxes are taken in the input's
+    dtype, as torchvision requires. Returns K×C×out_h×out_w."""
+    rois = as_rois(boxes, box_index).to(input.dtype)
+    return BACKEND(input, rois, pair(output_size), spatial_scale, sampling_ratio, aligned)
