@@ -77,7 +77,7 @@ def test_degenerate_boxes():
 def test_box_index_picks_each_boxs_map_and_both_forms_agree():
     maps = torch.randn(3, 2, 5, 7, generator=torch.Generator().manual_seed(0))
     boxes = torch.tensor([[0.5, 1.0, 4.0, 3.5], [1.0, 0.0, 6.5, 4.5], [0.5, 1.0, 4.0, 3.5]])
-    box_index = torch.tensor([2, 0, 1])
+    box_index = torch.tensor([2, 0, 2])  # clip 2 has two boxes, clip 1 none
     out = roi_align(maps, boxes, (2, 3), 1.0, 0, True, box_index=box_index)
     assert out.shape == (3, 2, 2, 3)
     torch.testing.assert_close(out, roi_align(maps, torch.cat((box_index[:, None].float(), boxes), 1), (2, 3),

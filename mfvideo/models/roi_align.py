@@ -10,8 +10,8 @@ the first row (column), one past H − 1 the last. A box whose adaptive grid is 
 possible when `aligned`) gives zeros.
 
 The plain-torch version uses that bilinear sampling is separable: a bin's average is Σ_ab Ay[a]·f[a, b]·Ax[b] with
-Ay (Ax) the summed row (column) weights of its samples, so each box is two small matrix products with its clip's
-feature map (no per-box loop, exact up to float rounding, differentiable with respect to the features).
+Ay (Ax) the summed row (column) weights of its samples, so all boxes are two batched matrix products with the
+feature maps (no per-box loop, exact up to float rounding, differentiable with respect to the features).
 """
 
 from __future__ import annotations
@@ -71,6 +71,14 @@ def axis_weights(start: torch.Tensor, bin_size: torch.Tensor, samples: torch.Ten
     return weights
 
 
+def clip_slots(clip: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Each box's place (0, 1, …, in box order) among the boxes of its clip; `counts` are the boxes per clip."""
+    order = torch.argsort(clip, stable=True)
+    slot = torch.empty_like(clip)
+    slot[order] = torch.arange(clip.shape[0], device=clip.device) - (counts.cumsum(0) - counts)[clip[order]]
+    return slot
+
+
 def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, output_size: Size, spatial_scale: float = 1.0,
                     sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
     """K×C×out_h×out_w RoIAlign of `input` (N×C×H×W) over `rois` (K×5 [batch index, x1, y1, x2, y2], in the
@@ -78,7 +86,7 @@ def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, output_size: Size, 
     if input.dim() != 4:
         raise ValueError(f"RoIAlign input must be N×C×H×W, got shape {tuple(input.shape)}")
     out_h, out_w = pair(output_size)
-    height, width = input.shape[2:]
+    num_clips, channels, height, width = input.shape
     rois = rois.detach()  # gradients flow to the features only, as with torchvision
     scaled = rois[:, 1:] * spatial_scale - (0.5 if aligned else 0.0)
     roi_w, roi_h = scaled[:, 2] - scaled[:, 0], scaled[:, 3] - scaled[:, 1]
@@ -87,15 +95,26 @@ def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, output_size: Size, 
     bin_h, bin_w = roi_h / out_h, roi_w / out_w
     if sampling_ratio > 0:
         samples_h = samples_w = torch.full((rois.shape[0],), sampling_ratio, dtype=torch.long, device=rois.device)
-        max_h = max_w = sampling_ratio
     else:
         samples_h, samples_w = torch.ceil(roi_h / out_h).long(), torch.ceil(roi_w / out_w).long()
-        both = torch.stack((samples_h, samples_w)).amax(dim=1).tolist() if rois.shape[0] else [1, 1]
-        max_h, max_w = max(both[0], 1), max(both[1], 1)
-    weights_h = axis_weights(scaled[:, 1], bin_h, samples_h, max_h, out_h, height).to(input.dtype)
-    weights_w = axis_weights(scaled[:, 0], bin_w, samples_w, max_w, out_w, width).to(input.dtype)
-    features = input[rois[:, 0].long()]  # K×C×H×W: each box's clip
-    return weights_h[:, None] @ features @ weights_w[:, None].transpose(-1, -2)
+    clip = rois[:, 0].long()
+    counts = torch.bincount(clip, minlength=num_clips)
+    # one device→host transfer for the three sizes below
+    max_h, max_w, slots = (torch.stack((samples_h.amax(), samples_w.amax(), counts.amax())).tolist()
+                           if rois.shape[0] else (1, 1, 0))
+    weights_h = axis_weights(scaled[:, 1], bin_h, samples_h, max(max_h, 1), out_h, height).to(input.dtype)
+    weights_w = axis_weights(scaled[:, 0], bin_w, samples_w, max(max_w, 1), out_w, width).to(input.dtype)
+    # Boxes go into per-clip slots (zero weights where a clip has fewer boxes), so that each clip's map is read by
+    # one matrix product for all its boxes instead of being copied once per box.
+    slot = clip_slots(clip, counts)
+    rows = weights_h.new_zeros(num_clips, slots, out_h, height)
+    rows[clip, slot] = weights_h
+    columns = weights_w.new_zeros(num_clips * slots, width, out_w)
+    columns.view(num_clips, slots, width, out_w)[clip, slot] = weights_w.transpose(1, 2)
+    by_rows = torch.bmm(rows.reshape(num_clips, slots * out_h, height),
+                        input.transpose(1, 2).reshape(num_clips, height, channels * width))
+    pooled = torch.bmm(by_rows.reshape(num_clips * slots, out_h * channels, width), columns)
+    return pooled.reshape(num_clips, slots, out_h, channels, out_w)[clip, slot].transpose(1, 2).contiguous()
 
 
 BACKEND: Callable[..., torch.Tensor] = torchvision_roi_align or roi_align_torch
