@@ -118,14 +118,13 @@ def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, output_size: Size, 
 
 
 BACKEND: Callable[..., torch.Tensor] = torchvision_roi_align or roi_align_torch
-BACKEND_NAME = "torchvision" if torchvision_roi_align is not None else "torch"
 
 
 def roi_align(input: torch.Tensor, boxes: torch.Tensor, output_size: Size, spatial_scale: float = 1.0,
               sampling_ratio: int = -1, aligned: bool = False,
               box_index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`torchvision.ops.roi_align` (same arguments and defaults), by torchvision where it imports and by
-    `roi_align_torch` otherwise (BACKEND_NAME says which). `boxes` is K×5 [batch index, x1, y1, x2, y2], or K×4
+    `roi_align_torch` otherwise (`BACKEND` is the one chosen). `boxes` is K×5 [batch index, x1, y1, x2, y2], or K×4
     [x1, y1, x2, y2] with `box_index` (int K, the row of `input` each box belongs to); boxes are taken in the input's
     dtype, as torchvision requires. Returns K×C×out_h×out_w."""
     rois = as_rois(boxes, box_index).to(input.dtype)
