@@ -1,0 +1,122 @@
+"""Spatio-temporal action detection (AVA) with an MViTv2 backbone: one multi-label score vector per person box.
+
+The clip's tokens go through a final LayerNorm; the cls token is dropped, the grid tokens are laid out as
+B×C×T×H×W and averaged over T; each box (pixels of the clip) is RoIAligned 7×7 (aligned, adaptive sampling as
+PySlowFast's ResNetRoIHead) at the backbone's output stride, max-pooled, and a dropout + Linear gives its logits.
+The loss is binary cross-entropy on sigmoid scores (DESIGN §6).
+
+The backbone keeps the 1/16 grid by default: the last-stage Q stride is removed as in MaskFeat pretraining (the
+MViT's own 1/32 grid is too coarse for person boxes: DESIGN §6, head geometry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mfvideo.models.classifier import HEAD_INIT_SCALE
+from mfvideo.models.mvit import INIT_BIAS, INIT_STD, LAYER_NORM_EPS, BackboneLayerIds, Grid, MViT, MViTConfig
+from mfvideo.models.roi_align import roi_align
+
+ROI_SIZE = 7
+# ≤ 0: ceil(box side / 7) samples per bin along each axis, counted per box (PySlowFast's ResNetRoIHead, through
+# detectron2's ROIAlign, passes 0).
+SAMPLING_RATIO = 0
+
+
+class DetectionHead(nn.Module):
+    """Tokens (B×(1+N)×C, cls first) on `grid` → per-box logits: LayerNorm, drop cls, mean over T, RoIAlign 7×7
+    (aligned) at `spatial_scale`, max over the 7×7, dropout, Linear. Initialised as the classification head (weights
+    and bias of the Linear scaled by 0.001)."""
+
+    def __init__(self, dim: int, num_classes: int, dropout: float, spatial_scale: float) -> None:
+        super().__init__()
+        self.spatial_scale = spatial_scale
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(dim, num_classes)
+        nn.init.constant_(self.norm.bias, INIT_BIAS)
+        nn.init.trunc_normal_(self.proj.weight, std=INIT_STD)
+        nn.init.constant_(self.proj.bias, INIT_BIAS)
+        with torch.no_grad():
+            self.proj.weight.mul_(HEAD_INIT_SCALE)
+            self.proj.bias.mul_(HEAD_INIT_SCALE)
+
+    def feature_map(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """B×C×H×W: the normed grid tokens, averaged over time."""
+        b, _, c = x.shape
+        tokens = self.norm(x)[:, 1:].reshape(b, *grid, c)
+        return tokens.mean(dim=1).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor, grid: Grid, boxes: torch.Tensor, box_index: torch.Tensor) -> torch.Tensor:
+        features = self.feature_map(x, grid)
+        # float32 whatever the weights or autocast use: box coordinates and bilinear weights need its precision
+        with torch.autocast(features.device.type, enabled=False):
+            pooled = roi_align(features.float(), boxes.float(), ROI_SIZE, self.spatial_scale, SAMPLING_RATIO,
+                               aligned=True, box_index=box_index)
+        pooled = pooled.amax(dim=(2, 3)).to(self.proj.weight.dtype)
+        return self.proj(self.dropout(pooled))
+
+
+BATCH_KEYS = ("video", "boxes", "box_index")
+
+
+def check_batch(batch: Dict[str, torch.Tensor], num_classes: int) -> None:
+    missing = [key for key in BATCH_KEYS if key not in batch]
+    if missing:
+        raise ValueError(f"detection batch lacks {missing}: it needs {list(BATCH_KEYS)}, got {sorted(batch)}")
+    boxes, box_index = batch["boxes"], batch["box_index"]
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"detection batch: boxes must be R×4 (x1, y1, x2, y2 in pixels), got {tuple(boxes.shape)}")
+    if box_index.shape != (boxes.shape[0],) or box_index.dtype != torch.int64:
+        raise ValueError(f"detection batch: box_index must be int64 of R={boxes.shape[0]} clip rows, got "
+                         f"{box_index.dtype} {tuple(box_index.shape)}")
+    labels = batch.get("box_labels")
+    if labels is not None and labels.shape != (boxes.shape[0], num_classes):
+        raise ValueError(f"detection batch: box_labels must be R×{num_classes} (R={boxes.shape[0]} boxes), got "
+                         f"{tuple(labels.shape)}")
+
+
+def multilabel_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the R×A entries. With R = 0 it is a zero still connected to the parameters
+    (a sum over no entries), so backward and ZeRO's gradient hooks run as on any batch."""
+    total = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum")
+    return total / max(logits.numel(), 1)
+
+
+class Detector(BackboneLayerIds, nn.Module):
+    """forward(batch) -> {"scores": R×num_classes sigmoid probabilities, "logits", "loss"}: reads batch["video"]
+    (B×3×T×H×W, normalised; any H and W, e.g. full test frames padded to a multiple of the output stride),
+    batch["boxes"] (float R×4, x1, y1, x2, y2 in pixels of `video`), batch["box_index"] (int64 R, each box's clip)
+    and, for the loss, batch["box_labels"] (R×num_classes multi-hot). Without box_labels there is no "loss".
+
+    keep_last_q_stride=False (default) removes the last-stage Q stride from `cfg` (output stride 16, as MaskFeat
+    pretraining); True keeps MViT's stride 32. The RoI spatial scale is 1 / output stride."""
+
+    fresh_prefixes = ("roi_head.",)  # what a pretraining or classification checkpoint cannot provide
+
+    def __init__(self, cfg: MViTConfig, input_size: Sequence[int], num_classes: int, dropout: float = 0.5,
+                 keep_last_q_stride: bool = False) -> None:
+        super().__init__()
+        cfg = replace(cfg, keep_last_q_stride=keep_last_q_stride)
+        _, stride_h, stride_w = cfg.output_stride
+        if stride_h != stride_w:
+            raise ValueError(f"{cfg.name}: output stride {cfg.output_stride} is not square; RoIAlign takes one "
+                             "spatial scale")
+        self.num_classes = num_classes
+        self.backbone = MViT(cfg, input_size)
+        # not "head": a classifier checkpoint's head (another width of Linear) must not load into it
+        self.roi_head = DetectionHead(self.backbone.dim_out, num_classes, dropout, 1.0 / stride_h)
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        check_batch(batch, self.num_classes)
+        x, grid = self.backbone(batch["video"])
+        logits = self.roi_head(x, grid, batch["boxes"], batch["box_index"]).float()
+        out = {"scores": torch.sigmoid(logits), "logits": logits}
+        if "box_labels" in batch:
+            out["loss"] = multilabel_bce(logits, batch["box_labels"])
+        return out
