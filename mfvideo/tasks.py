@@ -18,6 +18,7 @@ from mfvideo.config.schema import ModelConfig, Recipe
 from mfvideo.data.loader import BatchAugment
 from mfvideo.models.checkpoint import load_pretrained
 from mfvideo.models.classifier import MViTClassifier
+from mfvideo.models.detector import Detector
 from mfvideo.models.maskfeat import MaskFeat
 from mfvideo.models.mvit import ARCHS, MViTConfig
 
@@ -39,6 +40,11 @@ def _maskfeat(model_cfg: ModelConfig, input_size: Sequence[int]) -> nn.Module:
 def _classifier(model_cfg: ModelConfig, input_size: Sequence[int]) -> nn.Module:
     return MViTClassifier(backbone_config(model_cfg), input_size, model_cfg.num_classes, model_cfg.dropout,
                           model_cfg.pooling)
+
+
+def _detector(model_cfg: ModelConfig, input_size: Sequence[int]) -> nn.Module:
+    return Detector(backbone_config(model_cfg), input_size, model_cfg.num_classes, model_cfg.dropout,
+                    model_cfg.detection_stride)
 
 
 def _mixing(recipe: Recipe) -> Optional[BatchAugment]:
@@ -66,6 +72,13 @@ def _view_aggregator(recipe: Recipe, num_temporal_views: int, num_crops: int):
 
     classes = read_split_manifest(recipe.data.val, recipe.data.val_manifest, read_policy(recipe.data)).get("classes") or None
     return lambda: ViewAggregator(recipe.model.num_classes, num_temporal_views, num_crops, classes)
+
+
+def _ava_evaluator(recipe: Recipe, num_temporal_views: int, num_crops: int):
+    from mfvideo.evaluation.ava import AvaEvaluator
+
+    detection = recipe.data.detection
+    return lambda: AvaEvaluator(detection.val_groundtruth, detection.label_map, detection.val_excluded)
 
 
 def _no_finetuning_values(recipe: Recipe) -> list[str]:
@@ -112,6 +125,44 @@ def _classification_values(recipe: Recipe) -> list[str]:
     return problems
 
 
+def _detection_values(recipe: Recipe) -> list[str]:
+    """Detection clips are whole keyframe-centred clips whose boxes move with the pixels: nothing may mask, mix or
+    warp them; one full-frame view per keyframe is tested; the AVA evaluation needs its files."""
+    from mfvideo.data.loader import read_policy
+    from mfvideo.data.shardlist import read_split_manifest
+
+    aug, data, detection = recipe.augment, recipe.data, recipe.data.detection
+    problems = [f"augment.{key}={getattr(aug, key)!r}: boxes cannot follow it (detection takes flips and crops "
+                f"only; set it to its default)"
+                for key in ("rand_augment", "erase_prob", "mixup_alpha", "cutmix_alpha", "label_smoothing")
+                if getattr(aug, key)]
+    if recipe.mask.mode != "none":
+        problems.append(f"mask.mode={recipe.mask.mode!r}: detection sees whole clips; set mask.mode=none")
+    problems += [f"data.{key}={getattr(data, key)}: detection tests one full-frame clip per keyframe; set it to 1"
+                 for key in ("test_clips", "test_crops", "val_clips") if getattr(data, key) != 1]
+    if data.sampling != "random":
+        problems.append(f"data.sampling={data.sampling!r}: detection clips are centred on their keyframe; set "
+                        f"data.sampling=random")
+    if data.val or recipe.train.eval_every:
+        problems += [f"data.detection.{key} is not set: the AVA evaluation of data.val needs it"
+                     for key in ("label_map", "val_groundtruth") if not getattr(detection, key)]
+    if recipe.train.eval_every and not data.val:
+        problems.append(f"train.eval_every={recipe.train.eval_every} but data.val is not set")
+    splits = [("data.train", data.train, data.train_manifest)]
+    if data.val:
+        splits.append(("data.val", data.val, data.val_manifest))
+    for key, pattern, manifest in splits:
+        try:
+            classes = read_split_manifest(pattern, manifest, read_policy(data)).get("classes") or []
+        except (OSError, ValueError) as err:
+            problems.append(f"{key}={pattern!r}: {err}")
+            continue
+        if len(classes) != recipe.model.num_classes:
+            problems.append(f"model.num_classes={recipe.model.num_classes} but {key}={pattern!r} has "
+                            f"{len(classes)} action ids in its manifest (AVA: 80)")
+    return problems
+
+
 @dataclass(frozen=True)
 class Task:
     """One task: how its model is built, what its batches carry and how it is augmented, checked and evaluated."""
@@ -132,6 +183,8 @@ TASKS = {
                      keep_pixels=True),
     "classify": Task(model=_classifier, train_fields=("label",), eval_fields=("label", "view"),
                      check=_classification_values, batch_augment=_mixing, evaluator=_view_aggregator),
+    "detect": Task(model=_detector, train_fields=("boxes",), eval_fields=("boxes",), check=_detection_values,
+                   evaluator=_ava_evaluator),
 }
 
 
@@ -160,7 +213,8 @@ def train_loader(recipe: Recipe, micro_batch_size: int, rank: int, world_size: i
     task = task_of(recipe)
     return build_train_loader(recipe.data, recipe.mask, micro_batch_size, rank, world_size, recipe.train.seed,
                               fields=task.train_fields, rand_augment=recipe.augment.rand_augment or None,
-                              batch_augment=task.batch_augment(recipe), keep_pixels=task.keep_pixels)
+                              batch_augment=task.batch_augment(recipe), keep_pixels=task.keep_pixels,
+                              num_actions=recipe.model.num_classes)
 
 
 def eval_loader_and_evaluator(recipe: Recipe, micro_batch_size: int, rank: int, world_size: int, num_clips: int,
@@ -173,5 +227,5 @@ def eval_loader_and_evaluator(recipe: Recipe, micro_batch_size: int, rank: int, 
     if task.evaluator is None:
         return None
     loader = build_test_loader(recipe.data, micro_batch_size, rank, world_size, num_clips=num_clips,
-                               num_crops=num_crops, fields=task.eval_fields)
+                               num_crops=num_crops, fields=task.eval_fields, num_actions=recipe.model.num_classes)
     return loader, task.evaluator(recipe, num_clips, num_crops)

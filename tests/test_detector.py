@@ -195,7 +195,7 @@ def test_the_head_reads_only_the_features_under_a_box():
 
 
 def test_keeping_the_last_q_stride_gives_the_1_32_grid():
-    model = tiny_detector(keep_last_q_stride=True)
+    model = tiny_detector(stride=32)
     assert model.roi_head.spatial_scale == 1 / 32 and model.backbone.cfg.output_stride == (2, 32, 32)
     video = clip_batch(1, 4, 64, 96)
     x, grid = model.backbone(video)
@@ -228,13 +228,13 @@ def test_a_maskfeat_checkpoint_leaves_only_the_head_fresh(tmp_path):
         load_pretrained(tiny_detector(), path)
 
 
-@pytest.mark.parametrize("keep_last_q_stride", [False, True])
-def test_a_classifier_checkpoint_loads_the_backbone_and_drops_its_head(tmp_path, keep_last_q_stride):
+@pytest.mark.parametrize("stride", [16, 32])
+def test_a_classifier_checkpoint_loads_the_backbone_and_drops_its_head(tmp_path, stride):
     torch.manual_seed(2)
     source = MViTClassifier(mvit_tiny(), (4, 64, 64), num_classes=7)  # Kinetics fine-tuning keeps the 1/32 grid
     path = tmp_path / "classifier.pt"
     torch.save(source.state_dict(), path)
-    model = tiny_detector(keep_last_q_stride=keep_last_q_stride)
+    model = tiny_detector(stride=stride)
     report = load_pretrained(model, path, allowed_missing=Detector.fresh_prefixes)
     assert sorted(report.missing) == head_keys(model)
     assert sorted(report.unexpected) == ["head.norm.bias", "head.norm.weight", "head.proj.bias", "head.proj.weight"]

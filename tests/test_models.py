@@ -117,8 +117,8 @@ def test_classification_head_is_scaled_down_at_init():
 
 
 def test_build_model_rejects_unknown_task_and_arch():
-    with pytest.raises(ValueError, match="model.task='detect'"):
-        build_model(ModelConfig(arch="mvit_tiny", task="detect"), 16, 64)
+    with pytest.raises(ValueError, match="model.task='segment'"):
+        build_model(ModelConfig(arch="mvit_tiny", task="segment"), 16, 64)
     with pytest.raises(ValueError, match="model.arch='mvit_xl'"):
         build_model(ModelConfig(arch="mvit_xl", task="classify"), 16, 64)
     with pytest.raises(ValueError, match="model.pooling='max'"):

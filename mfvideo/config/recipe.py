@@ -28,6 +28,7 @@ CHOICES = {
     "data.test_crops": "mfvideo.data.transforms:CROP_COUNTS",
     "mask.mode": "mfvideo.targets.masks:MASK_MODES",
     "model.arch": "mfvideo.models.mvit:ARCHS",
+    "model.detection_stride": "mfvideo.models.detector:DETECTION_STRIDES",
     "model.pooling": "mfvideo.models.classifier:POOLINGS",
     "model.task": "mfvideo.tasks:TASKS",
     "train.precision": "mfvideo.engine.trainer:PRECISIONS",

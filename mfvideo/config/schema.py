@@ -73,6 +73,12 @@ class DetectionDataConfig:
     test_score: float = within(0, 1, default=0.8)
     # the boxes scored at test time: detections (the AVA protocol) | ground_truth (the classifier alone)
     test_boxes: str = "detections"
+    # what the AVA evaluation (mfvideo.evaluation.ava) scores the val detections against: the label map of the
+    # evaluated actions (AVA: the 60 of ava_action_list_v2.2_for_activitynet_2019.pbtxt), the ground-truth CSV of the
+    # val split and its excluded keyframes (optional); needed for validation (train.eval_every) and tools/test.py
+    label_map: Optional[str] = None
+    val_groundtruth: Optional[str] = None
+    val_excluded: Optional[str] = None
 
 
 @dataclass
@@ -141,7 +147,7 @@ class HogConfig:
 @dataclass
 class ModelConfig:
     arch: str = "mvit_s"                  # mfvideo.models.mvit.ARCHS
-    task: str = "pretrain"                # mfvideo.tasks.TASKS: pretrain | classify
+    task: str = "pretrain"                # mfvideo.tasks.TASKS: pretrain | classify | detect
     num_classes: int = at_least(1, default=400)
     drop_path: float = within(0, 1, default=0.0, high_open=True)
     dropout: float = within(0, 1, default=0.5, high_open=True)
@@ -152,6 +158,9 @@ class ModelConfig:
     # (supervised MViTv2, torchvision's mvit_v2_s); the two checkpoint layouts differ.
     dim_mul_in_att: bool = False
     pooling: str = "mean"                 # models, classify: mean (MaskFeat fine-tuning) | cls (torchvision mvit_v2_s)
+    # detect: pixels per token of the grid the RoI head reads: 16 (the last Q stride removed, as in MaskFeat
+    # pretraining; DESIGN §6) | 32 (MViT's own last stage)
+    detection_stride: int = 16
 
 
 @dataclass

@@ -26,6 +26,9 @@ ROI_SIZE = 7
 # ≤ 0: ceil(box side / 7) samples per bin along each axis, counted per box (PySlowFast's ResNetRoIHead, through
 # detectron2's ROIAlign, passes 0).
 SAMPLING_RATIO = 0
+# model.detection_stride (pixels per token of the grid the RoI head reads) -> whether the backbone keeps its
+# last-stage Q stride (MViTv2's patch stride 4 and Q strides at three stage transitions)
+DETECTION_STRIDES = {16: False, 32: True}
 
 
 class DetectionHead(nn.Module):
@@ -94,23 +97,24 @@ class Detector(BackboneLayerIds, nn.Module):
     batch["boxes"] (float R×4, x1, y1, x2, y2 in pixels of `video`), batch["box_index"] (int64 R, each box's clip)
     and, for the loss, batch["box_labels"] (R×num_classes multi-hot). Without box_labels there is no "loss".
 
-    keep_last_q_stride=False (default) removes the last-stage Q stride from `cfg` (output stride 16, as MaskFeat
-    pretraining); True keeps MViT's stride 32. The RoI spatial scale is 1 / output stride."""
+    `stride` (DETECTION_STRIDES) is the grid the RoI head reads: 16 (default) removes the last-stage Q stride from
+    `cfg`, as MaskFeat pretraining; 32 keeps MViT's own. The RoI spatial scale is 1 / stride."""
 
     fresh_prefixes = ("roi_head.",)  # what a pretraining or classification checkpoint cannot provide
 
     def __init__(self, cfg: MViTConfig, input_size: Sequence[int], num_classes: int, dropout: float = 0.5,
-                 keep_last_q_stride: bool = False) -> None:
+                 stride: int = 16) -> None:
         super().__init__()
-        cfg = replace(cfg, keep_last_q_stride=keep_last_q_stride)
-        _, stride_h, stride_w = cfg.output_stride
-        if stride_h != stride_w:
-            raise ValueError(f"{cfg.name}: output stride {cfg.output_stride} is not square; RoIAlign takes one "
-                             "spatial scale")
+        if stride not in DETECTION_STRIDES:
+            raise ValueError(f"model.detection_stride={stride}: expected one of {sorted(DETECTION_STRIDES)}")
+        cfg = replace(cfg, keep_last_q_stride=DETECTION_STRIDES[stride])
+        if cfg.output_stride[1:] != (stride, stride):
+            raise ValueError(f"{cfg.name}: its output stride is {cfg.output_stride[1:]}, not {stride} (patch stride "
+                             f"{cfg.patch_stride[1:]}, Q strides at blocks {cfg.q_stride_blocks})")
         self.num_classes = num_classes
         self.backbone = MViT(cfg, input_size)
         # not "head": a classifier checkpoint's head (another width of Linear) must not load into it
-        self.roi_head = DetectionHead(self.backbone.dim_out, num_classes, dropout, 1.0 / stride_h)
+        self.roi_head = DetectionHead(self.backbone.dim_out, num_classes, dropout, 1.0 / stride)
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         check_batch(batch, self.num_classes)
