@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command for a fresh clone: sets up ./.venv (idempotent, a no-op when nothing changed),
-# then runs the tests (`tools/dev.sh test [pytest args]`) or the demo (`tools/dev.sh demo [overrides]`).
+# then runs the tests (`tools/dev.sh test [pytest args]`), the demo (`tools/dev.sh demo [overrides]`) or the
+# AVA-format detection demo (`tools/dev.sh demo-ava`).
 #
 # torch comes first so that nothing else pulls the multi-GB CUDA build: an importable torch
 # (system or venv) is kept; with no GPU the CPU wheel torch==2.13.0 is installed; override
@@ -62,6 +63,20 @@ case "$cmd" in
     "$venv/bin/python" tools/train.py recipes/demo_pt.yaml "$@"
     "$venv/bin/python" tools/train.py recipes/demo_ft.yaml model.init=outputs/demo/model.pt
     exec "$venv/bin/python" tools/test.py recipes/demo_ft.yaml model.init=outputs/demo_ft/model.pt ;;
+  demo-ava)
+    # Action detection on the CPU: a procedural dataset laid out like AVA v2.2 (shards/demo_ava/ava: movies, CSVs,
+    # label maps, excluded timestamps, person detections), then its train and val shards made from those files the
+    # way real AVA's are (shards/demo_ava/{train,val}). Rerun, the dataset is rewritten to the same bytes and the
+    # finished shards are kept.
+    ava=shards/demo_ava/ava
+    "$venv/bin/python" tools/make_shards.py demo-ava --out "$ava" --num-movies 40 --val-movies 8 --seconds 10 \
+      --width 128 --height 96 --seed 0
+    for split in train val; do
+      "$venv/bin/python" tools/make_shards.py ava --action-list "$ava/ava_action_list_v2.2.pbtxt" \
+        --movies "$ava/movies" --annotations "$ava/ava_${split}_v2.2.csv" \
+        --excluded "$ava/ava_${split}_excluded_timestamps_v2.2.csv" \
+        --detections "$ava/ava_${split}_predicted_boxes.csv" --out "shards/demo_ava/$split"
+    done ;;
   setup) ;;
-  *) echo "usage: tools/dev.sh {test|demo|setup} [args]" >&2; exit 2 ;;
+  *) echo "usage: tools/dev.sh {test|demo|demo-ava|setup} [args]" >&2; exit 2 ;;
 esac

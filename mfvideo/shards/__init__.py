@@ -1,5 +1,6 @@
 """Raw datasets → WebDataset tar shards + manifest (format: shards/README.md)."""
 
+from mfvideo.shards.demo_ava import DemoAvaSpec, write_demo_ava
 from mfvideo.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, sanitize_key
 from mfvideo.shards.sources.ava import AvaSource, parse_action_list
 from mfvideo.shards.sources.common import SourceError
@@ -10,6 +11,7 @@ from mfvideo.shards.sources.ssv2 import SSv2Source
 from mfvideo.shards.writer import (FORMAT_VERSION, MergeError, OutputMismatch, Part, ShardOptions, Summary, make_shards,
                                    merge_parts)
 
-__all__ = ["AvaSource", "DemoSource", "EncodeOptions", "FORMAT_VERSION", "ImageFolderSource", "Item", "ItemList",
-           "KineticsSource", "MOTIONS", "MergeError", "OutputMismatch", "Part", "Reject", "SSv2Source", "Sample",
-           "ShardOptions", "SourceError", "Summary", "make_shards", "merge_parts", "parse_action_list", "sanitize_key"]
+__all__ = ["AvaSource", "DemoAvaSpec", "DemoSource", "EncodeOptions", "FORMAT_VERSION", "ImageFolderSource", "Item",
+           "ItemList", "KineticsSource", "MOTIONS", "MergeError", "OutputMismatch", "Part", "Reject", "SSv2Source",
+           "Sample", "ShardOptions", "SourceError", "Summary", "make_shards", "merge_parts", "parse_action_list",
+           "sanitize_key", "write_demo_ava"]

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from mfvideo.fileio import LockHeld
+from mfvideo.shards.demo_ava import (EVALUATED_ACTION_LIST, FULL_ACTION_LIST, SPLITS, DemoAvaSpec, annotations_file,
+                                     detections_file, excluded_file, write_demo_ava)
 from mfvideo.shards.sources.ava import AvaSource
 from mfvideo.shards.sources.common import SourceError
 from mfvideo.shards.sources.demo import DemoSource
@@ -81,6 +83,30 @@ def _demo_parser(sub) -> None:
     _add_output_options(parser)
 
 
+def _demo_ava_parser(sub) -> None:
+    parser = sub.add_parser(
+        "demo-ava", help="write a procedural dataset laid out like AVA v2.2 (not shards: run 'ava' on it)",
+        description="Writes movies of 1-3 moving textured shapes ('actors') with, per keyframe (every second from 2 "
+                    "to SECONDS-2), a box per actor and multi-label actions set by motion alone (stand, walk "
+                    "left/right, turn clockwise/counterclockwise, grow, shrink, walk toward another actor), in the "
+                    "files and layout of AVA v2.2: movies/<video_id>.mp4, ava_action_list_v2.2.pbtxt (every "
+                    "action, with label_type), ava_action_list_v2.2_for_activitynet_2019.pbtxt (the evaluated "
+                    "subset), ava_{train,val}_v2.2.csv, ava_{train,val}_excluded_timestamps_v2.2.csv, "
+                    "ava_{train,val}_predicted_boxes.csv (person detections with scores) and "
+                    "ava_included_timestamps_v2.2.txt. Train and val are different movies. The same arguments "
+                    "give the same bytes. Shard each split with the 'ava' command it prints (shards/README.md).")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder (an empty or earlier demo-ava one)")
+    parser.add_argument("--num-movies", type=int, default=40, help="train + val movies, 2..10000 (default 40)")
+    parser.add_argument("--val-movies", type=int, default=None,
+                        help="how many of them are val (default a fifth, at least 1)")
+    parser.add_argument("--seconds", type=int, default=10, help="movie length, 5..900 (default 10)")
+    parser.add_argument("--width", type=int, default=128, help="even, 48..1024 (default 128)")
+    parser.add_argument("--height", type=int, default=96, help="even, 48..1024 (default 96)")
+    parser.add_argument("--fps", type=int, default=30, help="10..60 (default 30)")
+    parser.add_argument("--seed", type=int, default=0, help=">= 0; another seed, another dataset")
+    parser.set_defaults(part=None)
+
+
 def _kinetics_parser(sub) -> None:
     parser = sub.add_parser("kinetics", help="Kinetics 400/600/700 (official CSV or 'path label' list)")
     parser.add_argument("--videos", required=True, help="video folder, flat or with class sub-folders")
@@ -146,17 +172,45 @@ def _merge_parser(sub) -> None:
     parser.set_defaults(part=None)
 
 
-_SOURCE_PARSERS = [_kinetics_parser, _ssv2_parser, _ava_parser, _images_parser, _demo_parser, _merge_parser]
+_SOURCE_PARSERS = [_kinetics_parser, _ssv2_parser, _ava_parser, _images_parser, _demo_parser, _demo_ava_parser,
+                   _merge_parser]
 
 
-def _run(args: argparse.Namespace) -> Summary:
+def _write_demo_ava(args: argparse.Namespace) -> str:
+    spec = DemoAvaSpec(num_movies=args.num_movies, val_movies=args.val_movies, seconds=args.seconds,
+                       width=args.width, height=args.height, fps=args.fps, seed=args.seed)
+    done = write_demo_ava(spec, args.out)
+    lines = [f"{split}: movies {done.movies[split]}, keyframes {done.keyframes[split]} (and {done.excluded[split]} "
+             f"excluded), boxes {done.boxes[split]}, detections {done.detections[split]}" for split in SPLITS]
+    lines.append(f"written under {args.out} (evaluation uses the actions of {args.out / EVALUATED_ACTION_LIST}); "
+                 f"shard it with:")
+    lines += [f"  make_shards.py ava --action-list {args.out / FULL_ACTION_LIST} --movies {args.out / 'movies'} "
+              f"--annotations {args.out / annotations_file(split)} --excluded {args.out / excluded_file(split)} "
+              f"--detections {args.out / detections_file(split)} --out SHARDS/{split}" for split in SPLITS]
+    return "\n".join(lines)
+
+
+def _shard_report(summary: Summary, args: argparse.Namespace) -> str:
+    report = (f"{summary.num_samples} samples in {summary.num_shards} shards under {summary.out}"
+              f" ({summary.resumed_shards} found finished); "
+              f"{summary.num_rejects} rejected (see {summary.out / 'rejects.jsonl'})")
+    if args.part is not None:
+        report += (f"\npart {args.part} done; when all {args.part.count} are, join them with: "
+                   f"make_shards.py merge --out {args.out}")
+    return report
+
+
+def _run(args: argparse.Namespace) -> str:
+    """Does what the command asks; returns the report for the terminal."""
+    if args.source == "demo-ava":
+        return _write_demo_ava(args)
     if args.source == "merge":
-        return merge_parts(args.out, overwrite=args.overwrite)
+        return _shard_report(merge_parts(args.out, overwrite=args.overwrite), args)
     source = args.build_source(args)
     options = ShardOptions(out=args.out, name=args.name, max_count=args.max_count, max_size=args.max_size,
                            short_side=args.short_side, workers=args.workers, overwrite=args.overwrite,
                            progress=not args.no_progress, part=args.part)
-    return make_shards(source, options)
+    return _shard_report(make_shards(source, options), args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,17 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
     try:
-        summary = _run(args)
+        report = _run(args)
     except (LockHeld, MergeError, OutputMismatch, SourceError, OSError) as err:
         log.error("%s", err)
         return 2
     except KeyboardInterrupt:
         log.error("interrupted: finished shards are kept; run the same command again to resume")
         return 130
-    print(f"{summary.num_samples} samples in {summary.num_shards} shards under {summary.out}"
-          f" ({summary.resumed_shards} found finished); "
-          f"{summary.num_rejects} rejected (see {summary.out / 'rejects.jsonl'})", file=sys.stderr)
-    if args.part is not None:
-        print(f"part {args.part} done; when all {args.part.count} are, join them with: "
-              f"make_shards.py merge --out {args.out}", file=sys.stderr)
+    print(report, file=sys.stderr)
     return 0

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 X264_PRESET = "veryfast"
 X264_CRF = 23
@@ -115,9 +116,11 @@ class H264Writer:
                                "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:mbtree=0:"
                                               f"bframes={X264_BFRAMES}:b-adapt=0:b-pyramid=none"}
         self.num_frames = 0
+        self.to_yuv = VideoReformatter()  # one scaler for all frames: setting one up costs more than converting
 
     def add(self, frame: av.VideoFrame) -> None:
-        frame = frame.reformat(width=self.width, height=self.height, format="yuv420p", interpolation="AREA")
+        frame = self.to_yuv.reformat(frame, width=self.width, height=self.height, format="yuv420p",
+                                     interpolation="AREA", threads=1)
         frame.pts, frame.time_base = self.num_frames, 1 / self.rate
         self.container.mux(self.stream.encode(frame))
         self.num_frames += 1

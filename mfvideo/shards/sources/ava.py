@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from mfvideo.shards.items import Item, ItemList
 from mfvideo.shards.sources.common import SourceError, csv_rows, index_files, read_text
 
-_ITEM = re.compile(r"item\s*\{(.*?)\}", re.S)
+# The full list (ava_action_list_v2.2.pbtxt) has `label { name, label_id, label_type }` blocks, the ActivityNet
+# subset (..._for_activitynet_2019.pbtxt) `item { name, id }` ones.
+_ITEM = re.compile(r"\b(?:item|label)\s*\{(.*?)\}", re.S)
 _NAME = re.compile(r'name:\s*"([^"]*)"')
 _ID = re.compile(r"\b(?:label_)?id:\s*(\d+)")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mfvideo.shards.drawing import background, shape_mask, vivid_colour
 from mfvideo.shards.encode import VideoInfo, encode_rgb_frames
 from mfvideo.shards.items import Item, ItemList
 from mfvideo.shards.sources.common import SourceError
@@ -56,34 +57,6 @@ class DemoSource:
         return ItemList(items=items, classes=list(MOTIONS[: self.num_classes]))
 
 
-def _polygon(shape: str, radius: float) -> np.ndarray:
-    """Vertices (N×2, x/y, centred at 0) of a convex polygon, counterclockwise in image coordinates."""
-    if shape == "triangle":
-        angles = np.deg2rad([-90.0, 30.0, 150.0])
-        return radius * np.stack([np.cos(angles), np.sin(angles)], 1)
-    if shape == "bar":
-        return radius * np.array([[-1.0, -0.35], [1.0, -0.35], [1.0, 0.35], [-1.0, 0.35]])
-    return radius * 0.8 * np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
-
-
-def _inside_polygon(xx: np.ndarray, yy: np.ndarray, vertices: np.ndarray) -> np.ndarray:
-    inside = np.ones(xx.shape, dtype=bool)
-    for (x0, y0), (x1, y1) in zip(vertices, np.roll(vertices, -1, axis=0)):
-        inside &= (x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0) >= 0
-    return inside
-
-
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A dim colour gradient with a few faint static blobs (texture that does not move)."""
-    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
-    base = rng.uniform(20, 90, 3) + rng.uniform(-30, 30, 3) * (xx[..., None] * rng.uniform(-1, 1) + yy[..., None])
-    for _ in range(3):
-        cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.2)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        base += blob[..., None] * rng.uniform(-25, 25, 3)
-    return np.clip(base, 0, 255)
-
-
 def _trajectory(motion: str, rng: np.random.Generator, num_frames: int, size: float):
     """Per-frame (centre x, centre y, angle, scale) in pixels/radians for the given motion."""
     progress = np.linspace(0.0, 1.0, num_frames)
@@ -119,21 +92,15 @@ def render_demo_video(seed: int, index: int, motion: str, width: int, height: in
     rng = np.random.default_rng([seed, index])
     num_frames = int(rng.integers(min_frames, max_frames + 1))
     shape = _SHAPES[int(rng.integers(0, 2 if motion.startswith("rotate") else len(_SHAPES)))]
-    colour = rng.uniform(150, 255, 3) * rng.permutation([1.0, rng.uniform(0.3, 1.0), rng.uniform(0.0, 0.6)])
-    background = _background(rng, height, width)
+    colour = vivid_colour(rng)
+    backdrop = background(rng, height, width)
     size = float(min(width, height))
     xs, ys, angles, scales, radius = _trajectory(motion, rng, num_frames, size)
     offset = ((width - size) / 2, (height - size) / 2)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     frames = []
     for x, y, angle, scale in zip(xs, ys, angles, scales):
-        cx, cy = x + offset[0], y + offset[1]
-        if shape == "disc":
-            inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= (radius * scale) ** 2
-        else:
-            rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-            vertices = _polygon(shape, radius * scale) @ rotation.T + (cx, cy)
-            inside = _inside_polygon(xx, yy, vertices)
-        frame = np.where(inside[..., None], colour, background)
+        inside = shape_mask(shape, xx, yy, x + offset[0], y + offset[1], angle, radius * scale)
+        frame = np.where(inside[..., None], colour, backdrop)
         frames.append(frame.astype(np.uint8))
     return encode_rgb_frames(frames, fps)
