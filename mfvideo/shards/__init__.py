@@ -1,7 +1,7 @@
 """Raw datasets → WebDataset tar shards + manifest (format: shards/README.md)."""
 
 from mfvideo.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, sanitize_key
-from mfvideo.shards.sources.ava import AvaSource, parse_action_list
+from mfvideo.shards.sources.ava import AvaSource
 from mfvideo.shards.sources.common import SourceError
 from mfvideo.shards.sources.demo import MOTIONS, DemoSource
 from mfvideo.shards.sources.images import ImageFolderSource
@@ -12,4 +12,4 @@ from mfvideo.shards.writer import (FORMAT_VERSION, MergeError, OutputMismatch, P
 
 __all__ = ["AvaSource", "DemoSource", "EncodeOptions", "FORMAT_VERSION", "ImageFolderSource", "Item", "ItemList",
            "KineticsSource", "MOTIONS", "MergeError", "OutputMismatch", "Part", "Reject", "SSv2Source", "Sample",
-           "ShardOptions", "SourceError", "Summary", "make_shards", "merge_parts", "parse_action_list", "sanitize_key"]
+           "ShardOptions", "SourceError", "Summary", "make_shards", "merge_parts", "sanitize_key"]
