@@ -34,10 +34,11 @@ Box = tuple[float, float, float, float]    # x1, y1, x2, y2 normalised to the fr
 GROUPS = {"PERSON_MOVEMENT": "pose", "OBJECT_MANIPULATION": "object", "PERSON_INTERACTION": "interaction"}
 # Where a list has no label_type (the ActivityNet-2019 60-action list): AVA numbers its 80 actions group by group,
 # 14 pose actions (1 "bend/bow (at the waist)" … 14 "walk"), 49 object manipulations (15 "answer phone" … 63
-# "write"), 17 person interactions (64 "fight/hit (a person)" … 80 "watch (a person)"). Checked against the AVA v2.2
-# action names in order (e.g. jingchen-butlr/AlphAction cursor_readme/AVA_CATEGORIES_ANALYSIS.md) and the
-# label_type of a v2.2 pbtxt entry (57 "text on/look at a cellphone": OBJECT_MANIPULATION); the full official
-# pbtxt was not in the searchable sources, so a list with label_type always takes precedence.
+# "write"), 17 person interactions (64 "fight/hit (a person)" … 80 "watch (a person)"). Checked against public code
+# listing the v2.2 actions in id order with these groups (MVIG-SJTU AlphAction's category notes: 1–14, 15–63,
+# 64–80) and against a quoted entry of ava_action_list_v2.2.pbtxt (57 "text on/look at a cellphone",
+# OBJECT_MANIPULATION); the official pbtxt itself was not among the searchable sources, so label_type, where a list
+# has it, always decides.
 GROUP_ID_RANGES = {"pose": range(1, 15), "object": range(15, 64), "interaction": range(64, 81)}
 
 
@@ -57,7 +58,6 @@ class LabelMap:
         """The action ids files may use alongside this list: 1 to its largest id. Those the list leaves out (20 of
         AVA's 80 for the 60-action list) are dropped where the list applies; ids outside the range are errors."""
         return range(1, max(self.names) + 1)
-
 
 
 class Annotation(NamedTuple):
@@ -204,88 +204,111 @@ def _rows(path: str) -> Iterator[tuple[int, list[str]]]:
             yield line, row
 
 
-def _keyframe(video_id: str, timestamp: str, where: str) -> Keyframe:
+class _BadValue(Exception):
+    """A bad value in a row; the reader adds the file and line (formatted only when there is an error)."""
+
+
+def _keyframe(video_id: str, timestamp: str) -> Keyframe:
+    if not video_id:
+        raise _BadValue("no video_id")
+    try:
+        return video_id, int(timestamp)
+    except ValueError:
+        pass
     try:
         second = float(timestamp)
     except ValueError:
-        raise AvaFormatError(f"{where}: bad timestamp {timestamp!r}") from None
+        raise _BadValue(f"bad timestamp {timestamp!r}") from None
     if not second.is_integer():
-        raise AvaFormatError(f"{where}: timestamp {timestamp!r} is not a whole second (AVA's keyframes are)")
-    if not video_id:
-        raise AvaFormatError(f"{where}: no video_id")
+        raise _BadValue(f"timestamp {timestamp!r} is not a whole second (AVA's keyframes are)")
     return video_id, int(second)
 
 
-def _box(values: list[str], where: str) -> Box:
+def _box(values: list[str]) -> Box:
     try:
-        x1, y1, x2, y2 = (float(v) for v in values)
+        x1, y1, x2, y2 = map(float, values)
     except ValueError:
-        raise AvaFormatError(f"{where}: bad box {values}") from None
+        raise _BadValue(f"bad box {values}") from None
     if not (0.0 <= x1 <= x2 <= 1.0 and 0.0 <= y1 <= y2 <= 1.0):
-        raise AvaFormatError(f"{where}: box {values} is not normalised x1<=x2, y1<=y2 in [0, 1]")
+        raise _BadValue(f"box {values} is not normalised x1<=x2, y1<=y2 in [0, 1]")
     return x1, y1, x2, y2
 
 
-def _integer(value: str, what: str, where: str) -> int:
+def _integer(value: str, what: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise AvaFormatError(f"{where}: bad {what} {value!r}") from None
+        raise _BadValue(f"bad {what} {value!r}") from None
 
 
-def _action(value: str, known: range | None, where: str) -> int:
-    action = _integer(value, "action_id", where)
+def _action(value: str, known: range | None) -> int:
+    action = _integer(value, "action_id")
     if known is not None and action not in known:
-        raise AvaFormatError(f"{where}: unknown action id {action} (known: {known.start}..{known.stop - 1})")
+        raise _BadValue(f"unknown action id {action} (known: {known.start}..{known.stop - 1})")
     return action
 
 
-def _score(value: str, where: str) -> float:
+def _score(value: str) -> float:
     try:
         score = float(value)
     except ValueError:
-        raise AvaFormatError(f"{where}: bad score {value!r}") from None
+        raise _BadValue(f"bad score {value!r}") from None
     if not math.isfinite(score):
-        raise AvaFormatError(f"{where}: score {value!r} is not a finite number")
+        raise _BadValue(f"score {value!r} is not a finite number")
     return score
+
+
+def _annotation(row: list[str], known: range | None) -> Annotation:
+    if len(row) != 8:
+        raise _BadValue("expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,person_id")
+    return Annotation(_keyframe(row[0], row[1]), _box(row[2:6]), _action(row[6], known),
+                      _integer(row[7], "person_id"))
+
+
+def _excluded(row: list[str]) -> Keyframe:
+    if len(row) != 2:
+        raise _BadValue("expected 2 columns video_id,timestamp")
+    return _keyframe(row[0], row[1])
+
+
+def _person_detection(row: list[str]) -> PersonDetection:
+    if len(row) < 7:
+        raise _BadValue("expected video_id,timestamp,x1,y1,x2,y2,[action_id,]score")
+    return PersonDetection(_keyframe(row[0], row[1]), _box(row[2:6]), _score(row[-1]))
+
+
+def _action_detection(row: list[str], known: range | None) -> ActionDetection:
+    if len(row) != 8:
+        raise _BadValue("expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,score"
+                        + (" (no score column?)" if len(row) == 7 else ""))
+    return ActionDetection(_keyframe(row[0], row[1]), _box(row[2:6]), _action(row[6], known), _score(row[7]))
+
+
+def _parsed(path: str, parse, *args) -> Iterator:
+    """`parse(row, *args)` of every row of the CSV file at `path`, errors naming the file and line."""
+    for line, row in _rows(path):
+        try:
+            value = parse(row, *args)
+        except _BadValue as err:
+            raise AvaFormatError(f"{path}:{line}: {err}") from None
+        yield value
 
 
 def read_annotations(path: str, known_actions: range | None = None) -> Iterator[Annotation]:
     """The rows of a ground-truth CSV, in file order; with `known_actions`, other action ids are an error."""
-    for line, row in _rows(path):
-        where = f"{path}:{line}"
-        if len(row) != 8:
-            raise AvaFormatError(f"{where}: expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,person_id")
-        yield Annotation(_keyframe(row[0], row[1], where), _box(row[2:6], where),
-                         _action(row[6], known_actions, where), _integer(row[7], "person_id", where))
+    return _parsed(path, _annotation, known_actions)
 
 
 def read_excluded(path: str) -> set[Keyframe]:
     """The keyframes of an excluded-timestamps CSV."""
-    keyframes = set()
-    for line, row in _rows(path):
-        where = f"{path}:{line}"
-        if len(row) != 2:
-            raise AvaFormatError(f"{where}: expected 2 columns video_id,timestamp")
-        keyframes.add(_keyframe(row[0], row[1], where))
-    return keyframes
+    return set(_parsed(path, _excluded))
 
 
 def read_person_detections(path: str) -> Iterator[PersonDetection]:
     """The rows of a person-detections CSV (score in the last column), in file order."""
-    for line, row in _rows(path):
-        where = f"{path}:{line}"
-        if len(row) < 7:
-            raise AvaFormatError(f"{where}: expected video_id,timestamp,x1,y1,x2,y2,[action_id,]score")
-        yield PersonDetection(_keyframe(row[0], row[1], where), _box(row[2:6], where), _score(row[-1], where))
+    return _parsed(path, _person_detection)
 
 
 def read_action_detections(path: str, known_actions: range | None = None) -> Iterator[ActionDetection]:
     """The rows of an action-detections CSV, in file order; with `known_actions`, other action ids are an error."""
-    for line, row in _rows(path):
-        where = f"{path}:{line}"
-        if len(row) != 8:
-            raise AvaFormatError(f"{where}: expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,score"
-                                 + (" (no score column?)" if len(row) == 7 else ""))
-        yield ActionDetection(_keyframe(row[0], row[1], where), _box(row[2:6], where),
-                              _action(row[6], known_actions, where), _score(row[7], where))
+    return _parsed(path, _action_detection, known_actions)

@@ -132,6 +132,15 @@ def test_a_detection_whose_best_box_is_taken_is_false_even_if_another_box_fits(t
     assert ap(score_detections(truth, found, labels), 12) == pytest.approx(50.0)
 
 
+def test_iou_of_one_half_decides(tmp_path):
+    labels = write_label_map(tmp_path / "map.pbtxt", [12])
+    box = [0.0, 0.0, 0.4, 0.4]
+    truth = truth_of([("m", 902, *box, 12), ("m", 903, *box, 12)])
+    # Shifted right by 0.13: IoU 0.108 / 0.212 = 0.509, a hit; by 0.14: 0.104 / 0.216 = 0.481, a miss.
+    found = detections_of([("m", 903, 0.14, 0.0, 0.54, 0.4, 12, 0.9), ("m", 902, 0.13, 0.0, 0.53, 0.4, 12, 0.8)])
+    assert ap(score_detections(truth, found, labels), 12) == pytest.approx(25.0)   # FP, TP: 1/2 at recall 1/2
+
+
 def test_action_without_ground_truth_is_left_out_of_the_means(tmp_path):
     labels = write_label_map(tmp_path / "map.pbtxt", [1, 12, 64])
     truth = truth_of(HAND_TRUTH + [("m", 902, *A, 1)])
@@ -423,6 +432,25 @@ def test_evaluator_counts_a_repeated_key_once(tmp_path):
     with pytest.raises(ValueError, match=r"keyframe \('movie', 902\) arrived as two samples, 'movie_0902' and "
                                          r"'another_key'"):
         clash.compute()
+
+
+def test_evaluator_on_a_subset_of_keyframes(tmp_path):
+    """A validation pass over every other second: by default the untested keyframes' boxes count as missed; with
+    tested_keyframes_only, the result is that of the subset's own ground truth."""
+    files, samples = evaluation_set(tmp_path)
+    subset = samples[::2]
+    full = AvaEvaluator(**files)
+    feed(full, subset, batch_size=4)
+    tested = AvaEvaluator(**files, tested_keyframes_only=True)
+    feed(tested, subset, batch_size=4)
+    truth_rows, _ = evaluation_data()
+    seconds = {second for _, _, second, *_ in subset}
+    write_rows(tmp_path / "subset_gt.csv", [row for row in truth_rows if row[1] in seconds])
+    expected = evaluate_files(str(tmp_path / "subset_gt.csv"), str(direct_csv(tmp_path / "subset.csv", subset)),
+                              files["label_map"], files["exclusions"]).metrics()
+    assert tested.compute() == expected and expected["num_keyframes"] == 6   # 902, 904, ..., 912
+    on_all = full.compute()
+    assert on_all["num_keyframes"] == 11 and on_all["mAP"] < expected["mAP"] - 10
 
 
 def test_evaluator_checks_the_model_scores_every_action_of_the_label_map(tmp_path):

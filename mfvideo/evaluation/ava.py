@@ -38,7 +38,6 @@ holds before scoring, so `tools/ava_eval.py` on the written file gives the same 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -90,15 +89,20 @@ class AvaResult:
 
     def metrics(self) -> dict[str, Any]:
         """mAP and mAP_<group> in percent (groups without ground truth left out), and what they cover."""
-        scored = {a: r.average_precision for a, r in self.per_action.items() if r.average_precision is not None}
-        metrics: dict[str, Any] = {"mAP": _mean(scored.values()), "num_actions": len(scored),
+        scored = [r.average_precision for r in self.per_action.values() if r.average_precision is not None]
+        metrics: dict[str, Any] = {"mAP": _mean(scored), "num_actions": len(scored),
                                    "num_keyframes": self.num_keyframes,
                                    "num_detected_keyframes": self.num_detected_keyframes}
-        for group in GROUPS.values():
-            values = [ap for a, ap in scored.items() if self.label_map.groups.get(a) == group]
-            if values:
-                metrics[f"mAP_{group}"] = _mean(values)
+        metrics.update((f"mAP_{group}", _mean(values)) for group, values in self._group_aps().items())
         return metrics
+
+    def _group_aps(self) -> dict[str, list[float]]:
+        """The APs of the actions with ground truth, per group that has any, in GROUPS order."""
+        groups: dict[str, list[float]] = {group: [] for group in GROUPS.values()}
+        for action, result in self.per_action.items():
+            if result.average_precision is not None and action in self.label_map.groups:
+                groups[self.label_map.groups[action]].append(result.average_precision)
+        return {group: values for group, values in groups.items() if values}
 
     def per_action_json(self) -> dict[str, dict[str, Any]]:
         """{action id: name, group, AP in percent (null without ground truth), counts}, ascending id."""
@@ -110,12 +114,8 @@ class AvaResult:
     def summary_lines(self) -> list[str]:
         """What tools/ava_eval.py prints: one line per group, the counts, and `mAP@0.5 <value>` last."""
         metrics = self.metrics()
-        lines = []
-        for group in GROUPS.values():
-            if f"mAP_{group}" in metrics:
-                count = sum(1 for a, r in self.per_action.items()
-                            if r.average_precision is not None and self.label_map.groups.get(a) == group)
-                lines.append(f"{group} mAP@0.5 {metrics[f'mAP_{group}']:.4f} ({count} actions)")
+        lines = [f"{group} mAP@0.5 {metrics[f'mAP_{group}']:.4f} ({len(values)} actions)"
+                 for group, values in self._group_aps().items()]
         lines.append(f"{metrics['num_actions']} of {len(self.per_action)} actions have ground truth; "
                      f"{self.num_keyframes} keyframes with ground truth, {self.num_detected_keyframes} with "
                      f"detections")
@@ -123,58 +123,96 @@ class AvaResult:
         return lines
 
 
-def _mean(values) -> float:
-    values = list(values)
+def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values))
 
 
 # ----- scoring ----------------------------------------------------------------------------------------------------
-def _check(keyframe: Keyframe, boxes: np.ndarray, actions: np.ndarray, known: range,
-           scores: Optional[np.ndarray] = None) -> None:
-    """In-memory inputs get the checks the file readers make."""
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or actions.shape != (len(boxes),) or (
-            scores is not None and scores.shape != (len(boxes),)):
-        raise ValueError(f"keyframe {keyframe}: boxes {boxes.shape}, actions {actions.shape}"
-                         + (f", scores {scores.shape}" if scores is not None else "") + " do not match (N×4, N, N)")
-    x1, y1, x2, y2 = boxes.T
-    bad = ~((0 <= x1) & (x1 <= x2) & (x2 <= 1) & (0 <= y1) & (y1 <= y2) & (y2 <= 1))
-    if bad.any():
-        raise ValueError(f"keyframe {keyframe}: box {boxes[bad][0].tolist()} is not normalised x1<=x2, y1<=y2 in "
-                         f"[0, 1]")
-    unknown = (actions < known.start) | (actions >= known.stop)
-    if unknown.any():
-        raise ValueError(f"keyframe {keyframe}: unknown action id {actions[unknown][0]} (known: {known.start}.."
-                         f"{known.stop - 1})")
-    if scores is not None and not np.isfinite(scores).all():
-        raise ValueError(f"keyframe {keyframe}: a score is not a finite number")
+class _Rows(NamedTuple):
+    """The rows of many keyframes in one set of arrays; `owner` is each row's keyframe index."""
+
+    owner: np.ndarray
+    boxes: np.ndarray
+    actions: np.ndarray
+    scores: Optional[np.ndarray]
 
 
-def _iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """N×M intersection over union of x1, y1, x2, y2 boxes, computed as the official np_box_ops.iou."""
-    width = np.maximum(0.0, np.minimum(boxes[:, None, 2], others[None, :, 2]) -
-                       np.maximum(boxes[:, None, 0], others[None, :, 0]))
-    height = np.maximum(0.0, np.minimum(boxes[:, None, 3], others[None, :, 3]) -
-                        np.maximum(boxes[:, None, 1], others[None, :, 1]))
+def _stack(items: Mapping[Keyframe, Any], keyframes: list[Keyframe], index: dict[Keyframe, int], known: range,
+           scored: bool) -> _Rows:
+    """The rows of `items` (KeyframeTruth, or KeyframeDetections when `scored`) in keyframe order, `owner` indexing
+    `keyframes`; checked as the file readers check rows, errors naming the keyframe."""
+    owners, boxes, actions, scores = [], [], [], []
+    for keyframe in sorted(items):
+        item = items[keyframe]
+        count = len(item.actions)
+        if np.shape(item.boxes) != (count, 4) or np.shape(item.actions) != (count,) or (
+                scored and np.shape(item.scores) != (count,)):
+            raise ValueError(f"keyframe {keyframe}: boxes {np.shape(item.boxes)}, actions {np.shape(item.actions)}"
+                             + (f", scores {np.shape(item.scores)}" if scored else "") + " do not match (N×4, N, N)")
+        owners.append(np.full(count, index[keyframe]))
+        boxes.append(item.boxes)
+        actions.append(item.actions)
+        if scored:
+            scores.append(item.scores)
+    rows = _Rows(np.concatenate([np.zeros(0), *owners]).astype(np.int64),
+                 np.concatenate([np.zeros((0, 4)), *boxes]).astype(np.float64),
+                 np.concatenate([np.zeros(0), *actions]).astype(np.int64),
+                 np.concatenate([np.zeros(0), *scores]).astype(np.float64) if scored else None)
+    x1, y1, x2, y2 = rows.boxes.T
+    checks = [(~((0 <= x1) & (x1 <= x2) & (x2 <= 1) & (0 <= y1) & (y1 <= y2) & (y2 <= 1)),
+               lambda i: f"box {rows.boxes[i].tolist()} is not normalised x1<=x2, y1<=y2 in [0, 1]"),
+              ((rows.actions < known.start) | (rows.actions >= known.stop),
+               lambda i: f"unknown action id {rows.actions[i]} (known: {known.start}..{known.stop - 1})")]
+    if scored:
+        checks.append((~np.isfinite(rows.scores), lambda i: f"score {rows.scores[i]} is not a finite number"))
+    for bad, message in checks:
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise ValueError(f"keyframe {keyframes[rows.owner[first]]}: {message(first)}")
+    return rows
+
+
+def _select(rows: _Rows, keep: np.ndarray) -> _Rows:
+    return _Rows(*(None if field is None else field[keep] for field in rows))
+
+
+def _pair_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of boxes[i] and others[i] (x1, y1, x2, y2), computed as the official np_box_ops.iou."""
+    width = np.maximum(0.0, np.minimum(boxes[:, 2], others[:, 2]) - np.maximum(boxes[:, 0], others[:, 0]))
+    height = np.maximum(0.0, np.minimum(boxes[:, 3], others[:, 3]) - np.maximum(boxes[:, 1], others[:, 1]))
     intersection = height * width
     area = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0])
     other_area = (others[:, 3] - others[:, 1]) * (others[:, 2] - others[:, 0])
-    return intersection / (area[:, None] + other_area[None, :] - intersection)
+    return intersection / (area + other_area - intersection)
 
 
-def _true_positives(detected: KeyframeDetections, truth: Optional[KeyframeTruth]) -> np.ndarray:
-    """Which detections (in descending score order) are true positives, by rule 4 of the module docstring."""
-    positive = np.zeros(len(detected.scores), dtype=bool)
-    if truth is None or not len(truth.actions):
+def _true_positives(detected: _Rows, truth: _Rows) -> np.ndarray:
+    """Which detections (sorted by keyframe, then descending score) are true positives, by rule 4 of the module
+    docstring: each is paired with every ground-truth box of its keyframe and action, keeps the best pair (the
+    first of equal ones, boxes in file order), and is a hit at IoU ≥ 0.5; a box is taken by the first hit choosing
+    it, later hits choosing it are false."""
+    stride = int(max(detected.actions.max(initial=0), truth.actions.max(initial=0))) + 1
+    truth_order = np.lexsort((np.arange(len(truth.owner)), truth.actions, truth.owner))
+    truth_keys = (truth.owner * stride + truth.actions)[truth_order]
+    detected_keys = detected.owner * stride + detected.actions
+    first = np.searchsorted(truth_keys, detected_keys, side="left")
+    counts = np.searchsorted(truth_keys, detected_keys, side="right") - first
+    pair_detection = np.repeat(np.arange(len(counts)), counts)
+    pair_starts = np.cumsum(counts) - counts
+    pair_truth = truth_order[first[pair_detection] + np.arange(len(pair_detection)) - pair_starts[pair_detection]]
+    overlaps = _pair_iou(detected.boxes[pair_detection], truth.boxes[pair_truth])
+
+    positive = np.zeros(len(counts), dtype=bool)
+    paired = np.flatnonzero(counts)
+    if not len(paired):
         return positive
-    overlaps = _iou(detected.boxes, truth.boxes)
-    for action in np.intersect1d(detected.actions, truth.actions):
-        rows = np.flatnonzero(detected.actions == action)
-        action_overlaps = overlaps[np.ix_(rows, np.flatnonzero(truth.actions == action))]
-        best = action_overlaps.argmax(axis=1)
-        hits = np.flatnonzero(action_overlaps[np.arange(len(rows)), best] >= IOU_THRESHOLD)
-        # A box is taken by the first (highest-scoring) hit choosing it; later hits choosing it are duplicates.
-        _, first = np.unique(best[hits], return_index=True)
-        positive[rows[hits[first]]] = True
+    best_overlap = np.maximum.reduceat(overlaps, pair_starts[paired])
+    is_best = overlaps == np.repeat(best_overlap, counts[paired])
+    best_pair = np.minimum.reduceat(np.where(is_best, np.arange(len(overlaps)), len(overlaps)), pair_starts[paired])
+    is_hit = best_overlap >= IOU_THRESHOLD
+    # Hits are in keyframe-then-score order, so the first hit choosing a box is the one that takes it.
+    _, taking = np.unique(pair_truth[best_pair[is_hit]], return_index=True)
+    positive[paired[is_hit][taking]] = True
     return positive
 
 
@@ -198,53 +236,42 @@ def score_detections(truth: Mapping[Keyframe, KeyframeTruth], detections: Mappin
     """Per-action AP and means of `detections` against `truth` (see the module docstring)."""
     if max_detections_per_keyframe < 0:
         raise ValueError(f"max_detections_per_keyframe must be ≥ 0 (0 keeps all), got {max_detections_per_keyframe}")
-    known, actions = label_map.known_actions, np.array(list(label_map.names))
-    kept_truth: dict[Keyframe, KeyframeTruth] = {}
-    for keyframe, item in truth.items():
-        _check(keyframe, item.boxes, item.actions, known)
-        keep = np.isin(item.actions, actions)
-        if keyframe not in excluded and keep.any():
-            kept_truth[keyframe] = KeyframeTruth(item.boxes[keep], item.actions[keep])
-    num_truth = dict.fromkeys(label_map.names, 0)
-    for item in kept_truth.values():
-        for action, count in zip(*np.unique(item.actions, return_counts=True)):
-            num_truth[int(action)] += int(count)
-    if not any(num_truth.values()):
+    actions = np.array(list(label_map.names))
+    keyframes = sorted(set(truth) | set(detections))
+    index = {keyframe: number for number, keyframe in enumerate(keyframes)}
+    is_excluded = np.array([keyframe in excluded for keyframe in keyframes], dtype=bool)
+
+    true_rows = _stack(truth, keyframes, index, label_map.known_actions, scored=False)
+    true_rows = _select(true_rows, np.isin(true_rows.actions, actions) & ~is_excluded[true_rows.owner])
+    labels, num_truth = np.unique(true_rows.actions, return_counts=True)
+    if not len(labels):
         raise ValueError(f"no ground truth of the label map's {len(actions)} actions outside the excluded keyframes")
 
-    scored_actions, scored_scores, scored_positive = [], [], []
-    for keyframe in sorted(detections):
-        item = detections[keyframe]
-        _check(keyframe, item.boxes, item.actions, known, item.scores)
-        if keyframe in excluded:
-            continue
-        keep = np.flatnonzero(np.isin(item.actions, actions))
-        order = keep[np.lexsort((keep, -item.scores[keep]))]   # descending score, earlier row first
-        if max_detections_per_keyframe:
-            order = order[:max_detections_per_keyframe]
-        boxes = item.boxes[order]
-        order = order[(boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])]
-        if not len(order):
-            continue
-        kept = KeyframeDetections(item.boxes[order], item.actions[order], item.scores[order])
-        scored_actions.append(kept.actions)
-        scored_scores.append(kept.scores)
-        scored_positive.append(_true_positives(kept, kept_truth.get(keyframe)))
+    found = _stack(detections, keyframes, index, label_map.known_actions, scored=True)
+    rows = np.flatnonzero(np.isin(found.actions, actions) & ~is_excluded[found.owner])
+    # Per keyframe, descending score, the earlier row first (rows are in keyframe order already).
+    rows = rows[np.lexsort((rows, -found.scores[rows], found.owner[rows]))]
+    if max_detections_per_keyframe:
+        owner = found.owner[rows]
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+        rows = rows[rank < max_detections_per_keyframe]
+    boxes = found.boxes[rows]
+    scored = _select(found, rows[(boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])])
+    positive = _true_positives(scored, true_rows)
 
-    all_actions = np.concatenate(scored_actions) if scored_actions else np.zeros(0, dtype=np.int64)
-    all_scores = np.concatenate(scored_scores) if scored_scores else np.zeros(0)
-    all_positive = np.concatenate(scored_positive) if scored_positive else np.zeros(0, dtype=bool)
-    # Per action, descending score; equal scores keep the keyframe-then-row order they were gathered in.
-    order = np.lexsort((np.arange(len(all_scores)), -all_scores, all_actions))
-    all_actions, all_positive = all_actions[order], all_positive[order]
-    starts = np.searchsorted(all_actions, actions, side="left")
-    ends = np.searchsorted(all_actions, actions, side="right")
+    # Per action, descending score; equal scores keep the keyframe-then-row order gathered above.
+    order = np.lexsort((np.arange(len(scored.scores)), -scored.scores, scored.actions))
+    sorted_actions, positive = scored.actions[order], positive[order]
+    starts = np.searchsorted(sorted_actions, actions, side="left")
+    ends = np.searchsorted(sorted_actions, actions, side="right")
+    counts = dict(zip(labels.tolist(), num_truth.tolist()))
     per_action = {}
     for action, start, end in zip(label_map.names, starts, ends):
-        count = num_truth[action]
-        ap = 100.0 * _average_precision(all_positive[start:end], count) if count else None
+        count = counts.get(action, 0)
+        ap = 100.0 * _average_precision(positive[start:end], count) if count else None
         per_action[action] = ActionResult(ap, count, int(end - start))
-    return AvaResult(label_map, per_action, len(kept_truth), len(scored_actions))
+    return AvaResult(label_map, per_action, len(np.unique(true_rows.owner)), len(np.unique(scored.owner)))
 
 
 # ----- files ------------------------------------------------------------------------------------------------------
@@ -272,18 +299,23 @@ def write_detections(path: str | Path, detections: Mapping[Keyframe, KeyframeDet
     as AVA writes them, boxes and scores with DECIMALS decimals; written to a temporary file renamed when complete."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    number = f"{{:.{DECIMALS}f}}".format
+    number = f"{{:.{DECIMALS}f}}"
+    line = f"{{}},{number},{number},{number},{number},{{}},{number}\n".format
     with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
         for video_id, timestamp in sorted(detections):
-            item, second = detections[video_id, timestamp], f"{timestamp:04d}"
-            writer.writerows([video_id, second, *map(number, box), action, number(score)]
-                             for box, action, score in zip(item.boxes.tolist(), item.actions.tolist(),
-                                                           item.scores.tolist()))
+            item = detections[video_id, timestamp]
+            keyframe = f"{_csv_field(video_id)},{timestamp:04d}"
+            handle.write("".join(line(keyframe, *box, action, score) for box, action, score in
+                                 zip(item.boxes.tolist(), item.actions.tolist(), item.scores.tolist())))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def _csv_field(text: str) -> str:
+    """`text` as one CSV field: quoted (quotes doubled) when it holds a comma, a quote or a line break."""
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\r\n') else text
 
 
 def ap_json_path(detections: str | Path) -> Path:
@@ -316,17 +348,20 @@ def _rounded(values: np.ndarray) -> np.ndarray:
 
 class AvaEvaluator:
     """Collects one detection pass; see the module docstring. `primary` is the metric that picks the best
-    checkpoint during training."""
+    checkpoint during training. With `tested_keyframes_only`, ground truth of keyframes no sample came from is left
+    out (a validation pass over a subset of the seconds); by default all of it counts, so a keyframe the loader
+    missed counts as missed, as in the official evaluation."""
 
     primary = "mAP"
 
     def __init__(self, groundtruth: str, label_map: str, exclusions: Optional[str] = None,
-                 max_detections_per_keyframe: int = MAX_DETECTIONS_PER_KEYFRAME):
+                 max_detections_per_keyframe: int = MAX_DETECTIONS_PER_KEYFRAME, tested_keyframes_only: bool = False):
         self.label_map = read_label_map(label_map)
-        self.label_map_path = label_map
+        self._label_map_path = label_map
         self.truth = read_ground_truth(groundtruth, self.label_map)
         self.excluded = read_excluded(exclusions) if exclusions else set()
         self.max_detections_per_keyframe = max_detections_per_keyframe
+        self.tested_keyframes_only = tested_keyframes_only
         self._actions = np.array(list(self.label_map.names), dtype=np.int64)
         self._columns = torch.from_numpy(self._actions - 1)   # column a−1 of the model's scores is action id a
         # key -> (keyframe, boxes R×4 float32, scores R×C float32 for the label map's C actions)
@@ -346,7 +381,7 @@ class AvaEvaluator:
             raise ValueError(f"scores {tuple(scores.shape)}, box_norm {tuple(box_norm.shape)} and box_index "
                              f"({num_rois}) disagree: expected R×A, R×4 and R")
         if scores.shape[1] < int(self._actions[-1]):
-            raise ValueError(f"the model scores {scores.shape[1]} actions but the label map {self.label_map_path} "
+            raise ValueError(f"the model scores {scores.shape[1]} actions but the label map {self._label_map_path} "
                              f"has action id {int(self._actions[-1])}")
         if not len(keys) == len(video_ids) == len(timestamps):
             raise ValueError(f"batch fields disagree on the number of clips: {len(keys)} key, {len(video_ids)} "
@@ -391,7 +426,9 @@ class AvaEvaluator:
             keyframe: KeyframeDetections(np.repeat(_rounded(boxes), num_actions, axis=0),
                                          np.tile(self._actions, len(boxes)), _rounded(scores).reshape(-1))
             for keyframe, boxes, scores in samples.values()}
-        self._result = score_detections(self.truth, self._detections, self.label_map, self.excluded,
+        truth = ({keyframe: self.truth[keyframe] for keyframe in owners if keyframe in self.truth}
+                 if self.tested_keyframes_only else self.truth)
+        self._result = score_detections(truth, self._detections, self.label_map, self.excluded,
                                         self.max_detections_per_keyframe)
         return self._result.metrics()
 
