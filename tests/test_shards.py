@@ -13,8 +13,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from mfvideo.ava_files import read_label_map
 from mfvideo.shards import (AvaSource, DemoSource, ImageFolderSource, KineticsSource, OutputMismatch,
-                            SSv2Source, ShardOptions, SourceError, make_shards, parse_action_list, sanitize_key)
+                            SSv2Source, ShardOptions, SourceError, make_shards, sanitize_key)
 from mfvideo.shards.cli import main as cli_main
 from shards_helpers import AVA_60_IDS, make_ava, make_images, make_kinetics, make_ssv2, write_video
 
@@ -138,7 +139,7 @@ def test_ssv2_labels_from_templates_webm_copied(tmp_path):
 
 def test_ava_one_sample_per_keyframe_with_grouped_boxes(tmp_path):
     data = make_ava(tmp_path / "ava")
-    assert sorted(parse_action_list(str(data["action_list"]))) == AVA_60_IDS and len(AVA_60_IDS) == 60
+    assert list(read_label_map(str(data["action_list"])).names) == AVA_60_IDS and len(AVA_60_IDS) == 60
     source = AvaSource(**{k: str(v) for k, v in data.items()}, min_detection_score=0.5)
     make_shards(source, ShardOptions(out=tmp_path / "o", progress=False))
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())

@@ -2,7 +2,7 @@
 
 from mfvideo.shards.demo_ava import DemoAvaSpec, write_demo_ava
 from mfvideo.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, sanitize_key
-from mfvideo.shards.sources.ava import AvaSource, parse_action_list
+from mfvideo.shards.sources.ava import AvaSource
 from mfvideo.shards.sources.common import SourceError
 from mfvideo.shards.sources.demo import MOTIONS, DemoSource
 from mfvideo.shards.sources.images import ImageFolderSource
@@ -13,5 +13,5 @@ from mfvideo.shards.writer import (FORMAT_VERSION, MergeError, OutputMismatch, P
 
 __all__ = ["AvaSource", "DemoAvaSpec", "DemoSource", "EncodeOptions", "FORMAT_VERSION", "ImageFolderSource", "Item",
            "ItemList", "KineticsSource", "MOTIONS", "MergeError", "OutputMismatch", "Part", "Reject", "SSv2Source",
-           "Sample", "ShardOptions", "SourceError", "Summary", "make_shards", "merge_parts", "parse_action_list",
-           "sanitize_key", "write_demo_ava"]
+           "Sample", "ShardOptions", "SourceError", "Summary", "make_shards", "merge_parts", "sanitize_key",
+           "write_demo_ava"]

@@ -9,48 +9,13 @@ ActivityNet list is what evaluation uses.
 from __future__ import annotations
 
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 
+from mfvideo.ava_files import (AvaFormatError, read_annotations, read_excluded, read_label_map,
+                               read_person_detections)
 from mfvideo.shards.items import Item, ItemList
-from mfvideo.shards.sources.common import SourceError, csv_rows, index_files, read_text
-
-# The full list (ava_action_list_v2.2.pbtxt) has `label { name, label_id, label_type }` blocks, the ActivityNet
-# subset (..._for_activitynet_2019.pbtxt) `item { name, id }` ones.
-_ITEM = re.compile(r"\b(?:item|label)\s*\{(.*?)\}", re.S)
-_NAME = re.compile(r'name:\s*"([^"]*)"')
-_ID = re.compile(r"\b(?:label_)?id:\s*(\d+)")
-
-
-def parse_action_list(path: str) -> dict[int, str]:
-    """AVA action-list pbtxt -> {action id: name}."""
-    actions = {}
-    for block in _ITEM.findall(read_text(path)):
-        name, action_id = _NAME.search(block), _ID.search(block)
-        if not name or not action_id:
-            raise SourceError(f"{path}: item without name or id: {block.strip()!r}")
-        actions[int(action_id.group(1))] = name.group(1)
-    if not actions:
-        raise SourceError(f"{path}: no action items found")
-    return actions
-
-
-def _keyframe(video_id: str, timestamp: str, where: str) -> tuple[str, int]:
-    try:
-        return video_id, int(float(timestamp))
-    except ValueError:
-        raise SourceError(f"{where}: bad timestamp {timestamp!r}") from None
-
-
-def _box(values: list[str], where: str) -> tuple[float, ...]:
-    try:
-        box = tuple(float(v) for v in values)
-    except ValueError:
-        raise SourceError(f"{where}: bad box {values}") from None
-    if not all(0.0 <= v <= 1.0 for v in box) or box[0] > box[2] or box[1] > box[3]:
-        raise SourceError(f"{where}: box {values} is not normalised x1<=x2, y1<=y2 in [0, 1]")
-    return box
+from mfvideo.shards.sources.common import SourceError, index_files
 
 
 @dataclass(frozen=True)
@@ -70,11 +35,14 @@ class AvaSource:
             raise SourceError("ava needs --annotations and/or --detections")
 
     def list_items(self) -> ItemList:
-        actions = parse_action_list(self.action_list)
+        try:
+            actions = read_label_map(self.action_list).names
+            boxes = self._ground_truth(actions) if self.annotations else {}
+            detections = self._detections() if self.detections else {}
+            excluded = read_excluded(self.excluded) if self.excluded else set()
+        except AvaFormatError as err:
+            raise SourceError(str(err)) from None
         classes = [actions.get(i, "") for i in range(1, max(actions) + 1)]
-        boxes = self._ground_truth(actions) if self.annotations else {}
-        detections = self._detections() if self.detections else {}
-        excluded = self._excluded() if self.excluded else set()
         movies = index_files(self.movies)
         items = []
         for video_id, timestamp in sorted((set(boxes) | set(detections)) - excluded):
@@ -95,35 +63,14 @@ class AvaSource:
     def _ground_truth(self, actions: dict[int, str]) -> dict:
         """(video, second) -> {(box, person id): set of action ids}, boxes in order of first appearance."""
         keyframes: dict = defaultdict(dict)
-        for where, row in csv_rows(self.annotations):
-            if len(row) != 8:
-                raise SourceError(f"{where}: expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,person_id")
-            key = _keyframe(row[0], row[1], where)
-            try:
-                action, person = int(row[6]), int(row[7])
-            except ValueError:
-                raise SourceError(f"{where}: bad action_id/person_id {row[6]!r}, {row[7]!r}") from None
-            if action in actions:
-                keyframes[key].setdefault((_box(row[2:6], where), person), set()).add(action)
-        return keyframes
-
-    def _excluded(self) -> set[tuple[str, int]]:
-        keyframes = set()
-        for where, row in csv_rows(self.excluded):
-            if len(row) != 2:
-                raise SourceError(f"{where}: expected 2 columns video_id,timestamp")
-            keyframes.add(_keyframe(row[0], row[1], where))
+        for row in read_annotations(self.annotations):
+            if row.action in actions:
+                keyframes[row.keyframe].setdefault((row.box, row.person), set()).add(row.action)
         return keyframes
 
     def _detections(self) -> dict:
         found: dict = defaultdict(list)
-        for where, row in csv_rows(self.detections):
-            if len(row) < 7:
-                raise SourceError(f"{where}: expected video_id,timestamp,x1,y1,x2,y2,[action_id,]score")
-            try:
-                score = float(row[-1])
-            except ValueError:
-                raise SourceError(f"{where}: bad score {row[-1]!r}") from None
-            if score >= self.min_detection_score:
-                found[_keyframe(row[0], row[1], where)].append((_box(row[2:6], where), score))
+        for row in read_person_detections(self.detections):
+            if row.score >= self.min_detection_score:
+                found[row.keyframe].append((row.box, row.score))
         return found
