@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from mfvideo.shards import AvaSource, parse_action_list
+from mfvideo.ava_files import GROUPS as GROUP_OF_LABEL_TYPE, read_label_map
+from mfvideo.shards import AvaSource
 from mfvideo.shards.cli import main as cli_main
 
 # seed 9: a small set in which every action (and a walker with no one ahead) is checked at least twice
@@ -93,16 +94,19 @@ def test_files_are_laid_out_like_ava_v2_2(dataset):
     full_text = (dataset / "ava_action_list_v2.2.pbtxt").read_text()
     blocks = re.findall(r'label \{\n  name: "([^"]+)"\n  label_id: (\d+)\n  label_type: (\w+)\n\}\n', full_text)
     assert len(blocks) == full_text.count("{") == 8  # every block has the three fields
-    full = parse_action_list(str(dataset / "ava_action_list_v2.2.pbtxt"))
+    full = read_label_map(str(dataset / "ava_action_list_v2.2.pbtxt")).names
     assert full == {int(i): n for n, i, _ in blocks} and sorted(full) == list(range(1, 9))
     group_of = {int(i): t for _, i, t in blocks}
     assert [group_of[i] for i in sorted(full)] == sorted(group_of.values(), key=GROUPS.index)
     assert set(group_of.values()) == set(GROUPS)
-    # the evaluated subset as the ActivityNet file: item { name, id }, fewer actions, every group kept
+    # the evaluated subset as the ActivityNet file's item { name, id } blocks, fewer actions, every group kept, each
+    # action's group stated (the demo's ids do not follow AVA's group ranges)
     subset_text = (dataset / "ava_action_list_v2.2_for_activitynet_2019.pbtxt").read_text()
-    assert subset_text.startswith('item {\n  name: "') and "label_type" not in subset_text
-    subset = parse_action_list(str(dataset / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"))
+    assert subset_text.startswith('item {\n  name: "')
+    subset_map = read_label_map(str(dataset / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"))
+    subset = subset_map.names
     assert subset.items() < full.items() and {group_of[i] for i in subset} == set(GROUPS)
+    assert {i: GROUP_OF_LABEL_TYPE[group_of[i]] for i in subset} == subset_map.groups
     assert (dataset / "ava_included_timestamps_v2.2.txt").read_text().split() == [f"{k:04d}" for k in KEYFRAMES]
 
     videos = {}

@@ -5,7 +5,7 @@ detections named as PySlowFast's), which `make_shards.py ava` turns into shards 
 
     movies/<video_id>.mp4                               H.264, `seconds` long at `fps`, width × height
     ava_action_list_v2.2.pbtxt                          every action: label { name, label_id, label_type }
-    ava_action_list_v2.2_for_activitynet_2019.pbtxt     the evaluated subset: item { name, id }
+    ava_action_list_v2.2_for_activitynet_2019.pbtxt     the evaluated subset: item { name, id, label_type }
     ava_included_timestamps_v2.2.txt                    the keyframe seconds, one per line
     ava_{train,val}_v2.2.csv                            video_id,timestamp,x1,y1,x2,y2,action_id,person_id
     ava_{train,val}_excluded_timestamps_v2.2.csv        video_id,timestamp
@@ -360,7 +360,10 @@ def _annotate(movie: _Movie, spec: DemoAvaSpec, rows: _SplitRows) -> None:
 def _action_lists() -> dict[str, str]:
     full = "".join(f'label {{\n  name: "{a.name}"\n  label_id: {a.id}\n  label_type: {a.group}\n}}\n'
                    for a in ACTIONS)
-    evaluated = "".join(f'item {{\n  name: "{a.name}"\n  id: {a.id}\n}}\n' for a in ACTIONS if a.evaluated)
+    # The official subset has no label_type: the evaluator then groups by AVA's id ranges, which the demo's ids do
+    # not follow, so its subset states each action's group.
+    evaluated = "".join(f'item {{\n  name: "{a.name}"\n  id: {a.id}\n  label_type: {a.group}\n}}\n'
+                        for a in ACTIONS if a.evaluated)
     return {FULL_ACTION_LIST: full, EVALUATED_ACTION_LIST: evaluated}
 
 
