@@ -192,3 +192,20 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
         read_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_classifier_of_another_class_count_loads_all_but_its_head_projection(tmp_path):
+    """K400 → SSv2: the backbone and the head's norm load, the 400-way projection is left at init, and testing
+    (strict) still refuses such weights."""
+    source = build_model(TINY_CLASSIFY, 8, 64)
+    path = tmp_path / "k7.pt"
+    torch.save(source.state_dict(), path)
+    target = build_model(replace(TINY_CLASSIFY, num_classes=5), 8, 64)
+    initial_proj = target.head.proj.weight.clone()
+    report = load_pretrained(target, path, allowed_missing=target.fresh_prefixes)
+    assert sorted(report.replaced) == ["head.proj.bias", "head.proj.weight"]
+    assert torch.equal(target.head.proj.weight, initial_proj)
+    assert torch.equal(target.head.norm.weight, source.head.norm.weight)
+    assert torch.equal(target.backbone.blocks[3].mlp.fc2.weight, source.backbone.blocks[3].mlp.fc2.weight)
+    with pytest.raises(ValueError, match="head.proj.weight"):
+        load_pretrained(build_model(replace(TINY_CLASSIFY, num_classes=5), 8, 64), path)

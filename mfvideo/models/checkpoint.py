@@ -64,10 +64,11 @@ class LoadReport:
     missing: List[str] = field(default_factory=list)       # model keys the checkpoint did not provide
     unexpected: List[str] = field(default_factory=list)    # checkpoint keys (mapped) the model has no place for
     resized: List[str] = field(default_factory=list)       # rel-pos tables interpolated to the model's length
+    replaced: List[str] = field(default_factory=list)      # a new head's tensors of another shape, left at init
 
     def summary(self) -> str:
         parts = [f"{len(self.loaded)} tensors loaded from a {self.source} checkpoint"]
-        for name in ("missing", "unexpected", "resized"):
+        for name in ("missing", "unexpected", "resized", "replaced"):
             keys = getattr(self, name)
             if keys:
                 parts.append(f"{name} ({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}")
@@ -149,8 +150,11 @@ def fit_tensor(key: str, value: torch.Tensor, target: torch.Tensor) -> Tuple[tor
                      "MaskFeat ones false)")
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = False) -> LoadReport:
-    """Map `state` onto `model` (in place). strict: raise when any learned key is missing or unexpected."""
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = False,
+               replaceable: Tuple[str, ...] = ()) -> LoadReport:
+    """Map `state` onto `model` (in place). strict: raise when any learned key is missing or unexpected. Tensors
+    under `replaceable` (a new head) whose shape differs from the model's, e.g. a Kinetics-400 classifier's head
+    loaded for SSv2's 174 classes, keep the model's initialisation (`replaced`, counted as missing)."""
     state, layout = to_mfvideo_layout(state)
     own = model.state_dict()
     report = LoadReport(layout)
@@ -160,6 +164,9 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool
             continue
         if key not in own:
             report.unexpected.append(key)
+            continue
+        if key.startswith(replaceable) and value.shape != own[key].shape:
+            report.replaced.append(key)
             continue
         fitted[key], resized = fit_tensor(key, value, own[key])
         report.loaded.append(key)
@@ -178,8 +185,9 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], allowed_missing: T
     Every tensor of the model must come from the checkpoint except those under `allowed_missing` (a new head,
     which keeps its initialisation); anything else missing is a ValueError naming the file and the tensors, never a
     silent partial load. Classification from a pretraining checkpoint: `mask_token` and `pred_head.*` are
-    unexpected (dropped) and `head.*` is missing — the intended outcome with allowed_missing=("head.",)."""
-    report = load_state(model, read_checkpoint(path))
+    unexpected (dropped) and `head.*` is missing — the intended outcome with allowed_missing=("head.",); from a
+    classifier of another class count, its `head.proj` is replaced (left at init) and the rest of the head loads."""
+    report = load_state(model, read_checkpoint(path), replaceable=allowed_missing)
     missing = [key for key in report.missing if not key.startswith(allowed_missing)]
     if missing:
         raise ValueError(f"checkpoint {path} does not fit the model: {len(missing)} of its "
