@@ -98,7 +98,9 @@ def demo_splits(tmp_path_factory) -> Path:
     recipe.write_text(textwrap.dedent(f"""
         base: {REPO / "recipes" / "demo_ft.yaml"}
         data: {{train: "{root / 'train'}", val: "{root / 'val'}", num_frames: 4, shuffle_buffer: 16, test_clips: 2}}
-        model: {{init: "{root / 'pretrained.pt'}"}}
+        # the Kinetics recipe's augmentation and regularisation, which the demo recipe turns off
+        augment: {{rand_augment: rand-m7-n2-mstd0.5-inc1, erase_prob: 0.25, mixup_alpha: 0.8, cutmix_alpha: 1.0}}
+        model: {{init: "{root / 'pretrained.pt'}", drop_path: 0.1, dropout: 0.5}}
         optim: {{epochs: 2, warmup_epochs: 0.5}}
         train: {{global_batch_size: 8, micro_batch_size: 4, checkpoint_every: 2, log_every: 1, keep_last: 1,
                  eval_every: 1}}
