@@ -25,7 +25,7 @@ import csv
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 Keyframe = tuple[str, int]                 # (video_id, second)
 Box = tuple[float, float, float, float]    # x1, y1, x2, y2 normalised to the frame
@@ -212,15 +212,13 @@ def _keyframe(video_id: str, timestamp: str) -> Keyframe:
     if not video_id:
         raise _BadValue("no video_id")
     try:
-        return video_id, int(timestamp)
-    except ValueError:
-        pass
-    try:
         second = float(timestamp)
     except ValueError:
         raise _BadValue(f"bad timestamp {timestamp!r}") from None
     if not second.is_integer():
         raise _BadValue(f"timestamp {timestamp!r} is not a whole second (AVA's keyframes are)")
+    if second < 0:
+        raise _BadValue(f"timestamp {timestamp!r} is before the movie's start")
     return video_id, int(second)
 
 
@@ -284,29 +282,39 @@ def _action_detection(row: list[str], known: range | None) -> ActionDetection:
     return ActionDetection(_keyframe(row[0], row[1]), _box(row[2:6]), _action(row[6], known), _score(row[7]))
 
 
-def _parsed(path: str, parse, *args) -> Iterator:
-    """`parse(row, *args)` of every row of the CSV file at `path`, errors naming the file and line."""
+BadRow = Callable[[int, str], None]
+"""Called with (line, reason) for a row whose values are bad, which is then skipped: lets a reader that must not stop
+for one row (the shard writer, which records it as a reject) keep going. Without it such a row is an error."""
+
+
+def _parsed(path: str, parse, *args, on_bad_row: BadRow | None = None) -> Iterator:
+    """`parse(row, *args)` of every row of the CSV file at `path`, errors naming the file and line. A file that is
+    not UTF-8 CSV is always an error; a row with bad values goes to `on_bad_row` where one is given."""
     for line, row in _rows(path):
         try:
             value = parse(row, *args)
         except _BadValue as err:
-            raise AvaFormatError(f"{path}:{line}: {err}") from None
+            if on_bad_row is None:
+                raise AvaFormatError(f"{path}:{line}: {err}") from None
+            on_bad_row(line, str(err))
+            continue
         yield value
 
 
-def read_annotations(path: str, known_actions: range | None = None) -> Iterator[Annotation]:
-    """The rows of a ground-truth CSV, in file order; with `known_actions`, other action ids are an error."""
-    return _parsed(path, _annotation, known_actions)
+def read_annotations(path: str, known_actions: range | None = None,
+                     on_bad_row: BadRow | None = None) -> Iterator[Annotation]:
+    """The rows of a ground-truth CSV, in file order; with `known_actions`, other action ids are bad values."""
+    return _parsed(path, _annotation, known_actions, on_bad_row=on_bad_row)
 
 
-def read_excluded(path: str) -> set[Keyframe]:
+def read_excluded(path: str, on_bad_row: BadRow | None = None) -> set[Keyframe]:
     """The keyframes of an excluded-timestamps CSV."""
-    return set(_parsed(path, _excluded))
+    return set(_parsed(path, _excluded, on_bad_row=on_bad_row))
 
 
-def read_person_detections(path: str) -> Iterator[PersonDetection]:
+def read_person_detections(path: str, on_bad_row: BadRow | None = None) -> Iterator[PersonDetection]:
     """The rows of a person-detections CSV (score in the last column), in file order."""
-    return _parsed(path, _person_detection)
+    return _parsed(path, _person_detection, on_bad_row=on_bad_row)
 
 
 def read_action_detections(path: str, known_actions: range | None = None) -> Iterator[ActionDetection]:

@@ -14,8 +14,8 @@ import webdataset as wds
 from PIL import Image
 
 from mfvideo.ava_files import read_label_map
-from mfvideo.shards import (AvaSource, DemoSource, ImageFolderSource, KineticsSource, OutputMismatch,
-                            SSv2Source, ShardOptions, SourceError, make_shards, sanitize_key)
+from mfvideo.shards import (AvaSource, DemoSource, ImageFolderSource, KineticsSource, OutputMismatch, Part,
+                            SSv2Source, ShardOptions, SourceError, make_shards, merge_parts, sanitize_key)
 from mfvideo.shards.cli import main as cli_main
 from shards_helpers import AVA_60_IDS, make_ava, make_images, make_kinetics, make_ssv2, write_video
 
@@ -157,6 +157,50 @@ def test_ava_one_sample_per_keyframe_with_grouped_boxes(tmp_path):
     assert samples["-mov_A1_0005"]["boxes"] == [] and samples["-mov_A1_0005"]["det_scores"] == [0.91]
     assert samples["-mov_A1_0005"]["num_frames"] == 75  # 3.5 s to the movie's end at 6 s
     assert [r["id"] for r in rejects(tmp_path / "o")] == ["missing_movie_0002"]
+
+
+def test_ava_rows_with_bad_values_and_keyframes_outside_the_movie_are_rejects_the_rest_is_used(tmp_path):
+    data = make_ava(tmp_path / "ava")
+    bad = {
+        "-mov_A1,0003,0.5,0.2,0.4,0.9,17,1": "box ['0.5', '0.2', '0.4', '0.9'] is not normalised",  # x2 < x1
+        "-mov_A1,0003,0.2,0.2,0.6,1.2,17,2": "box ['0.2', '0.2', '0.6', '1.2'] is not normalised",
+        "-mov_A1,0003,0.2,0.2,0.6,0.9,81,3": "unknown action id 81 (known: 1..80)",
+        "-mov_A1,0003,0.2,0.2,0.6,0.9,0,3": "unknown action id 0 (known: 1..80)",
+        "-mov_A1,0003,0.2,0.2,0.6,0.9,17": "expected 8 columns",
+        "-mov_A1,-0001,0.2,0.2,0.6,0.9,17,4": "timestamp '-0001' is before the movie's start",
+        "-mov_A1,0003.5,0.2,0.2,0.6,0.9,17,4": "timestamp '0003.5' is not a whole second",
+        "-mov_A1,0007,0.2,0.2,0.6,0.9,17,4": None,  # a valid row whose keyframe is past the 6-s movie's end
+    }
+    lines = data["annotations"].read_text().splitlines()
+    data["annotations"].write_text("\n".join([*lines, *bad]) + "\n")
+    data["detections"].write_text(data["detections"].read_text() + "-mov_A1,0003,0.1,0.1,0.2,0.2\n")
+    data["excluded"].write_text(data["excluded"].read_text() + "-mov_A1\n")
+    source = AvaSource(**{k: str(v) for k, v in data.items()}, min_detection_score=0.5)
+    make_shards(source, ShardOptions(out=tmp_path / "o", progress=False))
+
+    samples = {s["meta"]["id"]: s["meta"] for s in read_samples(tmp_path / "o")}
+    assert list(samples) == ["-mov_A1_0001", "-mov_A1_0002", "-mov_A1_0003", "-mov_A1_0005"]
+    assert samples["-mov_A1_0003"]["boxes"] == [[0.2, 0.2, 0.6, 0.9]] and samples["-mov_A1_0003"]["labels"] == [[17]]
+    found = rejects(tmp_path / "o")
+    expected_rows = [(f"train.csv:{len(lines) + 1 + i}", reason) for i, reason in enumerate(bad.values()) if reason]
+    rows = [(r["id"], r["reason"]) for r in found[:len(expected_rows)]]
+    assert [where for where, _ in rows] == [where for where, _ in expected_rows]
+    assert all(reason.startswith(prefix) for (_, reason), (_, prefix) in zip(rows, expected_rows)), rows
+    assert {r["path"] for r in found[:len(expected_rows)]} == {str(data["annotations"])}
+    assert [(r["id"], r["path"]) for r in found[len(expected_rows):len(expected_rows) + 2]] == [
+        ("detections.csv:4", str(data["detections"])), ("excluded.csv:2", str(data["excluded"]))]
+    outside, missing = found[len(expected_rows) + 2:]
+    assert outside["id"] == "-mov_A1_0007" and outside["reason"].startswith("keyframe 7 s is outside the movie")
+    assert missing["id"] == "missing_movie_0002"
+
+    # split over machines, the listing's rejects are written once and the merged split is the one-machine split
+    for index in range(2):
+        make_shards(source, ShardOptions(out=tmp_path / "parts" / "train", max_count=2, progress=False,
+                                         part=Part(index, 2)))
+    merge_parts(tmp_path / "parts" / "train")
+    make_shards(source, ShardOptions(out=tmp_path / "whole" / "train", max_count=2, progress=False))
+    assert digests(tmp_path / "parts" / "train") == digests(tmp_path / "whole" / "train")
+    assert rejects(tmp_path / "whole" / "train") == found
 
 
 def test_images_become_single_frame_jpegs(tmp_path):

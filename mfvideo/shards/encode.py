@@ -171,6 +171,7 @@ class Cut:
     data: bytes
     info: VideoInfo
     start: float  # movie time (s) of the cut's first frame
+    last: float   # and of its last
 
 
 def cut_video(path: str, start: float, end: float, short_side: int | None) -> Cut:
@@ -197,4 +198,4 @@ def cut_video(path: str, start: float, end: float, short_side: int | None) -> Cu
                 yield frame
 
         data, info = encode_frames(span(), rate, short_side, f"no frame between {start:.3f}s and {end:.3f}s")
-        return Cut(data=data, info=info, start=round(times[0], 6))
+        return Cut(data=data, info=info, start=round(times[0], 6), last=round(times[-1], 6))

@@ -30,6 +30,7 @@ class Item:
 class ItemList:
     items: list[Item]
     classes: list[str]  # names in label order
+    rejects: list[Reject] = field(default_factory=list)  # inputs refused while listing (a bad annotation row)
 
 
 @dataclass(frozen=True)

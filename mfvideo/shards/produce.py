@@ -44,6 +44,10 @@ def _produce_clip(item: Item, options: EncodeOptions) -> tuple[str, bytes, dict]
         raise VideoError("missing file")
     cut = cut_video(item.path, item.params["start"], item.params["end"], options.short_side)
     keyframe = item.params["keyframe"]
+    half_frame = 0.5 / cut.info.fps
+    if not cut.start - half_frame <= keyframe <= cut.last + half_frame:
+        raise VideoError(f"keyframe {keyframe} s is outside the movie: the frames around it run from {cut.start} s "
+                         f"to {cut.last} s")
     return "mp4", cut.data, {**cut.info.as_json(), "keyframe_sec": round(keyframe - cut.start, 6)}
 
 

@@ -404,7 +404,10 @@ def _write(source: Source, options: ShardOptions, directory: Path, fingerprint: 
         shards.abandon()
         raise
 
-    rejects = [reject for record in shards.records for reject in record.rejects] + shards.pending_rejects
+    # The listing's rejects go first, with the first part, so that merged parts give a one-machine run's file.
+    first_part = options.part is None or options.part.index == 0
+    listed = [reject.as_json() for reject in listing.rejects] if first_part else []
+    rejects = listed + [reject for record in shards.records for reject in record.rejects] + shards.pending_rejects
     write_atomic(directory / "rejects.jsonl",
                  b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in rejects))
     manifest = _manifest(fingerprint, listing.classes, [_shard_entry(r) for r in shards.records])

@@ -4,6 +4,12 @@ Labels are the original AVA action ids (1-based, as in the CSV and the pbtxt); t
 name of action id i+1 ("" for ids the action list leaves out). Actions outside the list are dropped from a box,
 and a box left without actions is dropped: pass the full 80-class list for training shards; the 60-class
 ActivityNet list is what evaluation uses.
+
+A CSV row with bad values (a box outside [0, 1] or with x2 < x1, an action id outside 1..the list's largest, a
+timestamp that is not a whole second ≥ 0, a detection without a score, a wrong number of columns) is left out and
+recorded as a reject naming its file and line; the rest of the file is used. A file that is not UTF-8 CSV, or an
+action list that does not parse, stops the job before any work. A keyframe outside its movie is rejected when its
+clip is cut.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 
-from mfvideo.ava_files import (AvaFormatError, read_annotations, read_excluded, read_label_map,
+from mfvideo.ava_files import (AvaFormatError, BadRow, LabelMap, read_annotations, read_excluded, read_label_map,
                                read_person_detections)
-from mfvideo.shards.items import Item, ItemList
+from mfvideo.shards.items import Item, ItemList, Reject
 from mfvideo.shards.sources.common import SourceError, index_files
 
 
@@ -35,13 +41,20 @@ class AvaSource:
             raise SourceError("ava needs --annotations and/or --detections")
 
     def list_items(self) -> ItemList:
+        rejects: list[Reject] = []
+
+        def reject_row(path: str) -> BadRow:
+            name = os.path.basename(path)
+            return lambda line, reason: rejects.append(Reject(f"{name}:{line}", path, reason))
+
         try:
-            actions = read_label_map(self.action_list).names
-            boxes = self._ground_truth(actions) if self.annotations else {}
-            detections = self._detections() if self.detections else {}
-            excluded = read_excluded(self.excluded) if self.excluded else set()
+            label_map = read_label_map(self.action_list)
+            boxes = self._ground_truth(label_map, reject_row(self.annotations)) if self.annotations else {}
+            detections = self._detections(reject_row(self.detections)) if self.detections else {}
+            excluded = read_excluded(self.excluded, reject_row(self.excluded)) if self.excluded else set()
         except AvaFormatError as err:
             raise SourceError(str(err)) from None
+        actions = label_map.names
         classes = [actions.get(i, "") for i in range(1, max(actions) + 1)]
         movies = index_files(self.movies)
         items = []
@@ -58,19 +71,19 @@ class AvaSource:
             path = movies.get(video_id) or os.path.join(self.movies, video_id + ".mp4")
             params = {"start": timestamp - self.half_span, "end": timestamp + self.half_span, "keyframe": timestamp}
             items.append(Item(id=f"{video_id}_{timestamp:04d}", kind="clip", path=path, extra=extra, params=params))
-        return ItemList(items=items, classes=classes)
+        return ItemList(items=items, classes=classes, rejects=rejects)
 
-    def _ground_truth(self, actions: dict[int, str]) -> dict:
+    def _ground_truth(self, label_map: LabelMap, on_bad_row: BadRow) -> dict:
         """(video, second) -> {(box, person id): set of action ids}, boxes in order of first appearance."""
         keyframes: dict = defaultdict(dict)
-        for row in read_annotations(self.annotations):
-            if row.action in actions:
+        for row in read_annotations(self.annotations, label_map.known_actions, on_bad_row):
+            if row.action in label_map.names:
                 keyframes[row.keyframe].setdefault((row.box, row.person), set()).add(row.action)
         return keyframes
 
-    def _detections(self) -> dict:
+    def _detections(self, on_bad_row: BadRow) -> dict:
         found: dict = defaultdict(list)
-        for row in read_person_detections(self.detections):
+        for row in read_person_detections(self.detections, on_bad_row):
             if row.score >= self.min_detection_score:
                 found[row.keyframe].append((row.box, row.score))
         return found
