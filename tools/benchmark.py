@@ -35,6 +35,15 @@ def main() -> None:
     finetune.add_argument("--size", dest="sizes", nargs=3, action="append", metavar=("ARCH", "FRAMES", "CROP"),
                           help="model and clip size, repeatable (default: mvit_s 8 112 on CPU, mvit_s 16 224 on GPU)")
 
+    detect = sub.add_parser("detect", help="detection step time per clip, full-frame test clips/s, RoIAlign")
+    detect.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per measurement")
+    detect.add_argument("--batch", type=int, default=4, help="micro-batch")
+    detect.add_argument("--rois", type=int, default=4, help="boxes per clip")
+    detect.add_argument("--size", dest="sizes", nargs=4, action="append",
+                        metavar=("ARCH", "FRAMES", "CROP", "TEST_SHORT_SIDE"),
+                        help="model, training clip size and test short side, repeatable (default: mvit_s 8 112 112 "
+                             "on CPU, mvit_s 16 224 256 on GPU)")
+
     args = parser.parse_args()
     # Imported after parsing so `--help` stays instant and each benchmark loads only its own stage.
     if args.which == "shards":
@@ -43,6 +52,8 @@ def main() -> None:
         from mfvideo.benchmarks.data import run
     elif args.which == "finetune":
         from mfvideo.benchmarks.finetune import run
+    elif args.which == "detect":
+        from mfvideo.benchmarks.detect import run
     else:
         from mfvideo.benchmarks.model import run
     run(args)

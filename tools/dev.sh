@@ -65,18 +65,27 @@ case "$cmd" in
     exec "$venv/bin/python" tools/test.py recipes/demo_ft.yaml model.init=outputs/demo_ft/model.pt ;;
   demo-ava)
     # Action detection on the CPU: a procedural dataset laid out like AVA v2.2 (shards/demo_ava/ava: movies, CSVs,
-    # label maps, excluded timestamps, person detections), then its train and val shards made from those files the
-    # way real AVA's are (shards/demo_ava/{train,val}). Rerun, the dataset is rewritten to the same bytes and the
-    # finished shards are kept.
+    # label maps, excluded timestamps, person detections), its train and val shards made from those files the way
+    # real AVA's are (shards/demo_ava/{train,val}), the detector trained on them (recipes/demo_ava_ft.yaml,
+    # outputs/demo_ava), tested (tools/test.py: detections.csv and the mAP) and the written detections scored again
+    # by the standalone evaluator, as one scores any AVA detections file. Every step resumes: the dataset is
+    # rewritten to the same bytes, finished shards are kept and training continues from its last checkpoint
+    # (delete outputs/demo_ava to train again from scratch).
     ava=shards/demo_ava/ava
-    "$venv/bin/python" tools/make_shards.py demo-ava --out "$ava" --num-movies 40 --val-movies 8 --seconds 10 \
-      --width 128 --height 96 --seed 0
+    "$venv/bin/python" tools/make_shards.py demo-ava --out "$ava" --num-movies 90 --val-movies 30 --seconds 6 \
+      --width 96 --height 72 --seed 0
     for split in train val; do
       "$venv/bin/python" tools/make_shards.py ava --action-list "$ava/ava_action_list_v2.2.pbtxt" \
         --movies "$ava/movies" --annotations "$ava/ava_${split}_v2.2.csv" \
         --excluded "$ava/ava_${split}_excluded_timestamps_v2.2.csv" \
-        --detections "$ava/ava_${split}_predicted_boxes.csv" --out "shards/demo_ava/$split"
-    done ;;
+        --detections "$ava/ava_${split}_predicted_boxes.csv" --max-count 24 --out "shards/demo_ava/$split"
+    done
+    "$venv/bin/python" tools/train.py recipes/demo_ava_ft.yaml
+    "$venv/bin/python" tools/test.py recipes/demo_ava_ft.yaml model.init=outputs/demo_ava/model.pt
+    exec "$venv/bin/python" tools/ava_eval.py --groundtruth "$ava/ava_val_v2.2.csv" \
+      --detections outputs/demo_ava/test/detections.csv \
+      --labelmap "$ava/ava_action_list_v2.2_for_activitynet_2019.pbtxt" \
+      --exclusions "$ava/ava_val_excluded_timestamps_v2.2.csv" ;;
   setup) ;;
   *) echo "usage: tools/dev.sh {test|demo|demo-ava|setup} [args]" >&2; exit 2 ;;
 esac
