@@ -148,6 +148,8 @@ def _detection_values(recipe: Recipe) -> list[str]:
                      for key in ("label_map", "val_groundtruth") if not getattr(detection, key)]
     if recipe.train.eval_every and not data.val:
         problems.append(f"train.eval_every={recipe.train.eval_every} but data.val is not set")
+    if data.val and detection.label_map and detection.val_groundtruth:
+        problems += _evaluation_file_problems(recipe)
     splits = [("data.train", data.train, data.train_manifest)]
     if data.val:
         splits.append(("data.val", data.val, data.val_manifest))
@@ -161,6 +163,24 @@ def _detection_values(recipe: Recipe) -> list[str]:
             problems.append(f"model.num_classes={recipe.model.num_classes} but {key}={pattern!r} has "
                             f"{len(classes)} action ids in its manifest (AVA: 80)")
     return problems
+
+
+def _evaluation_file_problems(recipe: Recipe) -> list[str]:
+    """The AVA evaluation's files read now, as the evaluator reads them, so that a bad row stops the job before
+    training rather than at its first validation."""
+    from mfvideo.ava_files import AvaFormatError
+    from mfvideo.evaluation.ava import AvaEvaluator
+
+    detection = recipe.data.detection
+    try:
+        evaluator = AvaEvaluator(detection.val_groundtruth, detection.label_map, detection.val_excluded)
+    except (OSError, AvaFormatError) as err:
+        return [f"data.detection: {err}"]
+    largest = max(evaluator.label_map.names)
+    if largest > recipe.model.num_classes:
+        return [f"model.num_classes={recipe.model.num_classes} but data.detection.label_map="
+                f"{detection.label_map!r} evaluates action id {largest}"]
+    return []
 
 
 @dataclass(frozen=True)

@@ -192,3 +192,17 @@ def test_values_detection_cannot_use_stop_before_any_work(demo_ava, tmp_path):
             for phrase in phrases:
                 assert phrase in proc.stderr, (script, phrase, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_a_bad_row_of_the_evaluation_files_stops_training_before_any_work(demo_ava, tmp_path):
+    """Found when the recipe is checked, not at the first validation hours later."""
+    truth = tmp_path / "val_groundtruth.csv"
+    rows = (demo_ava / "ava" / "ava_val_v2.2.csv").read_text().splitlines()
+    truth.write_text("\n".join([*rows, rows[0].split(",")[0] + ",0002,0.5,0.1,0.4,0.9,1,0"]) + "\n")
+    out = tmp_path / "never"
+    for script in ("tools/train.py", "tools/test.py"):
+        proc = _run([sys.executable, script, str(demo_ava / "ava.yaml"), f"train.output_dir={out}",
+                     f"data.detection.val_groundtruth={truth}", f"model.init={tmp_path / 'x.pt'}"])
+        assert proc.returncode == 2, (script, proc.stderr[-2000:])
+        assert f"{truth}:{len(rows) + 1}: box" in proc.stderr, (script, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and not out.exists()
