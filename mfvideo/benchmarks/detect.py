@@ -17,13 +17,13 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import time
 from dataclasses import replace
 
 import numpy as np
 import torch
 
 from mfvideo.benchmarks.report import write_section
+from mfvideo.benchmarks.timing import best_seconds
 from mfvideo.config.schema import ModelConfig
 from mfvideo.data.loader import build_test_loader
 from mfvideo.models.detector import ROI_SIZE, SAMPLING_RATIO
@@ -35,14 +35,6 @@ FRAME_ASPECT = 16 / 9          # AVA's movies are mostly 16:9; test frames keep 
 STRIDE = 16                    # model.detection_stride of the AVA recipes
 AVA_MICRO_BATCH, AVA_CROP = 8, 224  # train.micro_batch_size and data.crop_size of recipes/ava_mvit_s_ft.yaml
 PAD_MULTIPLE = inspect.signature(build_test_loader).parameters["pad_multiple"].default  # what tools/test.py pads to
-
-
-def _seconds(fn, device: torch.device) -> float:
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def person_boxes(clips: int, height: int, width: int, rois: int, rng: np.random.Generator,
@@ -68,20 +60,6 @@ def detection_batch(clips: int, frames: int, height: int, width: int, rois: int,
 
 def padded(length: int) -> int:
     return math.ceil(length / PAD_MULTIPLE) * PAD_MULTIPLE
-
-
-def _best(jobs: dict, repeats: int, device: torch.device, before=lambda name: None) -> dict:
-    """Best time of each job over `repeats` interleaved rounds (so load changes hit every measurement alike), after
-    one warm-up run each (allocations, kernel choices). `before(name)` runs untimed before each timed run."""
-    for name, job in jobs.items():
-        before(name)
-        job()
-    timings = {name: [] for name in jobs}
-    for _ in range(repeats):
-        for name, job in jobs.items():
-            before(name)
-            timings[name].append(_seconds(job, device))
-    return {name: min(values) for name, values in timings.items()}
 
 
 def measure_model(arch: str, frames: int, crop: int, test_short_side: int, batch: int, rois: int, repeats: int,
@@ -110,7 +88,7 @@ def measure_model(arch: str, frames: int, crop: int, test_short_side: int, batch
         with torch.autocast(**autocast):
             model(test_batch)
 
-    best = _best({"train": train_step, "test": test_forward}, repeats, device,
+    best = best_seconds({"train": train_step, "test": test_forward}, repeats, device,
                  before=lambda name: model.train(name == "train"))
     return dict(best, test_size=(test_height, test_width), channels=model.backbone.dim_out)
 
@@ -142,7 +120,7 @@ def measure_roi_align(clips: int, channels: int, height: int, width: int, rois: 
     jobs = {}
     for name, fn in aligners.items():
         jobs[name, "fwd"], jobs[name, "fwdbwd"] = forward(fn), forward_backward(fn)
-    return _best(jobs, repeats, device)
+    return best_seconds(jobs, repeats, device)
 
 
 def run(args) -> None:

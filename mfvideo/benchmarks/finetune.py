@@ -12,30 +12,19 @@ Measured in one process, interleaved rounds, best of each (the machines are shar
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 
 import numpy as np
 import torch
 
 from mfvideo.benchmarks.report import write_section
+from mfvideo.benchmarks.timing import best_seconds
 from mfvideo.config.schema import ModelConfig
 from mfvideo.data.augment import RandAugment
 from mfvideo.data.batch import MixupCutmix, RandomErasing
 from mfvideo.tasks import build_model
 
 NUM_CLASSES = 400
-
-
-def _best_seconds(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def measure(arch: str, frames: int, crop: int, batch: int, repeats: int, device: torch.device) -> dict:
@@ -68,17 +57,11 @@ def measure(arch: str, frames: int, crop: int, batch: int, repeats: int, device:
         with torch.autocast(**autocast):
             model({"video": video})
 
-    model.train()
-    train_step()  # warm-up: allocations, kernel choices
-    timings = {"rand_augment": [], "batch_ops": [], "train": [], "test": []}
-    for _ in range(repeats):  # interleaved, so load changes hit every measurement alike
-        timings["rand_augment"].append(_best_seconds(lambda: [rand_augment(clip, rng) for _ in range(8)], 1) / 8)
-        timings["batch_ops"].append(_best_seconds(batch_ops, 1) / batch)
-        model.train()
-        timings["train"].append(_best_seconds(train_step, 1) / batch)
-        model.eval()
-        timings["test"].append(_best_seconds(test_forward, 1) / batch)
-    return {name: min(values) for name, values in timings.items()}
+    jobs = {"rand_augment": lambda: [rand_augment(clip, rng) for _ in range(8)], "batch_ops": batch_ops,
+            "train": train_step, "test": test_forward}
+    best = best_seconds(jobs, repeats, device, before=lambda name: model.train(name != "test"))
+    per_clip = {name: best[name] / batch for name in ("batch_ops", "train", "test")}
+    return {"rand_augment": best["rand_augment"] / 8, **per_clip}
 
 
 def run(args) -> None:

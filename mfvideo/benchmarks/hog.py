@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import time
 from typing import Callable
 
 import av
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from skimage import data as skimage_data
 
+from mfvideo.benchmarks.timing import best_seconds
 from mfvideo.config.schema import DataConfig
 from mfvideo.data.transforms import Normalise
 from mfvideo.targets.hog import HogTarget, hog_reference
@@ -84,21 +84,6 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
     return max(itertools.accumulate((change for _, change in changes), initial=0))
 
 
-def best_seconds(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Best wall time of each function over `repeats` rounds, the functions interleaved in each round."""
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def benchmark_hog(batch: int = 2, frames: int = 16, size: int = 224, repeats: int = 5,
                   device: str = "cpu") -> dict:
     """Time and peak memory of HogTarget and hog_reference on the same decoded clip batch, and the share of
@@ -109,8 +94,6 @@ def benchmark_hog(batch: int = 2, frames: int = 16, size: int = 224, repeats: in
     inexact = {"pixels": inexact_fraction(target(video), video),
                "normalised": inexact_fraction(target(normalise(video)), video)}
     fns = {"hog": lambda: target(video), "reference": lambda: hog_reference(video)}
-    for fn in fns.values():   # warm-up
-        fn()
     seconds = best_seconds(fns, repeats, dev)
     peaks = {name: peak_memory_bytes(fn, dev) for name, fn in fns.items()}
     target_frames = frames // target.temporal_stride if frames > 1 else 1
