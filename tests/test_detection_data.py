@@ -339,6 +339,7 @@ def test_padding_moves_no_pixel_and_no_box(shards):
     for clip, key in enumerate(batch["key"]):
         alone = singles[key]["video"][0]
         height, width = alone.shape[-2:]
+        assert batch["video_size"][clip] == singles[key]["video_size"][0] == [height, width]
         assert torch.equal(batch["video"][clip, :, :, :height, :width], alone)
         assert torch.allclose(batch["video"][clip, :, :, height:], torch.tensor(black))
         assert torch.allclose(batch["video"][clip, :, :, :, width:], torch.tensor(black))

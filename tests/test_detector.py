@@ -173,6 +173,30 @@ def test_a_boxs_scores_come_from_its_own_clip():
     torch.testing.assert_close(same[1], same[0], atol=1e-6, rtol=0)
 
 
+def test_a_clips_scores_do_not_depend_on_the_size_of_its_batch_mates():
+    """Full test frames of movies of other aspect ratios share a batch, padded to the largest (mfvideo.data.collate);
+    with `video_size` the detector sees each clip at its own size rounded up to the stride, as in a batch alone."""
+    model = tiny_detector()
+    sizes = [(72, 96), (72, 128), (64, 96)]   # 4:3 and 16:9 frames; 72 is not a multiple of 16
+    clips = [clip_batch(1, 4, h, w)[0] for h, w in sizes]
+    boxes, box_index = [[8, 4, 56, 60], [0, 0, 96, 72], [30, 10, 120, 70], [4, 4, 90, 60]], [1, 0, 1, 2]
+
+    def packed(members, multiple=32):  # as pack_clips pads: right and bottom, to the largest, to a multiple
+        height = -(-max(clip.shape[-2] for clip in members) // multiple) * multiple
+        width = -(-max(clip.shape[-1] for clip in members) // multiple) * multiple
+        video = torch.zeros(len(members), 3, 4, height, width)
+        for row, clip in zip(video, members):
+            row[:, :, :clip.shape[-2], :clip.shape[-1]] = clip
+        return video
+
+    alone = torch.cat([model({**detection_batch(packed([clips[i]]), [box], [0]), "video_size": [sizes[i]]})["scores"]
+                       for box, i in zip(boxes, box_index)])
+    together = detection_batch(packed(clips), boxes, box_index)
+    torch.testing.assert_close(model({**together, "video_size": sizes})["scores"], alone, atol=1e-5, rtol=0)
+    # without the sizes the padding to the 128-wide clip reaches the others' every token (attention is global)
+    assert not torch.allclose(model(together)["scores"][1], alone[1], atol=1e-3)
+
+
 def test_the_head_reads_only_the_features_under_a_box():
     torch.manual_seed(0)
     head = DetectionHead(8, NUM_CLASSES, 0.0, 1 / 16).eval()
@@ -262,4 +286,6 @@ def test_bad_detection_batches_are_named():
         model({"video": video, "boxes": torch.zeros(1, 4), "box_index": torch.zeros(1)})
     with pytest.raises(ValueError, match=f"box_labels must be R×{NUM_CLASSES}"):
         model({**detection_batch(video, [[0, 0, 1, 1]], [0]), "box_labels": torch.zeros(1, 80)})
+    with pytest.raises(ValueError, match="video_size has 2 sizes for the 1 clips"):
+        model({**detection_batch(video, [[0, 0, 1, 1]], [0]), "video_size": [(64, 64), (64, 64)]})
 

@@ -13,7 +13,8 @@ keys). A task asks for more by name (`FIELDS`):
   `boxes` float32 R×4, (x1, y1, x2, y2) in pixels of the batch's `video`; `box_index` int64 R, the row of `video`
   each RoI belongs to; `box_labels` float32 R×A multi-hot over the action ids (column a − 1 = id a; an all-zero row
   is a negative); `box_norm` float32 R×4, the RoI normalised to the keyframe's full frame; `video_id` list[str] B
-  and `timestamp` int64 B, the keyframe of each clip.
+  and `timestamp` int64 B, the keyframe of each clip; `video_size` list[[height, width]] B, each clip's own size
+  in `video` (the rest of its row is padding to its batch mates' size; a host list, read without a device sync).
 
 `video` is the clips packed as they are; clips of different sizes (detection test batches: full frames) are padded
 at the right and bottom to the largest height and width, rounded up to `pad_multiple` (`pack_clips`), which moves
@@ -69,7 +70,8 @@ def _boxes(items: Sequence[Item]) -> dict[str, Any]:
             "box_norm": torch.cat([r.normalised for r in rois]),
             # both read and checked by the clip maker (mfvideo.data.boxes.KeyframeAnnotation)
             "video_id": [sample.meta["video_id"] for sample, _ in items],
-            "timestamp": torch.tensor([sample.meta["timestamp"] for sample, _ in items], dtype=torch.int64)}
+            "timestamp": torch.tensor([sample.meta["timestamp"] for sample, _ in items], dtype=torch.int64),
+            "video_size": [list(clip.video.shape[2:]) for _, clip in items]}
 
 
 FIELDS: dict[str, Callable[[Sequence[Item]], dict[str, Any]]] = {

@@ -97,6 +97,11 @@ class Detector(BackboneLayerIds, nn.Module):
     batch["boxes"] (float R×4, x1, y1, x2, y2 in pixels of `video`), batch["box_index"] (int64 R, each box's clip)
     and, for the loss, batch["box_labels"] (R×num_classes multi-hot). Without box_labels there is no "loss".
 
+    With batch["video_size"] (B [height, width] pairs, each clip's own size in `video`), each clip is seen at its own
+    size rounded up to the output stride, not at the batch's: attention is global, so padding to a wider batch mate
+    would change every token of a clip, and its scores would depend on what it was batched with (full test frames
+    of movies of other aspect ratios). Clips of one size run together.
+
     `stride` (DETECTION_STRIDES) is the grid the RoI head reads: 16 (default) removes the last-stage Q stride from
     `cfg`, as MaskFeat pretraining; 32 keeps MViT's own. The RoI spatial scale is 1 / stride."""
 
@@ -112,15 +117,48 @@ class Detector(BackboneLayerIds, nn.Module):
             raise ValueError(f"{cfg.name}: its output stride is {cfg.output_stride[1:]}, not {stride} (patch stride "
                              f"{cfg.patch_stride[1:]}, Q strides at blocks {cfg.q_stride_blocks})")
         self.num_classes = num_classes
+        self.stride = stride
         self.backbone = MViT(cfg, input_size)
         # not "head": a classifier checkpoint's head (another width of Linear) must not load into it
         self.roi_head = DetectionHead(self.backbone.dim_out, num_classes, dropout, 1.0 / stride)
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         check_batch(batch, self.num_classes)
-        x, grid = self.backbone(batch["video"])
-        logits = self.roi_head(x, grid, batch["boxes"], batch["box_index"]).float()
+        video, boxes, box_index = batch["video"], batch["boxes"], batch["box_index"]
+        groups = self._size_groups(batch)
+        if len(groups) == 1 and next(iter(groups)) == tuple(video.shape[-2:]):
+            x, grid = self.backbone(video)
+            logits = self.roi_head(x, grid, boxes, box_index)
+        else:
+            parts, order = [], []
+            for (height, width), clip_list in groups.items():
+                clips = torch.tensor(clip_list, device=video.device)
+                in_group = torch.isin(box_index, clips)
+                position = torch.full((video.shape[0],), -1, dtype=torch.int64, device=video.device)
+                position[clips] = torch.arange(len(clips), device=video.device)
+                x, grid = self.backbone(video[clips, :, :, :height, :width])
+                parts.append(self.roi_head(x, grid, boxes[in_group], position[box_index[in_group]]))
+                order.append(in_group.nonzero().squeeze(1))
+            logits = torch.cat(parts)[torch.argsort(torch.cat(order))]
+        logits = logits.float()
         out = {"scores": torch.sigmoid(logits), "logits": logits}
         if "box_labels" in batch:
             out["loss"] = multilabel_bce(logits, batch["box_labels"])
         return out
+
+    def _size_groups(self, batch: Dict[str, torch.Tensor]) -> Dict[tuple, list]:
+        """(height, width) -> the clips seen at that size: each clip's `video_size` rounded up to the output stride
+        (within `video`); without `video_size`, every clip at the whole video's size."""
+        video = batch["video"]
+        limit = tuple(video.shape[-2:])
+        sizes = batch.get("video_size")
+        if sizes is None:
+            return {limit: list(range(video.shape[0]))}
+        if len(sizes) != video.shape[0]:
+            raise ValueError(f"detection batch: video_size has {len(sizes)} sizes for the {video.shape[0]} clips of "
+                             f"video")
+        groups: Dict[tuple, list] = {}
+        for clip, size in enumerate(sizes):
+            seen = tuple(min(-(-int(side) // self.stride) * self.stride, most) for side, most in zip(size, limit))
+            groups.setdefault(seen, []).append(clip)
+        return groups
