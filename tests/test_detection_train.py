@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -18,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch_helpers import REPO, child_env, signal_after_step
+from launch_helpers import REPO, deepspeed_command, run_command, signal_after_step, torchrun_command
 from mfvideo.ava_files import read_label_map
 from mfvideo.config import load_recipe
-from mfvideo.engine.distributed import free_port
 from mfvideo.engine.monitor import read_metrics
 from mfvideo.tasks import build_model
 
@@ -34,23 +32,6 @@ VAL_KEYFRAMES = 82            # val keyframes with ground truth, the excluded le
 MIN_MAP_GAIN = 6.0
 
 
-def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def _two_processes(script: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port()), script, *args]
-
-
-def _two_processes_one_group(script: str, *args: str) -> list[str]:
-    """The `deepspeed` launcher (CPU: one process per 'accelerator'), which keeps its workers in its process group,
-    so that one signal to the group reaches them all, as a scheduler's does (torchrun starts each worker in a
-    session of its own)."""
-    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-            script, *args]
-
-
 @pytest.fixture(scope="module")
 def demo_ava(tmp_path_factory) -> Path:
     """root/ava: the demo AVA files; root/train, root/val: their shards (7 and 4, so that each of 2 ranks' loader
@@ -58,10 +39,10 @@ def demo_ava(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo_ava")
     ava = root / "ava"
     make = [sys.executable, "tools/make_shards.py"]
-    proc = _run([*make, "demo-ava", "--out", str(ava), *DEMO_AVA])
+    proc = run_command([*make, "demo-ava", "--out", str(ava), *DEMO_AVA])
     assert proc.returncode == 0, proc.stderr[-4000:]
     for split in ("train", "val"):
-        proc = _run([*make, "ava", "--action-list", str(ava / "ava_action_list_v2.2.pbtxt"), "--movies",
+        proc = run_command([*make, "ava", "--action-list", str(ava / "ava_action_list_v2.2.pbtxt"), "--movies",
                      str(ava / "movies"), "--annotations", str(ava / f"ava_{split}_v2.2.csv"), "--excluded",
                      str(ava / f"ava_{split}_excluded_timestamps_v2.2.csv"), "--detections",
                      str(ava / f"ava_{split}_predicted_boxes.csv"), "--max-count", "24", "--out", str(root / split),
@@ -82,17 +63,17 @@ def demo_ava(tmp_path_factory) -> Path:
 
 
 def train_cmd(root: Path, out: Path, *overrides: str) -> list[str]:
-    return _two_processes("tools/train.py", str(root / "ava.yaml"), f"train.output_dir={out}", *overrides)
+    return torchrun_command(2, "tools/train.py", str(root / "ava.yaml"), f"train.output_dir={out}", *overrides)
 
 
 def tools_test_cmd(root: Path, weights: Path, out: Path) -> list[str]:
-    return _two_processes("tools/test.py", str(root / "ava.yaml"), f"model.init={weights}", f"train.output_dir={out}")
+    return torchrun_command(2, "tools/test.py", str(root / "ava.yaml"), f"model.init={weights}", f"train.output_dir={out}")
 
 
 @pytest.fixture(scope="module")
 def trained(demo_ava, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained") / "run"
-    proc = _run(train_cmd(demo_ava, out))
+    proc = run_command(train_cmd(demo_ava, out))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -100,7 +81,7 @@ def trained(demo_ava, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tested(demo_ava, trained) -> Path:
     """tools/test.py (2 processes) on the trained weights: the folder holding detections.csv and metrics.json."""
-    proc = _run(tools_test_cmd(demo_ava, trained / "model.pt", trained))
+    proc = run_command(tools_test_cmd(demo_ava, trained / "model.pt", trained))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return trained / "test"
 
@@ -115,7 +96,7 @@ def test_two_process_training_raises_map_well_above_the_untrained_model(demo_ava
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size)
     torch.save({"model": model.state_dict()}, tmp_path / "untrained.pt")
-    proc = _run(tools_test_cmd(demo_ava, tmp_path / "untrained.pt", tmp_path / "untrained"))
+    proc = run_command(tools_test_cmd(demo_ava, tmp_path / "untrained.pt", tmp_path / "untrained"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     untrained = json.loads((tmp_path / "untrained" / "test" / "metrics.json").read_text())
     metrics = json.loads((tested / "metrics.json").read_text())
@@ -131,13 +112,13 @@ def test_detection_training_killed_mid_epoch_resumes_with_identical_losses(demo_
     expected = read_metrics(trained)
     last = min(step for step, record in expected.items() if record["epoch"] == 1)  # epoch 1's first step
     out = tmp_path / "run"
-    cmd = _two_processes_one_group("tools/train.py", str(demo_ava / "ava.yaml"), f"train.output_dir={out}",
+    cmd = deepspeed_command(2, "tools/train.py", str(demo_ava / "ava.yaml"), f"train.output_dir={out}",
                                    "train.checkpoint_every=4", "train.log_every=1", f"train.max_steps={last}")
     job = signal_after_step(cmd, out, 5, signal.SIGKILL)
     job.communicate()
     assert max(read_metrics(out)) < last
 
-    resumed = _run(cmd)
+    resumed = run_command(cmd)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
     got = read_metrics(out)
@@ -160,7 +141,7 @@ def test_ava_eval_scores_the_written_detections_as_tools_test_did(demo_ava, test
         assert all(len(value.split(".")[1]) == 6 for value in (*box, score))
     assert len({(row[0], row[1]) for row in rows}) > VAL_KEYFRAMES // 2
 
-    proc = _run([sys.executable, "tools/ava_eval.py", "--groundtruth", str(ava / "ava_val_v2.2.csv"),
+    proc = run_command([sys.executable, "tools/ava_eval.py", "--groundtruth", str(ava / "ava_val_v2.2.csv"),
                  "--detections", str(tested / "detections.csv"), "--labelmap",
                  str(ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"), "--exclusions",
                  str(ava / "ava_val_excluded_timestamps_v2.2.csv")])
@@ -185,7 +166,7 @@ def test_values_detection_cannot_use_stop_before_any_work(demo_ava, tmp_path):
     }
     overrides = list(problems)
     for script in ("tools/train.py", "tools/test.py"):
-        proc = _run([sys.executable, script, recipe, f"train.output_dir={out}", f"model.init={tmp_path / 'x.pt'}",
+        proc = run_command([sys.executable, script, recipe, f"train.output_dir={out}", f"model.init={tmp_path / 'x.pt'}",
                      *overrides])
         assert proc.returncode == 2, (script, proc.stderr[-2000:])
         for phrases in problems.values():
@@ -201,7 +182,7 @@ def test_a_bad_row_of_the_evaluation_files_stops_training_before_any_work(demo_a
     truth.write_text("\n".join([*rows, rows[0].split(",")[0] + ",0002,0.5,0.1,0.4,0.9,1,0"]) + "\n")
     out = tmp_path / "never"
     for script in ("tools/train.py", "tools/test.py"):
-        proc = _run([sys.executable, script, str(demo_ava / "ava.yaml"), f"train.output_dir={out}",
+        proc = run_command([sys.executable, script, str(demo_ava / "ava.yaml"), f"train.output_dir={out}",
                      f"data.detection.val_groundtruth={truth}", f"model.init={tmp_path / 'x.pt'}"])
         assert proc.returncode == 2, (script, proc.stderr[-2000:])
         assert f"{truth}:{len(rows) + 1}: box" in proc.stderr, (script, proc.stderr[-2000:])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from launch_helpers import REPO, child_env
+from launch_helpers import REPO, child_env, deepspeed_command, run_command, torchrun_command
 from mfvideo.engine import checkpoint
 from mfvideo.engine.distributed import free_port
 from mfvideo.engine.monitor import read_metrics
@@ -38,14 +38,13 @@ def tiny_recipe(tmp_path: Path) -> Path:
 
 
 def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    proc = run_command(cmd, timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return proc
 
 
 def torchrun(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(HARNESS), *args]
+    return torchrun_command(nproc, str(HARNESS), *args)
 
 
 def losses(output_dir: Path) -> list[float]:
@@ -91,9 +90,7 @@ def test_exported_weights_are_the_final_fp32_weights_and_load_strictly(single_pr
 
 
 def deepspeed_launcher(nproc: int, *args: str) -> list[str]:
-    """The `deepspeed` launcher, which passes --local_rank to the script (CPU: one process per 'accelerator')."""
-    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
-            str(free_port()), str(HARNESS), *args]
+    return deepspeed_command(nproc, str(HARNESS), *args)
 
 
 @pytest.mark.slow
@@ -150,9 +147,8 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
     assert all(r["loss"] == r["loss"] for s, r in records.items() if s != 2)  # finite elsewhere
 
     out2 = tmp_path / "run2"
-    proc = subprocess.run([sys.executable, str(HARNESS), str(recipe), f"train.output_dir={out2}",
-                           "train.checkpoint_every=2", "train.max_nonfinite_steps=3", "harness.nan_steps=[3,4,5]"],
-                          env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_command([sys.executable, str(HARNESS), str(recipe), f"train.output_dir={out2}",
+                        "train.checkpoint_every=2", "train.max_nonfinite_steps=3", "harness.nan_steps=[3,4,5]"], 300)
     assert proc.returncode != 0
     assert "3 non-finite losses in a row" in proc.stderr and "step_00000002" in proc.stderr
     assert (out2 / "checkpoints" / "latest").read_text() == "step_00000002"
@@ -161,18 +157,17 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
 def test_bad_recipe_stops_before_any_work(tmp_path):
     recipe = tiny_recipe(tmp_path)
     out = tmp_path / "never"
-    proc = subprocess.run([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
-                           "optim.learning_rate=1"], env=child_env(), cwd=REPO, capture_output=True, text=True)
+    proc = run_command([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
+                        "optim.learning_rate=1"])
     assert proc.returncode == 2
     assert "optim.learning_rate" in proc.stderr and not out.exists()
-    proc = subprocess.run([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
-                           "train.micro_batch_size=3"], env=child_env(), cwd=REPO, capture_output=True, text=True)
+    proc = run_command([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
+                        "train.micro_batch_size=3"])
     assert proc.returncode == 2
     assert "train.global_batch_size=8" in proc.stderr and "train.micro_batch_size=3" in proc.stderr
     assert not out.exists()
-    proc = subprocess.run([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
-                           f"data.train={tmp_path / 'k400' / 'train'}"], env=child_env(), cwd=REPO,
-                          capture_output=True, text=True)
+    proc = run_command([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
+                        f"data.train={tmp_path / 'k400' / 'train'}"])
     assert proc.returncode == 2
     assert "data.train=" in proc.stderr and "k400/train" in proc.stderr and "make_shards" in proc.stderr
     assert not out.exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,19 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from launch_helpers import REPO, child_env, signal_after_step
+from launch_helpers import REPO, run_command, signal_after_step, torchrun_command
 from mfvideo.config import load_recipe
 from mfvideo.data.tarstream import iter_shard
 from mfvideo.data.shardlist import list_shards
 from mfvideo.data.transforms import random_resized_crop_box, resize_box
-from mfvideo.engine.distributed import free_port
 from mfvideo.engine.monitor import read_metrics
 from mfvideo.tasks import build_model, train_loader
 from stream_helpers import demo_shards
-
-
-def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 # --------------------------------------------------------------------------------------------- in-process checks
@@ -86,10 +80,9 @@ def demo_splits(tmp_path_factory) -> Path:
     from (a freshly built tiny model's weights, in the layout `model.pt` has)."""
     root = tmp_path_factory.mktemp("ft")
     for split, videos, seed in (("train", 48, 0), ("val", 16, 1)):
-        subprocess.run([sys.executable, "tools/make_shards.py", "demo", "--out", str(root / split), "--num-videos",
-                        str(videos), "--width", "64", "--height", "64", "--max-count", "16" if split == "train" else "8",
-                        "--seed", str(seed), "--no-progress"], env=child_env(), cwd=REPO, check=True,
-                       capture_output=True)
+        run_command([sys.executable, "tools/make_shards.py", "demo", "--out", str(root / split), "--num-videos",
+                     str(videos), "--width", "64", "--height", "64", "--max-count", "16" if split == "train" else "8",
+                     "--seed", str(seed), "--no-progress"], check=True)
     pretrain = load_recipe(REPO / "recipes" / "demo_pt.yaml", [f"data.train={root / 'train'}"])
     torch.manual_seed(0)
     model = build_model(pretrain.model, 4, 64)
@@ -115,7 +108,7 @@ def train_cmd(root: Path, out: Path, *overrides: str) -> list[str]:
 @pytest.fixture(scope="module")
 def finetuned(demo_splits, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finetuned") / "run"
-    proc = _run(train_cmd(demo_splits, out))
+    proc = run_command(train_cmd(demo_splits, out))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -145,7 +138,7 @@ def test_finetuning_killed_mid_epoch_resumes_with_identical_losses(demo_splits, 
     job.communicate()
     assert max(read_metrics(out)) < 6
 
-    resumed = _run(train_cmd(demo_splits, out))
+    resumed = run_command(train_cmd(demo_splits, out))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
     expected, got = read_metrics(finetuned), read_metrics(out)
@@ -155,17 +148,15 @@ def test_finetuning_killed_mid_epoch_resumes_with_identical_losses(demo_splits, 
 
 
 def cmd_of_tools_test(root: Path, weights: Path, out: Path, nproc: int = 1) -> list[str]:
-    launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port())]
-    return [*launcher, "tools/test.py", str(root / "ft.yaml"), f"model.init={weights}", f"train.output_dir={out}"]
+    args = ["tools/test.py", str(root / "ft.yaml"), f"model.init={weights}", f"train.output_dir={out}"]
+    return [sys.executable, *args] if nproc == 1 else torchrun_command(nproc, *args)
 
 
 @pytest.mark.slow
 def test_tools_test_gives_the_same_metrics_on_one_and_two_processes(demo_splits, finetuned, tmp_path):
     results = []
     for nproc in (1, 2):
-        proc = _run(cmd_of_tools_test(demo_splits, finetuned / "model.pt", tmp_path / f"p{nproc}", nproc))
+        proc = run_command(cmd_of_tools_test(demo_splits, finetuned / "model.pt", tmp_path / f"p{nproc}", nproc))
         assert proc.returncode == 0, proc.stderr[-4000:]
         metrics = json.loads((tmp_path / f"p{nproc}" / "test" / "metrics.json").read_text())
         rows = [json.loads(line) for line in (tmp_path / f"p{nproc}" / "test" / "predictions.jsonl").open()]
@@ -203,7 +194,7 @@ def test_values_a_task_cannot_use_stop_before_any_work(demo_splits, tmp_path):
     (unlabelled / "manifest.json").write_text(json.dumps(dict(manifest, classes=[])))
     cases.append((train_cmd(demo_splits, out, f"data.val={unlabelled}"), ["data.val=", "no classes"]))
     for cmd, phrases in cases:
-        proc = _run(cmd)
+        proc = run_command(cmd)
         assert proc.returncode == 2, (cmd, proc.stderr[-2000:])
         for phrase in phrases:
             assert phrase in proc.stderr, (phrase, proc.stderr[-2000:])
@@ -211,8 +202,8 @@ def test_values_a_task_cannot_use_stop_before_any_work(demo_splits, tmp_path):
 
 
 def test_tools_test_refuses_weights_that_do_not_fit(demo_splits, tmp_path):
-    proc = _run(cmd_of_tools_test(demo_splits, demo_splits / "pretrained.pt", tmp_path / "out"))
+    proc = run_command(cmd_of_tools_test(demo_splits, demo_splits / "pretrained.pt", tmp_path / "out"))
     assert proc.returncode == 2
     assert "does not fit the model" in proc.stderr and "head.proj.weight" in proc.stderr
-    proc = _run([sys.executable, "tools/test.py", str(demo_splits / "ft.yaml"), "model.init=null"])
+    proc = run_command([sys.executable, "tools/test.py", str(demo_splits / "ft.yaml"), "model.init=null"])
     assert proc.returncode == 2 and "model.init is not set" in proc.stderr

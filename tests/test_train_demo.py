@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launch_helpers import REPO, child_env, signal_after_step
+from launch_helpers import REPO, child_env, run_command, signal_after_step, torchrun_command
 from mfvideo.engine import checkpoint
 from mfvideo.engine.distributed import free_port
 from mfvideo.engine.monitor import read_metrics
@@ -25,9 +25,8 @@ from mfvideo.preemption import REQUEUE_EXIT_CODE
 def demo_recipe(tmp_path_factory) -> Path:
     """64 demo videos in 4 shards; 2 epochs of 8 optimizer steps (micro-batch 4 × 2 accumulation steps)."""
     root = tmp_path_factory.mktemp("demo")
-    subprocess.run([sys.executable, "tools/make_shards.py", "demo", "--out", str(root / "train"), "--num-videos", "64",
-                    "--width", "64", "--height", "64", "--max-count", "16", "--no-progress"],
-                   env=child_env(), cwd=REPO, check=True, capture_output=True)
+    run_command([sys.executable, "tools/make_shards.py", "demo", "--out", str(root / "train"), "--num-videos", "64",
+                 "--width", "64", "--height", "64", "--max-count", "16", "--no-progress"], check=True)
     recipe = root / "demo.yaml"
     recipe.write_text(textwrap.dedent(f"""
         base: {REPO / "recipes" / "demo_pt.yaml"}
@@ -45,8 +44,7 @@ def train_cmd(recipe: Path, out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def uninterrupted(demo_recipe, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    proc = subprocess.run(train_cmd(demo_recipe, out), env=child_env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_command(train_cmd(demo_recipe, out))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -69,8 +67,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_losses(demo_recipe, unint
     killed_at = max(read_metrics(out))
     assert killed_at < 16
 
-    resumed = subprocess.run(train_cmd(demo_recipe, out), env=child_env(), cwd=REPO, capture_output=True, text=True,
-                             timeout=600)
+    resumed = run_command(train_cmd(demo_recipe, out))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
     expected = {step: r["loss"] for step, r in read_metrics(uninterrupted).items()}
@@ -93,7 +90,7 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_asks_for_a_requeue(demo_reci
     assert checkpoint.latest_tag(out / "checkpoints") == checkpoint.tag_for(stopped_at)
     assert f"preempted after step {stopped_at} of 16" in stderr
 
-    resumed = subprocess.run(command, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    resumed = run_command(command)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"resumed from {out / 'checkpoints' / checkpoint.tag_for(stopped_at)}" in resumed.stderr
     expected = {step: r["loss"] for step, r in read_metrics(uninterrupted).items()}
@@ -110,8 +107,7 @@ def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
 
-    proc = subprocess.run(train_cmd(demo_recipe, out) + ["train.max_steps=1"], env=child_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size)
+    proc = run_command(train_cmd(demo_recipe, out) + ["train.max_steps=1"], preexec_fn=limit_file_size)
     assert proc.returncode == 1
     assert f"cannot write checkpoint {out / 'checkpoints' / checkpoint.tag_for(1)} on rank 0 (" in proc.stderr
     assert re.search(r"\(\d+\.\d\d GiB free there\)", proc.stderr)
@@ -126,8 +122,7 @@ def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space
 def test_resume_with_another_layout_is_refused_before_any_work_naming_both_values(demo_recipe, uninterrupted, change,
                                                                                   env, expect):
     before = {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")}
-    proc = subprocess.run(train_cmd(demo_recipe, uninterrupted) + change, env={**child_env(), **env}, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_command(train_cmd(demo_recipe, uninterrupted) + change, 300, extra_env=env)
     assert proc.returncode == 2, proc.stderr[-4000:]
     assert expect.format(uninterrupted / "checkpoints" / checkpoint.tag_for(16)) in proc.stderr
     assert {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")} == before
@@ -140,9 +135,7 @@ def test_a_resume_on_two_processes_passes_the_checks_and_loads_the_universal_che
     rank 0 converts its step-16 checkpoint, both ranks load it, and no step is left to train."""
     out = tmp_path / "run"
     shutil.copytree(uninterrupted, out)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(free_port())] + train_cmd(demo_recipe, out)[1:],
-                          env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run_command(torchrun_command(2, *train_cmd(demo_recipe, out)[1:]))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "written by 1 processes, 2 run now: resuming from its universal form" in proc.stderr
     assert (out / "checkpoints" / checkpoint.tag_for(16) / "universal" / "zero").is_dir()
