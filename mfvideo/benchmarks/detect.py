@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mfvideo.benchmarks.report import write_section
-from mfvideo.benchmarks.timing import best_seconds
+from mfvideo.benchmarks.timing import best_seconds, train_and_test_jobs
 from mfvideo.config.schema import ModelConfig
 from mfvideo.data.loader import build_test_loader
 from mfvideo.models.detector import ROI_SIZE, SAMPLING_RATIO
@@ -69,8 +69,6 @@ def measure_model(arch: str, frames: int, crop: int, test_short_side: int, batch
     model_cfg = replace(ModelConfig(arch=arch, task="detect", num_classes=NUM_ACTIONS), drop_path=0.2, dropout=0.5,
                         detection_stride=STRIDE)
     model = build_model(model_cfg, frames, crop).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     train_batch = detection_batch(batch, frames, crop, crop, rois, rng, device)
     frame = [test_short_side, round(test_short_side * FRAME_ASPECT)]
     test_height, test_width = padded(frame[0]), padded(frame[1])
@@ -78,20 +76,8 @@ def measure_model(arch: str, frames: int, crop: int, test_short_side: int, batch
     del test_batch["box_labels"]
     test_batch["video_size"] = [frame] * batch  # as the test collate gives them: the model crops to its stride
 
-    def train_step():
-        with torch.autocast(**autocast):
-            loss = model(train_batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def test_forward():
-        with torch.autocast(**autocast):
-            model(test_batch)
-
-    best = best_seconds({"train": train_step, "test": test_forward}, repeats, device,
-                 before=lambda name: model.train(name == "train"))
+    best = best_seconds(train_and_test_jobs(model, train_batch, test_batch, device), repeats, device,
+                        before=lambda name: model.train(name == "train"))
     return dict(best, test_size=(test_height, test_width), channels=model.backbone.dim_out)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mfvideo.benchmarks.report import write_section
-from mfvideo.benchmarks.timing import best_seconds
+from mfvideo.benchmarks.timing import best_seconds, train_and_test_jobs
 from mfvideo.config.schema import ModelConfig
 from mfvideo.data.augment import RandAugment
 from mfvideo.data.batch import MixupCutmix, RandomErasing
@@ -40,25 +40,11 @@ def measure(arch: str, frames: int, crop: int, batch: int, repeats: int, device:
 
     model = build_model(replace(ModelConfig(arch=arch, task="classify", num_classes=NUM_CLASSES), drop_path=0.1),
                         frames, crop).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     train_batch = {"video": video, "label": labels}
     train_batch["video"], train_batch["target"] = mixing(video.clone(), labels, rng)
 
-    def train_step():
-        with torch.autocast(**autocast):
-            loss = model(train_batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def test_forward():
-        with torch.autocast(**autocast):
-            model({"video": video})
-
     jobs = {"rand_augment": lambda: [rand_augment(clip, rng) for _ in range(8)], "batch_ops": batch_ops,
-            "train": train_step, "test": test_forward}
+            **train_and_test_jobs(model, train_batch, {"video": video}, device)}
     best = best_seconds(jobs, repeats, device, before=lambda name: model.train(name != "test"))
     per_clip = {name: best[name] / batch for name in ("batch_ops", "train", "test")}
     return {"rand_augment": best["rand_augment"] / 8, **per_clip}

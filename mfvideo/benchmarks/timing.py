@@ -30,3 +30,26 @@ def best_seconds(jobs: dict[str, Callable[[], object]], repeats: int, device: to
                 torch.cuda.synchronize(device)
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def train_and_test_jobs(model: torch.nn.Module, train_batch: dict, test_batch: dict,
+                        device: torch.device) -> dict[str, Callable[[], None]]:
+    """The two jobs of a fine-tuning benchmark: "train", forward + the model's loss + backward + an AdamW step on
+    `train_batch`; "test", the no-grad forward on `test_batch`. bf16 autocast on a GPU, fp32 on a CPU. Time them
+    with `best_seconds(..., before=lambda name: model.train(name == "train"))`."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def train_step() -> None:
+        with torch.autocast(**autocast):
+            loss = model(train_batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def test_forward() -> None:
+        with torch.autocast(**autocast):
+            model(test_batch)
+
+    return {"train": train_step, "test": test_forward}
