@@ -71,9 +71,11 @@ def test_bad_list_ava_and_ssv2_files_name_file_and_line(tmp_path, capsys):
     ava = make_ava(tmp_path / "ava")  # a bad value in an AVA row is a reject (test_shards.py); bad bytes stop it
     args = ["ava", "--action-list", str(ava["action_list"]), "--movies", str(ava["movies"]), "--annotations",
             str(ava["annotations"]), "--out", str(tmp_path / "o2")]
-    ava["action_list"].write_text(ava["action_list"].read_text() + "item {\n  name: 'x'\n}\n")
+    actions = ava["action_list"].read_text()
+    ava["action_list"].write_text(actions + "item {\n  name: 'x'\n}\n")
     assert cli_main(args) == 2
-    assert f"{ava['action_list']}:" in capsys.readouterr().err
+    bad_line = actions.count("\n") + 2
+    assert f"{ava['action_list']}:{bad_line}: unexpected \"'\" in the label map" in capsys.readouterr().err
     make_ava(tmp_path / "ava")
     ava["annotations"].write_bytes(ava["annotations"].read_bytes() + b"-mov_A1,0003,0.1,0.1,0.4,0.4,\x9a,0\n")
     assert cli_main(args) == 2

@@ -14,7 +14,6 @@ laid out as the detection loaders make them (mfvideo/data: `video`, `boxes` in p
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from dataclasses import replace
@@ -25,7 +24,7 @@ import torch
 from mfvideo.benchmarks.report import write_section
 from mfvideo.benchmarks.timing import best_seconds, train_and_test_jobs
 from mfvideo.config.schema import ModelConfig
-from mfvideo.data.loader import build_test_loader
+from mfvideo.data.loader import TEST_PAD_MULTIPLE
 from mfvideo.models.detector import ROI_SIZE, SAMPLING_RATIO
 from mfvideo.models.roi_align import as_rois, roi_align_torch, torchvision_roi_align
 from mfvideo.tasks import build_model
@@ -34,7 +33,6 @@ NUM_ACTIONS = 80
 FRAME_ASPECT = 16 / 9          # AVA's movies are mostly 16:9; test frames keep it (short side = height)
 STRIDE = 16                    # model.detection_stride of the AVA recipes
 AVA_MICRO_BATCH, AVA_CROP = 8, 224  # train.micro_batch_size and data.crop_size of recipes/ava_mvit_s_ft.yaml
-PAD_MULTIPLE = inspect.signature(build_test_loader).parameters["pad_multiple"].default  # what tools/test.py pads to
 
 
 def person_boxes(clips: int, height: int, width: int, rois: int, rng: np.random.Generator,
@@ -59,7 +57,7 @@ def detection_batch(clips: int, frames: int, height: int, width: int, rois: int,
 
 
 def padded(length: int) -> int:
-    return math.ceil(length / PAD_MULTIPLE) * PAD_MULTIPLE
+    return math.ceil(length / TEST_PAD_MULTIPLE) * TEST_PAD_MULTIPLE
 
 
 def measure_model(arch: str, frames: int, crop: int, test_short_side: int, batch: int, rois: int, repeats: int,

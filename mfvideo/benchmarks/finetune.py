@@ -45,7 +45,7 @@ def measure(arch: str, frames: int, crop: int, batch: int, repeats: int, device:
 
     jobs = {"rand_augment": lambda: [rand_augment(clip, rng) for _ in range(8)], "batch_ops": batch_ops,
             **train_and_test_jobs(model, train_batch, {"video": video}, device)}
-    best = best_seconds(jobs, repeats, device, before=lambda name: model.train(name != "test"))
+    best = best_seconds(jobs, repeats, device, before=lambda name: model.train(name == "train"))
     per_clip = {name: best[name] / batch for name in ("batch_ops", "train", "test")}
     return {"rand_augment": best["rand_augment"] / 8, **per_clip}
 

@@ -47,6 +47,10 @@ BatchAugment = Callable[[dict, np.random.Generator], dict]
 
 logger = logging.getLogger(__name__)
 
+# Full test frames are padded right and bottom to a multiple of the largest output stride a detector may read
+# (model.detection_stride 16 or 32): the detector sees each clip at its own size rounded up to its stride.
+TEST_PAD_MULTIPLE = 32
+
 
 class StreamLoader(StatefulDataLoader):
     """StatefulDataLoader over a ClipStream, with the epoch and the batch count in its state. Workers hand over uint8
@@ -199,13 +203,12 @@ def build_test_loader(data_cfg, micro_batch_size: int, rank: int, world_size: in
                       pattern: Optional[str] = None, manifest: Optional[str] = None,
                       num_clips: Optional[int] = None, num_crops: Optional[int] = None,
                       fields: Sequence[str] = ("label", "view"), num_actions: Optional[int] = None,
-                      pad_multiple: int = 32) -> StreamLoader:
+                      pad_multiple: int = TEST_PAD_MULTIPLE) -> StreamLoader:
     """Multi-view loader for `pattern` and its `manifest` (default: `data_cfg.val`, `data_cfg.val_manifest`):
     `num_clips` temporal views (default `data_cfg.test_clips`) × `num_crops` spatial crops (default
     `data_cfg.test_crops`) per video, every video once over all ranks (slots short of data repeat views). With
     "boxes" in `fields`: one full-frame detection clip per keyframe (both counts must be 1), `num_actions` action ids
-    (default: the manifest's classes), batches padded right and bottom to a multiple of `pad_multiple` (the model's
-    output stride); other clips are all `data.crop_size`² and never padded."""
+    (default: the manifest's classes), batches padded right and bottom to a multiple of `pad_multiple`; other clips are all `data.crop_size`² and never padded."""
     if pattern is None:
         pattern, manifest = data_cfg.val, data_cfg.val_manifest
     if not pattern:

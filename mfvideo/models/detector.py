@@ -132,12 +132,11 @@ class Detector(BackboneLayerIds, nn.Module):
         else:
             parts, order = [], []
             for (height, width), clip_list in groups.items():
-                clips = torch.tensor(clip_list, device=video.device)
+                clips = torch.tensor(clip_list, device=video.device)  # ascending
                 in_group = torch.isin(box_index, clips)
-                position = torch.full((video.shape[0],), -1, dtype=torch.int64, device=video.device)
-                position[clips] = torch.arange(len(clips), device=video.device)
                 x, grid = self.backbone(video[clips, :, :, :height, :width])
-                parts.append(self.roi_head(x, grid, boxes[in_group], position[box_index[in_group]]))
+                # each box's clip, renumbered to its row among the group's clips
+                parts.append(self.roi_head(x, grid, boxes[in_group], torch.searchsorted(clips, box_index[in_group])))
                 order.append(in_group.nonzero().squeeze(1))
             logits = torch.cat(parts)[torch.argsort(torch.cat(order))]
         logits = logits.float()
