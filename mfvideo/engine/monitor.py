@@ -9,6 +9,8 @@ from pathlib import Path
 
 log = logging.getLogger("mfvideo.train")
 METRICS = "metrics.jsonl"
+# What the engine writes into every step's record; other keys are the model's values (`WindowSums`).
+STEP_RECORD_KEYS = ("step", "epoch", "loss", "lr", "grad_norm", "skipped_micro_batches")
 
 
 class Monitor:
@@ -27,6 +29,10 @@ class Monitor:
         self._window_wait = 0.0
         self._window_steps = 0
 
+    def is_log_step(self, step: int) -> bool:
+        """Whether `step` gets a console line (and the model's window values): every `log_every` steps and the last."""
+        return step % self.log_every == 0 or step == self.total_steps
+
     def step(self, record: dict, clips: int, data_wait: float) -> None:
         """Record one optimizer step; print every `log_every` steps with throughput over that window."""
         self._window_clips += clips
@@ -36,11 +42,11 @@ class Monitor:
             return
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        for key in ("loss", "lr", "grad_norm"):
-            if record.get(key) is not None:
-                self._writer.add_scalar(f"train/{key}", record[key], record["step"])
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                self._writer.add_scalar(f"train/{key}", value, record["step"])
         step = record["step"]
-        if step % self.log_every and step != self.total_steps:
+        if not self.is_log_step(step):
             return
         elapsed = time.perf_counter() - self._window_start
         clips_per_s = self._window_clips / elapsed if elapsed else 0.0
@@ -48,8 +54,9 @@ class Monitor:
         self._writer.add_scalar("train/clips_per_s", clips_per_s, step)
         self._writer.add_scalar("train/data_wait_fraction", self._window_wait / elapsed if elapsed else 0.0, step)
         grad = f"{record['grad_norm']:.4f}" if record.get("grad_norm") is not None else "n/a"
-        log.info("step %d/%d epoch %d loss %.5f lr %.3e grad %s | %.1f clips/s, data wait %.0f%% | ETA %s",
-                 step, self.total_steps, record["epoch"], record["loss"], record["lr"], grad, clips_per_s,
+        model_values = "".join(f" {key} {record[key]:.4f}" for key in record if key not in STEP_RECORD_KEYS)
+        log.info("step %d/%d epoch %d loss %.5f%s lr %.3e grad %s | %.1f clips/s, data wait %.0f%% | ETA %s",
+                 step, self.total_steps, record["epoch"], record["loss"], model_values, record["lr"], grad, clips_per_s,
                  100 * self._window_wait / elapsed if elapsed else 0.0, _format_eta(eta))
         self._window_start, self._window_clips, self._window_wait, self._window_steps = time.perf_counter(), 0, 0.0, 0
 
@@ -66,6 +73,21 @@ class Monitor:
         shown = ", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
                           for name, value in metrics.items())
         log.info("validation after epoch %d (step %d): %s | best %s %.2f", epoch, step, shown, primary, best)
+
+    def probe(self, step: int, epoch: int, metrics: dict) -> None:
+        """Record a k-NN probe (`mfvideo.evaluation.probe`): merged into the step's line of metrics.jsonl as
+        `probe_<name>` (step 0: the probe at initialisation, before any step), TensorBoard `probe/<name>`, and one
+        console line."""
+        if not self.enabled:
+            return
+        record = {"step": step, "epoch": epoch, **{f"probe_{name}": value for name, value in metrics.items()}}
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for name, value in metrics.items():
+            self._writer.add_scalar(f"probe/{name}", value, step)
+        shown = ", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+                          for name, value in metrics.items())
+        log.info("k-NN probe at step %d, after %d epochs: %s", step, epoch, shown)
 
     def close(self) -> None:
         if self._writer is not None:

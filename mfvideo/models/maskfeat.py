@@ -11,7 +11,7 @@ on the normalised floats, gradients that should cancel to 0 leave ±1e-8 and fli
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,31 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -
     Weighting instead of boolean indexing keeps shapes static and avoids a device→host sync per step."""
     per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)
     return (per_token * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def masked_sums(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Additive statistics of the masked tokens (B×N×D, B×N×D, B×N) for `MaskFeat.log_values`: the squared error,
+    the token count, the per-feature target sum and the target's sum of squares, all without gradient."""
+    pred, target = pred.detach().float(), target.float()
+    return {"squared_error": ((pred - target).pow(2).sum(dim=-1) * weight).sum(),
+            "masked_tokens": weight.sum(),
+            "target_sum": (target * weight.unsqueeze(-1)).sum(dim=(0, 1)),
+            "target_squares": (target.pow(2).sum(dim=-1) * weight).sum()}
+
+
+def explained_variance(window: Mapping[str, torch.Tensor], running: Mapping[str, torch.Tensor]) -> Optional[float]:
+    """1 − (squared error) / (squared error of predicting each target feature's mean), over the masked tokens of
+    `window` (sums from `masked_sums`, added up over steps and ranks). The mean is the running estimate over
+    `running` (every earlier window) and `window` together. 0 for a model that predicts the average histogram
+    everywhere, 1 for a perfect one; None when nothing was masked or the targets did not vary."""
+    tokens = float(window["masked_tokens"])
+    if tokens == 0:
+        return None
+    all_tokens = tokens + float(running.get("masked_tokens", 0.0))
+    mean = (window["target_sum"] + running.get("target_sum", 0.0)) / all_tokens
+    # Σ_tokens |t − mean|² expanded over the sums, so the window's targets need not be kept.
+    baseline = float(window["target_squares"] - 2 * mean @ window["target_sum"] + tokens * mean @ mean)
+    return None if baseline <= 0 else 1.0 - float(window["squared_error"]) / baseline
 
 
 class PredictionHead(nn.Module):
@@ -68,9 +93,10 @@ def check_batch(batch: Dict[str, torch.Tensor]) -> None:
 
 
 class MaskFeat(BackboneLayerIds, nn.Module):
-    """forward(batch) -> {"loss", "pred", "target", "mask"}, batch holding `video` (float B×3×T×H×W, normalised: the
-    backbone's input), `pixels` (the same clip as uint8 B×3×T×H×W on the same device: the HOG target's input) and
-    `mask` (B×T'×H'×W' bool, mask units).
+    """forward(batch) -> {"loss", "sums", "pred", "target", "mask"}, batch holding `video` (float B×3×T×H×W,
+    normalised: the backbone's input), `pixels` (the same clip as uint8 B×3×T×H×W on the same device: the HOG
+    target's input) and `mask` (B×T'×H'×W' bool, mask units). `sums` are additive statistics of the masked tokens for
+    the training log (`log_values`).
 
     pred and target are B×T×H×W×D on the output grid (D = 108 for the default HOG), mask is that grid's bool mask.
     """
@@ -95,6 +121,13 @@ class MaskFeat(BackboneLayerIds, nn.Module):
         self.target_dim = 3 * bins * (token_size // cell_size) ** 2
         self.pred_head = PredictionHead(self.backbone.dim_out, self.target_dim)
 
+    @staticmethod
+    def log_values(window: Mapping[str, torch.Tensor], running: Mapping[str, torch.Tensor]) -> dict:
+        """What the training log shows beside the loss (`mfvideo.engine.window_sums`): the share of the masked
+        targets' variance that the predictions explain, which reads ≈ 0 at once for a model stuck on the mean."""
+        value = explained_variance(window, running)
+        return {} if value is None else {"explained_variance": value}
+
     def insert_mask_token(self, tokens: torch.Tensor, mask: torch.Tensor, grid: Grid) -> torch.Tensor:
         m = upsample_mask(mask, grid, tokens.device).unsqueeze(-1).to(tokens.dtype)
         return tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
@@ -112,6 +145,12 @@ class MaskFeat(BackboneLayerIds, nn.Module):
                              f"{tuple(grid)} for a clip of shape {tuple(pixels.shape)}")
         return hog.flatten(1, 3)
 
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """B×D clip features for probes (mfvideo.evaluation.probe): the backbone on the whole clip (no mask token),
+        the mean of its non-cls output tokens, the pooling MaskFeat fine-tuning classifies from."""
+        x, _ = self.backbone(video)
+        return x[:, 1:].mean(dim=1)
+
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         check_batch(batch)
         video, mask = batch["video"], batch["mask"]
@@ -123,6 +162,7 @@ class MaskFeat(BackboneLayerIds, nn.Module):
         out_mask = upsample_mask(mask, out_grid, pred.device)
         b = video.shape[0]
         return {"loss": masked_mse(pred, target, out_mask),
+                "sums": masked_sums(pred, target, out_mask),
                 "pred": pred.reshape(b, *out_grid, -1),
                 "target": target.reshape(b, *out_grid, -1),
                 "mask": out_mask.reshape(b, *out_grid).bool()}
