@@ -93,7 +93,55 @@ def _no_finetuning_values(recipe: Recipe) -> list[str]:
     if recipe.train.eval_every:
         problems.append(f"train.eval_every={recipe.train.eval_every}: pretraining has no validation metric; "
                         "set it to 0")
+    return problems + _probe_values(recipe)
+
+
+# Class names shown in full in a message; the rest are counted.
+MAX_NAMED_CLASSES = 5
+
+
+def _named_classes(classes: Sequence[str]) -> str:
+    more = f" and {len(classes) - MAX_NAMED_CLASSES} more" if len(classes) > MAX_NAMED_CLASSES else ""
+    return f"{len(classes)} classes {list(classes[:MAX_NAMED_CLASSES])}{more}"
+
+
+def _probe_values(recipe: Recipe) -> list[str]:
+    """The k-NN probe's splits read now, as the probe reads them, so that a probe that cannot run stops the job
+    before training rather than at step 0: both set when the probe is on, each with a manifest that lists its
+    classes (the labels the votes count), and the same classes in both (a val label must mean a train label)."""
+    from mfvideo.data.loader import read_policy
+    from mfvideo.data.shardlist import read_split_manifest
+
+    data, every = recipe.data, recipe.train.probe_every
+    splits = [("data.probe_train", data.probe_train, data.probe_train_manifest),
+              ("data.probe_val", data.probe_val, data.probe_val_manifest)]
+    problems = [f"train.probe_every={every} but {key} is not set: the k-NN probe needs labelled train and val "
+                f"shards (or set train.probe_every=0)" for key, pattern, _ in splits if every and not pattern]
+    classes = {}
+    for key, pattern, manifest in splits:
+        if not pattern:
+            continue
+        try:
+            classes[key] = list(read_split_manifest(pattern, manifest, read_policy(data)).get("classes") or [])
+        except (OSError, ValueError) as err:
+            problems.append(f"{key}={pattern!r}: {err}")
+            continue
+        if not any(classes[key]):
+            problems.append(f"{key}={pattern!r}: its manifest lists no classes: the shards carry no labels for the "
+                            f"k-NN probe to vote with")
+    train, val = classes.get("data.probe_train"), classes.get("data.probe_val")
+    if train and val and any(train) and train != val:
+        problems.append(f"data.probe_train={data.probe_train!r} lists {_named_classes(train)} but "
+                        f"data.probe_val={data.probe_val!r} lists {_named_classes(val)}: the probe's val labels "
+                        f"must be the train labels (the same class list, in the same order)")
     return problems
+
+
+def _no_probe(recipe: Recipe) -> list[str]:
+    if not recipe.train.probe_every:
+        return []
+    return [(f"train.probe_every={recipe.train.probe_every}: the k-NN probe monitors pretraining; a "
+             f"{recipe.model.task} run has its validation pass (train.eval_every); set it to 0")]
 
 
 def _classification_values(recipe: Recipe) -> list[str]:
@@ -122,7 +170,7 @@ def _classification_values(recipe: Recipe) -> list[str]:
         elif len(classes) != recipe.model.num_classes:
             problems.append(f"model.num_classes={recipe.model.num_classes} but {key}={pattern!r} has "
                             f"{len(classes)} classes in its manifest")
-    return problems
+    return problems + _no_probe(recipe)
 
 
 def _detection_values(recipe: Recipe) -> list[str]:
@@ -162,7 +210,7 @@ def _detection_values(recipe: Recipe) -> list[str]:
         if len(classes) != recipe.model.num_classes:
             problems.append(f"model.num_classes={recipe.model.num_classes} but {key}={pattern!r} has "
                             f"{len(classes)} action ids in its manifest (AVA: 80)")
-    return problems
+    return problems + _no_probe(recipe)
 
 
 def _evaluation_file_problems(recipe: Recipe) -> list[str]:
@@ -249,3 +297,25 @@ def eval_loader_and_evaluator(recipe: Recipe, micro_batch_size: int, rank: int, 
     loader = build_test_loader(recipe.data, micro_batch_size, rank, world_size, num_clips=num_clips,
                                num_crops=num_crops, fields=task.eval_fields, num_actions=recipe.model.num_classes)
     return loader, task.evaluator(recipe, num_clips, num_crops)
+
+
+def knn_probe_of(recipe: Recipe, micro_batch_size: int, rank: int,
+                 world_size: int) -> Callable[[nn.Module], dict] | None:
+    """`probe(module) -> {"top1", "top5", "num_train", "num_val"}`: the k-NN probe (`mfvideo.evaluation.probe`) of
+    `module.features` from `data.probe_train` to `data.probe_val`, `data.val_clips` temporal views and the centre
+    crop per video, `train.probe_k` neighbours at `train.probe_temperature`; None when `train.probe_every` is 0.
+    Its loaders are built once, here, and every call is collective over the ranks."""
+    if not recipe.train.probe_every:
+        return None
+    from mfvideo.data.loader import build_test_loader, read_policy
+    from mfvideo.data.shardlist import read_split_manifest
+    from mfvideo.evaluation.probe import knn_probe
+
+    data, train = recipe.data, recipe.train
+    num_classes = len(read_split_manifest(data.probe_train, data.probe_train_manifest, read_policy(data))["classes"])
+    train_loader, val_loader = (build_test_loader(data, micro_batch_size, rank, world_size, pattern, manifest,
+                                                  num_clips=data.val_clips, num_crops=1, fields=("label", "view"))
+                                for pattern, manifest in ((data.probe_train, data.probe_train_manifest),
+                                                          (data.probe_val, data.probe_val_manifest)))
+    return lambda module: knn_probe(module, train_loader, val_loader, num_classes, train.probe_k,
+                                    train.probe_temperature)

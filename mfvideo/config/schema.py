@@ -87,6 +87,12 @@ class DataConfig:
     val: Optional[str] = None
     train_manifest: Optional[str] = None  # manifest.json of the train shards; default: beside them (needed for pipe:)
     val_manifest: Optional[str] = None    # same for data.val
+    # Labelled splits of the k-NN probe during pretraining (train.probe_every): its neighbours and its queries,
+    # e.g. a few thousand train and val videos of the fine-tuning dataset; both manifests must list the same classes.
+    probe_train: Optional[str] = None
+    probe_val: Optional[str] = None
+    probe_train_manifest: Optional[str] = None  # manifest.json of data.probe_train; default: beside its shards
+    probe_val_manifest: Optional[str] = None    # same for data.probe_val
     num_frames: int = at_least(1, default=16)  # T of a clip (1 for images)
     sampling_rate: int = at_least(1, default=4)  # frame stride at `reference_fps`; scaled by the video's real fps
     reference_fps: float = above(0, default=30.0)
@@ -134,6 +140,7 @@ class MaskConfig:
     mode: str = "cube"                    # cube | tube | frame | block (images) | none (fine-tuning, detection)
     ratio: float = within(0, 1, default=0.4, low_open=True, high_open=True)
     min_units: int = at_least(1, default=9)  # smallest cube face in mask units (49 // 5); 15 for 2-D blocks
+    unit_size: int = at_least(16, default=32)  # pixels of a video mask unit's side (2×2 output tokens at 32)
     max_tries: int = at_least(1, default=100)
 
 
@@ -191,6 +198,11 @@ class TrainConfig:
     max_steps: int = at_least(0, default=0)  # 0 = run all epochs
     max_nonfinite_steps: int = at_least(1, default=5)  # consecutive non-finite losses that stop the run
     eval_every: int = at_least(0, default=0)  # epochs between validation passes on data.val; 0 = none
+    # pretraining: epochs between k-NN probes of the frozen backbone (data.probe_train → data.probe_val; also at
+    # step 0 and at the last step); 0 = none
+    probe_every: int = at_least(0, default=0)
+    probe_k: int = at_least(1, default=20)  # neighbours voting for a probe video's class
+    probe_temperature: float = above(0, default=0.07)  # a neighbour's vote is exp(cosine similarity / this)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Engine stage: DeepSpeed training loop, evaluation loop, schedules, checkpoints and resume; the entry points of
-tools/train.py and tools/test.py, which check everything about a recipe before any process group or data."""
+tools/train.py, tools/test.py and tools/probe.py, which check everything about a recipe before any process group or
+data."""
 
 from __future__ import annotations
 
@@ -82,5 +83,30 @@ def run_test(recipe_path: str, overrides: Sequence[str], local_rank: int | None 
     try:
         run_multiview_test(recipe, local_rank)
     except (FileNotFoundError, ValueError) as err:  # weights that do not fit the model, unreadable checkpoint
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_probe(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
+    """Entry point of tools/probe.py: a pretraining or classification recipe, a checkpoint to probe, and labelled
+    probe splits with the same classes, all checked before any process group or data; weights that leave a backbone
+    tensor missing exit 2 naming it."""
+    recipe = load_recipe_or_exit(recipe_path, overrides)
+    from mfvideo.engine.prober import PROBED_TASKS, probe_split_problems, run_linear_and_knn_probe
+
+    problems = []
+    if recipe.model.task not in PROBED_TASKS:
+        problems.append(f"model.task={recipe.model.task!r}: the probe scores video features; use a pretraining or "
+                        f"classification recipe ({', '.join(PROBED_TASKS)})")
+    if not recipe.model.init:
+        problems.append("model.init is not set: name the weights to probe (e.g. model.init=outputs/run/model.pt)")
+    elif not Path(recipe.model.init).is_file():
+        problems.append(f"model.init={recipe.model.init!r}: no such checkpoint file")
+    problems += probe_split_problems(recipe)
+    if problems:
+        _recipe_error(recipe_path, problems)
+    try:
+        run_linear_and_knn_probe(recipe, local_rank)
+    except (FileNotFoundError, ValueError) as err:  # weights that do not fit the backbone, unreadable checkpoint
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

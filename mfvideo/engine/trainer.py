@@ -1,7 +1,8 @@
 """The training loop on a DeepSpeed engine: ZeRO 1/2/3, accumulation, clipping, schedule, validation, exact resume.
 
 The loop knows no task: a model takes a batch dict and returns {"loss", ...}; the loader, the model and the
-validation pass (a loader plus a factory of evaluators, see `mfvideo.engine.evaluate`) come from factories, by default the recipe's task (`mfvideo.tasks`).
+validation pass (a loader plus a factory of evaluators, see `mfvideo.engine.evaluate`) and the k-NN probe of the
+frozen backbone (`mfvideo.evaluation.probe`) come from factories, by default the recipe's task (`mfvideo.tasks`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -24,6 +26,7 @@ from mfvideo.engine.distributed import DistInfo, init_distributed
 from mfvideo.engine.evaluate import evaluate
 from mfvideo.engine.monitor import Monitor, plot_loss
 from mfvideo.engine.optim import CosineSchedule, apply_lr, param_groups, schedule_for
+from mfvideo.engine.window_sums import WindowSums
 from mfvideo.log import setup_logging
 from mfvideo.preemption import REQUEUE_EXIT_CODE, PreemptionWatch
 
@@ -35,6 +38,8 @@ ZERO_STAGES = (1, 2, 3)
 ModelFactory = Callable[[Recipe], torch.nn.Module]
 LoaderFactory = Callable[[Recipe, int, DistInfo], object]
 ValidationFactory = Callable[[Recipe, int, DistInfo], Optional[tuple]]
+Probe = Callable[[torch.nn.Module], dict]  # the frozen module -> the probe's metrics; collective over the ranks
+ProbeFactory = Callable[[Recipe, int, DistInfo], Probe | None]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,6 +60,8 @@ class Progress:
     batches_into_epoch: int = 0  # micro-batches this rank consumed in `epoch`
     best_metric: Optional[float] = None  # the validation's primary metric at its best so far
     best_step: int = 0
+    probe_history: list[dict] = field(default_factory=list)  # every k-NN probe so far: {"step", "epoch", metrics}
+    log_totals: dict = field(default_factory=dict)  # running totals of the model's log sums (`WindowSums`)
 
 
 def default_model(recipe: Recipe) -> torch.nn.Module:
@@ -77,6 +84,15 @@ def default_validation(recipe: Recipe, micro_batch_size: int, info: DistInfo) ->
     from mfvideo.tasks import eval_loader_and_evaluator
 
     return eval_loader_and_evaluator(recipe, micro_batch_size, info.rank, info.world_size, recipe.data.val_clips, 1)
+
+
+def default_probe(recipe: Recipe, micro_batch_size: int, info: DistInfo) -> Probe | None:
+    """The k-NN probe every `train.probe_every` epochs (`mfvideo.tasks.knn_probe_of`); None when it is off."""
+    if not recipe.train.probe_every:
+        return None
+    from mfvideo.tasks import knn_probe_of
+
+    return knn_probe_of(recipe, micro_batch_size, info.rank, info.world_size)
 
 
 def data_layout(recipe: Recipe, world_size: int) -> dict:
@@ -134,6 +150,7 @@ class Stepper:
         self.preemption = preemption
         self.stop_requested = False
         self.nonfinite_in_a_row = 0
+        self.sums = WindowSums()  # the model's additive log statistics (`outputs["sums"]`), read at log steps
         self.keep = None  # bool scalar on the device: let the current micro-batch's gradients through
         for param in engine.module.parameters():
             if param.requires_grad:
@@ -151,10 +168,13 @@ class Stepper:
             batch = next(batches)
             data_wait += time.perf_counter() - start
             progress.batches_into_epoch += 1
-            loss = self.engine(batch)["loss"]
+            outputs = self.engine(batch)
+            loss = outputs["loss"]
             stats.append(_global_step_stats(loss, self.preemption.received is not None))
             keys.append(batch.get("key"))
             self.keep = stats[-1][1] == 0
+            if "sums" in outputs:
+                self.sums.add(outputs["sums"], self.keep)
             self.engine.backward(loss)
             if micro == self.split.accumulation_steps - 1:
                 totals, nonfinite, preempted = torch.stack(stats).cpu().unbind(1)  # the step's one host read
@@ -262,20 +282,44 @@ def validate(engine, validation: tuple, progress: Progress, monitor: Monitor) ->
     return improved
 
 
+@contextmanager
+def random_streams_kept():
+    """Python, NumPy and torch random streams left as they were on entry, whatever the block draws: a probe (its
+    loaders, its model pass) must not move the numbers the training draws next (masks, drop path)."""
+    state = checkpoint.rng_state()
+    try:
+        yield
+    finally:
+        checkpoint.set_rng_state(state)
+
+
+def run_probe(engine, probe: Probe, progress: Progress, monitor: Monitor) -> None:
+    """Probe the frozen module (every rank), keep the result in `progress.probe_history`, which every checkpoint
+    saves so that a resumed run keeps it, and log it. The random streams are restored after it: the run's losses
+    are those of the same run without probes."""
+    with random_streams_kept():
+        metrics = probe(engine.module)
+    progress.probe_history.append({"step": progress.step, "epoch": progress.epoch, **metrics})
+    monitor.probe(progress.step, progress.epoch, metrics)
+
+
 def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFactory = default_model,
           loader_factory: LoaderFactory = default_loader,
-          validation_factory: ValidationFactory = default_validation) -> Path:
+          validation_factory: ValidationFactory = default_validation,
+          probe_factory: ProbeFactory = default_probe) -> Path:
     """Run (or resume) training as configured; returns the output folder. Raises `Preempted` after the checkpoint
     of the step during which any rank received SIGTERM or SIGUSR1 (`mfvideo.preemption`)."""
     preemption = PreemptionWatch().install()  # first: a signal during start-up stops after the first step
     try:
-        return _train(recipe, local_rank, model_factory, loader_factory, validation_factory, preemption)
+        return _train(recipe, local_rank, model_factory, loader_factory, validation_factory, probe_factory,
+                      preemption)
     finally:
         preemption.restore()
 
 
 def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactory, loader_factory: LoaderFactory,
-           validation_factory: ValidationFactory, preemption: PreemptionWatch) -> Path:
+           validation_factory: ValidationFactory, probe_factory: ProbeFactory,
+           preemption: PreemptionWatch) -> Path:
     info = init_distributed(local_rank)
     setup_logging(rank=info.rank, world_size=info.world_size)
     split = derive_batch_split(recipe.train, info.world_size)
@@ -304,12 +348,17 @@ def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactor
     engine, optimizer, lr_scales = build_engine(recipe, model, split, load_universal=world_changed)
     progress = resume(engine, ckpt_dir, loader, recipe.train.seed, info.rank, world_changed)
     validation = validation_factory(recipe, split.micro_batch_size, info)
+    with random_streams_kept():
+        probe = probe_factory(recipe, split.micro_batch_size, info)
     schedule = schedule_for(recipe.optim, steps_per_epoch, recipe.optim.epochs * steps_per_epoch)
     step = Stepper(engine, optimizer, lr_scales, schedule, split, recipe.train.max_nonfinite_steps, ckpt_dir,
                    preemption)
 
+    step.sums.load_state_dict(progress.log_totals)
+
     def save(best: bool) -> None:
         mid_epoch = progress.batches_into_epoch > 0
+        progress.log_totals = step.sums.state_dict()
         checkpoint.save(engine, ckpt_dir, progress.step, client_state={"progress": asdict(progress)},
                         rank_state={"rng": checkpoint.rng_state(), "loader": loader.state_dict() if mid_epoch else None},
                         keep_last=recipe.train.keep_last, layout=data_layout(recipe, info.world_size), best=best)
@@ -318,11 +367,15 @@ def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactor
     batches = None  # made lazily, so no worker starts for an epoch that will not run
     epoch_batches = steps_per_epoch * split.accumulation_steps
     try:
+        if probe is not None and progress.step == 0:  # the value at initialisation, which later probes are read against
+            run_probe(engine, probe, progress, monitor)
         while progress.step < total_steps:
             if batches is None:
                 batches = iter(loader)
             record, data_wait = step(batches, progress)
             progress.step += 1
+            if monitor.is_log_step(progress.step):
+                record.update(step.sums.summarise(getattr(engine.module, "log_values", None)))
             monitor.step(record, clips=split.global_batch_size, data_wait=data_wait)
             epoch_done = progress.batches_into_epoch >= epoch_batches
             if epoch_done:  # the rest of the epoch's batches (< one step) are dropped
@@ -333,6 +386,10 @@ def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactor
             best = validation is not None and (
                 (epoch_done and progress.epoch % recipe.train.eval_every == 0) or progress.step == total_steps
             ) and validate(engine, validation, progress, monitor)
+            if probe is not None and (
+                (epoch_done and progress.epoch % recipe.train.probe_every == 0) or progress.step == total_steps
+            ):
+                run_probe(engine, probe, progress, monitor)
             last = progress.step == total_steps
             if progress.step % recipe.train.checkpoint_every == 0 or epoch_done or last or step.stop_requested:
                 save(best)

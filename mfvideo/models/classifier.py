@@ -59,6 +59,12 @@ class MViTClassifier(BackboneLayerIds, nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
 
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """B×D clip features for probes (mfvideo.evaluation.probe): the mean of the backbone's non-cls output
+        tokens, before the head's norm, whatever `pooling` the head uses (so that probes compare like with like)."""
+        x, _ = self.backbone(video)
+        return x[:, 1:].mean(dim=1)
+
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, _ = self.backbone(batch["video"])
         logits = self.predict(x)
