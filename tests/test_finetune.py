@@ -30,7 +30,7 @@ from stream_helpers import demo_shards
 def _classify_recipe(pattern: str, *overrides: str):
     return load_recipe(REPO / "recipes" / "demo_ft.yaml",
                        [f"data.train={pattern}", f"data.val={pattern}", "data.num_frames=4", "data.num_workers=0",
-                        "data.shuffle_buffer=8", "model.init=null", *overrides])
+                        "data.shuffle_buffer=8", "model.init=null", "model.num_classes=4", *overrides])
 
 
 def test_every_label_in_a_batch_is_its_samples_shard_label():
@@ -93,7 +93,7 @@ def demo_splits(tmp_path_factory) -> Path:
         data: {{train: "{root / 'train'}", val: "{root / 'val'}", num_frames: 4, shuffle_buffer: 16, test_clips: 2}}
         # the Kinetics recipe's augmentation and regularisation, which the demo recipe turns off
         augment: {{rand_augment: rand-m7-n2-mstd0.5-inc1, erase_prob: 0.25, mixup_alpha: 0.8, cutmix_alpha: 1.0}}
-        model: {{init: "{root / 'pretrained.pt'}", drop_path: 0.1, dropout: 0.5}}
+        model: {{init: "{root / 'pretrained.pt'}", num_classes: 4, drop_path: 0.1, dropout: 0.5}}
         optim: {{epochs: 2, warmup_epochs: 0.5}}
         train: {{global_batch_size: 8, micro_batch_size: 4, checkpoint_every: 2, log_every: 1, keep_last: 1,
                  eval_every: 1}}
@@ -177,7 +177,7 @@ def test_tools_test_gives_the_same_metrics_on_one_and_two_processes(demo_splits,
 def test_values_a_task_cannot_use_stop_before_any_work(demo_splits, tmp_path):
     out = tmp_path / "never"
     pretrain = [sys.executable, "tools/train.py", str(REPO / "recipes" / "demo_pt.yaml"),
-                f"data.train={demo_splits / 'train'}", f"train.output_dir={out}"]
+                f"data.train={demo_splits / 'train'}", f"train.output_dir={out}", "train.probe_every=0"]
     cases = [
         (pretrain + ["augment.mixup_alpha=0.8"], ["augment.mixup_alpha=0.8", "pretraining"]),
         (pretrain + ["mask.mode=none"], ["mask.mode='none'"]),

@@ -229,7 +229,7 @@ def test_tar_members_have_fixed_metadata_and_shards_respect_max_size(tmp_path):
 
 
 def test_demo_is_deterministic_and_rerun_with_other_args_is_refused(tmp_path):
-    source = DemoSource(num_videos=12, num_classes=3, width=32, height=32, min_frames=8, max_frames=12, seed=7)
+    source = DemoSource(num_videos=12, num_motions=3, width=32, height=32, min_frames=8, max_frames=12, seed=7)
     make_shards(source, ShardOptions(out=tmp_path / "a" / "train", max_count=5, progress=False))
     make_shards(source, ShardOptions(out=tmp_path / "b" / "train", max_count=5, progress=False))
     assert digests(tmp_path / "a" / "train") == digests(tmp_path / "b" / "train")
@@ -237,7 +237,7 @@ def test_demo_is_deterministic_and_rerun_with_other_args_is_refused(tmp_path):
     assert sorted(s["meta"]["label"] for s in samples) == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
     assert all(s["meta"]["label_name"] == ["move_right", "move_left", "move_down"][s["meta"]["label"]]
                for s in samples)
-    other = DemoSource(num_videos=12, num_classes=3, width=32, height=32, min_frames=8, max_frames=12, seed=8)
+    other = DemoSource(num_videos=12, num_motions=3, width=32, height=32, min_frames=8, max_frames=12, seed=8)
     with pytest.raises(OutputMismatch, match="other arguments"):
         make_shards(other, ShardOptions(out=tmp_path / "a" / "train", max_count=5, progress=False))
     make_shards(other, ShardOptions(out=tmp_path / "a" / "train", max_count=5, progress=False, overwrite=True))

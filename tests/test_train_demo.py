@@ -32,7 +32,8 @@ def demo_recipe(tmp_path_factory) -> Path:
         base: {REPO / "recipes" / "demo_pt.yaml"}
         data: {{train: "{root / 'train'}", num_frames: 4, crop_size: 64, num_workers: 1, shuffle_buffer: 16}}
         optim: {{epochs: 2, warmup_epochs: 0.5}}
-        train: {{global_batch_size: 8, micro_batch_size: 4, checkpoint_every: 3, log_every: 1, keep_last: 2}}
+        train: {{global_batch_size: 8, micro_batch_size: 4, checkpoint_every: 3, log_every: 1, keep_last: 2,
+                 probe_every: 0}}
     """))
     return recipe
 

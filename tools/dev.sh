@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command for a fresh clone: sets up ./.venv (idempotent, a no-op when nothing changed),
-# then runs the tests (`tools/dev.sh test [pytest args]`), the demo (`tools/dev.sh demo [overrides]`) or the
+# then runs the tests (`tools/dev.sh test [pytest args]`), the demo (`tools/dev.sh demo [SEED]`) or the
 # AVA-format detection demo (`tools/dev.sh demo-ava`).
 #
 # torch comes first so that nothing else pulls the multi-GB CUDA build: an importable torch
@@ -52,17 +52,29 @@ shift || true
 case "$cmd" in
   test) exec "$venv/bin/python" -m pytest "$@" ;;
   demo)
-    # The whole story on the CPU: demo shards (train and val), MaskFeat pretraining, fine-tuning from its weights,
-    # multi-view test. Every step resumes: finished shards are kept and training continues from the last checkpoint
-    # of outputs/demo and outputs/demo_ft (delete them to train again from scratch). Extra arguments are overrides
-    # of the pretraining recipe.
-    "$venv/bin/python" tools/make_shards.py demo --out shards/demo/train --num-videos 384 --width 96 --height 96 \
-      --max-count 64 --seed 0
-    "$venv/bin/python" tools/make_shards.py demo --out shards/demo/val --num-videos 96 --width 96 --height 96 \
-      --max-count 32 --seed 1
-    "$venv/bin/python" tools/train.py recipes/demo_pt.yaml "$@"
-    "$venv/bin/python" tools/train.py recipes/demo_ft.yaml model.init=outputs/demo/model.pt
-    exec "$venv/bin/python" tools/test.py recipes/demo_ft.yaml model.init=outputs/demo_ft/model.pt ;;
+    # The paper's story on the CPU, `tools/dev.sh demo [SEED]` (default 0; results in outputs/demo/seed<SEED>):
+    # shards of 1,200 unlabelled videos, their first 96 with labels (8 %) and 240 held-out test videos; MaskFeat
+    # pretraining with its explained variance and k-NN probe in the log; the HOG picture; the same fine-tuning from
+    # the MaskFeat weights and from scratch, each tested on the held-out videos; a summary. The seed is the
+    # training seed (weights, masks, data order) of all three runs; the videos are the same for every seed. Every
+    # step resumes: finished shards are kept and each training continues from its last checkpoint.
+    seed=${1:-0}
+    run=outputs/demo/seed$seed
+    py="$venv/bin/python"
+    shapes=(--shapes 2 --background flat --width 96 --height 96 --no-progress)
+    "$py" tools/make_shards.py demo --out shards/demo/pretrain --num-videos 1200 --max-count 150 --seed 0 \
+      --workers 2 "${shapes[@]}"
+    "$py" tools/make_shards.py demo --out shards/demo/labelled --num-videos 96 --max-count 48 --seed 0 "${shapes[@]}"
+    "$py" tools/make_shards.py demo --out shards/demo/test --num-videos 240 --max-count 60 --seed 1 "${shapes[@]}"
+    "$py" tools/train.py recipes/demo_pt.yaml train.seed="$seed" train.output_dir="$run/pretrain"
+    "$py" tools/hog_picture.py recipes/demo_pt.yaml model.init="$run/pretrain/model.pt" --out "$run/hog.png"
+    for start in finetune scratch; do
+      init="$run/pretrain/model.pt"
+      [ "$start" = scratch ] && init=null
+      "$py" tools/train.py recipes/demo_ft.yaml train.seed="$seed" model.init="$init" train.output_dir="$run/$start"
+      "$py" tools/test.py recipes/demo_ft.yaml model.init="$run/$start/model.pt" train.output_dir="$run/$start"
+    done
+    exec "$py" tools/demo_report.py "$run" ;;
   demo-ava)
     # Action detection on the CPU: a procedural dataset laid out like AVA v2.2 (shards/demo_ava/ava: movies, CSVs,
     # label maps, excluded timestamps, person detections), its train and val shards made from those files the way
@@ -87,5 +99,5 @@ case "$cmd" in
       --labelmap "$ava/ava_action_list_v2.2_for_activitynet_2019.pbtxt" \
       --exclusions "$ava/ava_val_excluded_timestamps_v2.2.csv" ;;
   setup) ;;
-  *) echo "usage: tools/dev.sh {test|demo|demo-ava|setup} [args]" >&2; exit 2 ;;
+  *) echo "usage: tools/dev.sh {test [pytest args]|demo [SEED]|demo-ava|setup}" >&2; exit 2 ;;
 esac

@@ -13,7 +13,7 @@ from mfvideo.shards.demo_ava import (EVALUATED_ACTION_LIST, FULL_ACTION_LIST, SP
                                      detections_file, excluded_file, write_demo_ava)
 from mfvideo.shards.sources.ava import AvaSource
 from mfvideo.shards.sources.common import SourceError
-from mfvideo.shards.sources.demo import DemoSource
+from mfvideo.shards.sources.demo import BACKGROUNDS, DemoSource
 from mfvideo.shards.sources.images import ImageFolderSource
 from mfvideo.shards.sources.kinetics import KineticsSource
 from mfvideo.shards.sources.ssv2 import SSv2Source
@@ -68,9 +68,13 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo_parser(sub) -> None:
-    parser = sub.add_parser("demo", help="procedural moving-shapes videos (class = kind of motion)")
+    parser = sub.add_parser("demo", help="procedural moving-shapes videos (class = kind of motion, or shape and "
+                                         "kind of motion)")
     parser.add_argument("--num-videos", type=int, default=200)
-    parser.add_argument("--num-classes", type=int, default=4, help="2..8 motion kinds")
+    parser.add_argument("--motions", type=int, default=4, help="2..8 motion kinds (at most 4 with --shapes)")
+    parser.add_argument("--shapes", type=int, default=0,
+                        help="0: the class is the motion; 2..4: the class is the pair (shape, motion)")
+    parser.add_argument("--background", choices=BACKGROUNDS, default="textured")
     parser.add_argument("--width", type=int, default=112)
     parser.add_argument("--height", type=int, default=112)
     parser.add_argument("--min-frames", type=int, default=32)
@@ -78,8 +82,8 @@ def _demo_parser(sub) -> None:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="use another seed for another split")
     parser.set_defaults(build_source=lambda a: DemoSource(
-        num_videos=a.num_videos, num_classes=a.num_classes, width=a.width, height=a.height,
-        min_frames=a.min_frames, max_frames=a.max_frames, fps=a.fps, seed=a.seed))
+        num_videos=a.num_videos, num_motions=a.motions, num_shapes=a.shapes, background=a.background,
+        width=a.width, height=a.height, min_frames=a.min_frames, max_frames=a.max_frames, fps=a.fps, seed=a.seed))
     _add_output_options(parser)
 
 
