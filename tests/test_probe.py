@@ -75,6 +75,24 @@ def test_queries_placed_on_another_class_are_the_known_share_of_misses():
         {"top1": 70.0, "top2": 90.0, "top5": 100.0})
 
 
+def test_standardised_features_find_clusters_that_the_raw_cosine_misses():
+    """Pooled features of a small pretrained MaskFeat backbone: a large constant vector, channels that vary a lot
+    between clips for no class reason, and the class in channels of small scale. The raw cosine ranks neighbours by
+    the loud channels; standardised with the train split's statistics, every channel counts alike."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat(40)
+    signal = 0.01 * torch.randn(4, 4, generator=generator)[labels] + 0.002 * torch.randn(160, 4, generator=generator)
+    loud = torch.randn(160, 2, generator=generator)
+    features = 100 + torch.cat([signal, loud], dim=1)
+    train, query, train_labels, query_labels = features[:120], features[120:], labels[:120], labels[120:]
+    raw = topk_accuracy(knn_scores(train, train_labels, query, 4), query_labels)["top1"]
+    train_std, query_std = probe.standardised(train, query)
+    standardised = topk_accuracy(knn_scores(train_std, train_labels, query_std, 4), query_labels)["top1"]
+    assert standardised >= 90.0 and raw <= 50.0, (standardised, raw)
+    torch.testing.assert_close(train_std.mean(dim=0), torch.zeros(6), atol=1e-2, rtol=0)  # float32 at 100
+    torch.testing.assert_close(train_std.std(dim=0), torch.ones(6), atol=1e-3, rtol=0)
+
+
 def test_queries_scored_in_chunks_get_the_scores_of_one_pass(monkeypatch):
     train, train_labels = _clusters(torch.randn(5, 8, generator=torch.Generator().manual_seed(2)), 6, 1.0, seed=3)
     queries, _ = _clusters(torch.randn(5, 8, generator=torch.Generator().manual_seed(4)), 3, 1.0, seed=5)
