@@ -1,0 +1,38 @@
+"""MaskFeat pretraining learns a representation on real demo shards: the k-NN probe of the frozen backbone rises
+well above its value at initialisation, and the log's explained variance leaves 0 (`recipes/demo_pt.yaml` at a
+smaller size: the demo's classes, shape × direction of motion, on 64² videos; 480 unlabelled, 96 labelled and 160
+held-out videos; 390 steps, about 1.5 min on 2 cores)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from launch_helpers import REPO, run_command
+from mfvideo.engine.monitor import read_metrics
+
+SHAPES = ["--shapes", "2", "--background", "flat", "--width", "64", "--height", "64", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_pretraining_raises_the_knn_probe_well_above_its_start(tmp_path):
+    for split, videos, seed in (("pretrain", 480, 0), ("labelled", 96, 0), ("test", 160, 1)):
+        made = run_command([sys.executable, "tools/make_shards.py", "demo", "--out", str(tmp_path / split),
+                            "--num-videos", str(videos), "--max-count", "96", "--seed", str(seed), "--workers", "2",
+                            *SHAPES])
+        assert made.returncode == 0, made.stderr[-2000:]
+    out = tmp_path / "run"
+    trained = run_command([sys.executable, "tools/train.py", str(REPO / "recipes" / "demo_pt.yaml"),
+                           f"data.train={tmp_path / 'pretrain'}", f"data.probe_train={tmp_path / 'labelled'}",
+                           f"data.probe_val={tmp_path / 'test'}", "optim.epochs=13", "train.probe_every=13",
+                           f"train.output_dir={out}"])
+    assert trained.returncode == 0, trained.stderr[-4000:]
+    records = read_metrics(out)
+    probes = {step: record["probe_top1"] for step, record in records.items() if "probe_top1" in record}
+    explained = [record["explained_variance"] for record in records.values() if "explained_variance" in record]
+    assert min(probes) == 0 and len(probes) == 2, probes
+    # Measured with train.seed 0 / 1 / 2 (this test runs 0): k-NN top-1 10.0 → 25.6, 13.1 → 22.5, 15.6 → 23.8 (+15.6,
+    # +9.4, +8.1; chance 12.5 on 160 videos); final explained variance 0.12, 0.20, 0.20. The margins hold on all three.
+    assert probes[max(probes)] >= probes[0] + 6, probes
+    assert explained[-1] > 0.05, explained
