@@ -30,7 +30,7 @@ class SyntheticClips:
         self.num_samples, self.seed = num_samples, recipe.train.seed
         self.num_classes = recipe.model.num_classes if "label" in task_of(recipe).train_fields else 0
         self.masks = None if self.num_classes else build_mask_generator(
-            recipe.mask.mode, mask_grid(recipe.data.num_frames, recipe.data.crop_size, recipe.mask.unit_size), ratio=recipe.mask.ratio,
+            recipe.mask.mode, mask_grid(recipe.data.num_frames, recipe.data.crop_size), ratio=recipe.mask.ratio,
             min_units=recipe.mask.min_units)
         self.augment = task_of(recipe).batch_augment(recipe)
         self.normalise = Normalise(recipe.data.mean, recipe.data.std)

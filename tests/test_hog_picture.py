@@ -122,12 +122,12 @@ def test_unpacking_inverts_the_targets_token_packing(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_recipe(tmp_path_factory):
-    """The demo pretraining recipe on the test demo shards (4 frames at 64², official 32-pixel mask units: a 2×2×2 grid), with the weights
+    """The demo pretraining recipe on the test demo shards (4 frames at 64², a 2×2×2 mask grid), with the weights
     of a freshly initialised tiny MaskFeat as model.init."""
     weights = tmp_path_factory.mktemp("hog_picture") / "model.pt"
     recipe = load_recipe(REPO / "recipes" / "demo_pt.yaml",
                          [f"data.train={demo_shards()}", "data.num_frames=4", "data.crop_size=64",
-                          "data.num_workers=1", "mask.unit_size=32", f"model.init={weights}"])
+                          "data.num_workers=1", f"model.init={weights}"])
     torch.manual_seed(0)
     torch.save(build_model(replace(recipe.model, init=""), 4, 64).state_dict(), weights)
     return recipe

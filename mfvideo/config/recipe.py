@@ -122,11 +122,10 @@ def _geometry_problems(recipe: Recipe) -> list[str]:
     from mfvideo.targets.masks import mask_grid
 
     try:
-        mask_grid(recipe.data.num_frames, recipe.data.crop_size, recipe.mask.unit_size)
+        mask_grid(recipe.data.num_frames, recipe.data.crop_size)
     except ValueError as err:
-        return [f"keys 'data.num_frames' ({recipe.data.num_frames}), 'data.crop_size' ({recipe.data.crop_size}) "
-                f"and 'mask.unit_size' ({recipe.mask.unit_size}) do not fit the mask grid: "
-                f"{str(err).removeprefix('mask_grid: ')}"]
+        return [f"keys 'data.num_frames' ({recipe.data.num_frames}) and 'data.crop_size' ({recipe.data.crop_size}) "
+                f"do not fit the mask grid: {str(err).removeprefix('mask_grid: ')}"]
     return []
 
 

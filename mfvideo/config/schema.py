@@ -140,7 +140,6 @@ class MaskConfig:
     mode: str = "cube"                    # cube | tube | frame | block (images) | none (fine-tuning, detection)
     ratio: float = within(0, 1, default=0.4, low_open=True, high_open=True)
     min_units: int = at_least(1, default=9)  # smallest cube face in mask units (49 // 5); 15 for 2-D blocks
-    unit_size: int = at_least(16, default=32)  # pixels of a video mask unit's side (2×2 output tokens at 32)
     max_tries: int = at_least(1, default=100)
 
 

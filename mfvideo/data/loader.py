@@ -123,7 +123,7 @@ def _mask_generator(mask_cfg, data_cfg):
         return None
     from mfvideo.targets.masks import build_mask_generator, mask_grid
 
-    grid = mask_grid(data_cfg.num_frames, data_cfg.crop_size, mask_cfg.unit_size)
+    grid = mask_grid(data_cfg.num_frames, data_cfg.crop_size)
     return build_mask_generator(mask_cfg.mode, grid, ratio=mask_cfg.ratio, min_units=mask_cfg.min_units,
                                 max_tries=mask_cfg.max_tries)
 

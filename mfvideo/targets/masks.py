@@ -32,25 +32,19 @@ IMAGE_UNIT_PIXELS = 16   # an image mask unit is one 16×16 token
 Grid = tuple[int, int, int]
 
 
-def mask_grid(num_frames: int, crop_size: int, unit_size: int = VIDEO_UNIT_PIXELS) -> Grid:
+def mask_grid(num_frames: int, crop_size: int) -> Grid:
     """(T', H', W') of the mask for a clip of `num_frames` × `crop_size`² pixels.
 
-    Video: (T // 2, crop // unit_size, crop // unit_size), e.g. 8×7×7 for 16×224² with the official 32-pixel
-    units. Small clips need smaller units: at 64² the official units split the frame into 2×2 quarters, and a
-    masked quarter over several time steps hides whatever is in it, with nothing left to infer it from; 16-pixel
-    units (one output token) give 4×4. Image (T == 1): (1, crop // 16, crop // 16), e.g. 1×14×14 at 224. Sizes
-    that would leave part of the clip outside the grid are rejected, because the model upsamples the mask by exact
-    factors.
+    Video: (T // 2, crop // 32, crop // 32), e.g. 8×7×7 for 16×224². Image (T == 1): (1, crop // 16,
+    crop // 16), e.g. 1×14×14 at 224. Sizes that would leave part of the clip outside the grid are
+    rejected, because the model upsamples the mask by exact factors.
     """
     if num_frames < 1 or crop_size < 1:
         raise ValueError(f"mask_grid: num_frames={num_frames} and crop_size={crop_size} must be positive")
-    if unit_size < 1 or unit_size % IMAGE_UNIT_PIXELS:
-        raise ValueError(f"mask_grid: unit_size={unit_size} must be a positive multiple of the "
-                         f"{IMAGE_UNIT_PIXELS}-pixel output token")
     if num_frames == 1:
         unit, frames = IMAGE_UNIT_PIXELS, 1
     else:
-        unit = unit_size
+        unit = VIDEO_UNIT_PIXELS
         if num_frames % VIDEO_UNIT_FRAMES:
             raise ValueError(f"mask_grid: num_frames={num_frames} must be 1 (image) or a multiple of "
                              f"{VIDEO_UNIT_FRAMES} (one temporal token per {VIDEO_UNIT_FRAMES} frames)")
