@@ -32,7 +32,7 @@ def test_pretraining_raises_the_knn_probe_well_above_its_start(tmp_path):
     probes = {step: record["probe_top1"] for step, record in records.items() if "probe_top1" in record}
     explained = [record["explained_variance"] for record in records.values() if "explained_variance" in record]
     assert min(probes) == 0 and len(probes) == 2, probes
-    # Measured with train.seed 0 / 1 / 2 (this test runs 0): k-NN top-1 10.0 → 25.6, 13.1 → 22.5, 15.6 → 23.8 (+15.6,
-    # +9.4, +8.1; chance 12.5 on 160 videos); final explained variance 0.12, 0.20, 0.20. The margins hold on all three.
-    assert probes[max(probes)] >= probes[0] + 6, probes
-    assert explained[-1] > 0.05, explained
+    # Measured with train.seed 0 / 1 / 2 (this test runs 0): k-NN top-1 10.0 → 21.3, 13.1 → 17.5, 15.6 → 21.9 (+11.3,
+    # +4.4, +6.3; chance 12.5 on 160 videos); final explained variance 0.21, 0.20, 0.23. The margins hold on all three.
+    assert probes[max(probes)] >= probes[0] + 4, probes
+    assert explained[-1] > 0.1, explained
