@@ -106,13 +106,15 @@ def _named_classes(classes: Sequence[str]) -> str:
 
 
 def _probe_values(recipe: Recipe) -> list[str]:
-    """The k-NN probe's splits read now, as the probe reads them, so that a probe that cannot run stops the job
-    before training rather than at step 0: both set when the probe is on, each with a manifest that lists its
+    """With the probe on, its splits read now, as the probe reads them, so that a probe that cannot run stops the job
+    before training rather than at step 0: both set, each with a manifest that lists its
     classes (the labels the votes count), and the same classes in both (a val label must mean a train label)."""
     from mfvideo.data.loader import read_policy
     from mfvideo.data.shardlist import read_split_manifest
 
     data, every = recipe.data, recipe.train.probe_every
+    if not every:  # splits that no probe reads are not a reason to stop (the demo recipe names them, on or off)
+        return []
     splits = [("data.probe_train", data.probe_train, data.probe_train_manifest),
               ("data.probe_val", data.probe_val, data.probe_val_manifest)]
     problems = [f"train.probe_every={every} but {key} is not set: the k-NN probe needs labelled train and val "
