@@ -165,7 +165,7 @@ class ModelConfig:
     dim_mul_in_att: bool = False
     pooling: str = "mean"                 # models, classify: mean (MaskFeat fine-tuning) | cls (torchvision mvit_v2_s)
     # detect: pixels per token of the grid the RoI head reads: 16 (the last Q stride removed, as in MaskFeat
-    # pretraining; DESIGN §6) | 32 (MViT's own last stage)
+    # pretraining, MaskFeat's AVA setting) | 32 (MViT's own last stage)
     detection_stride: int = 16
 
 

@@ -3,10 +3,10 @@
 The clip's tokens go through a final LayerNorm; the cls token is dropped, the grid tokens are laid out as
 B×C×T×H×W and averaged over T; each box (pixels of the clip) is RoIAligned 7×7 (aligned, adaptive sampling as
 PySlowFast's ResNetRoIHead) at the backbone's output stride, max-pooled, and a dropout + Linear gives its logits.
-The loss is binary cross-entropy on sigmoid scores (DESIGN §6).
+The loss is binary cross-entropy on sigmoid scores (AVA actions are multi-label).
 
 The backbone keeps the 1/16 grid by default: the last-stage Q stride is removed as in MaskFeat pretraining (the
-MViT's own 1/32 grid is too coarse for person boxes: DESIGN §6, head geometry).
+MViT's own 1/32 grid is too coarse for person boxes, as MaskFeat's AVA head has it).
 """
 
 from __future__ import annotations

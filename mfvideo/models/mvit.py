@@ -21,7 +21,7 @@ Grid = Tuple[int, int, int]
 
 LAYER_NORM_EPS = 1e-6
 INIT_STD = 0.02
-INIT_BIAS = 0.02  # DESIGN §4: biases and LayerNorm biases start at 0.02
+INIT_BIAS = 0.02  # biases and LayerNorm biases start at 0.02, as in PySlowFast's MViT init
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def key_positions(k_grid: Grid, dtype: torch.dtype, device: torch.device) -> tor
 
 def fold_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: torch.Tensor, k_grid: Grid,
                  scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v for plain attention at scale 1 with the relative positions inside the dot product (DESIGN §4):
+    """q, k, v for plain attention at scale 1 with the relative positions inside the dot product:
     q' = [q, terms] (zero terms for the cls query), k' = [scale·k, key positions], so q'·k' = scale·q·k + bias (the
     scale goes on the keys, far fewer than the queries after KV pooling).
 
