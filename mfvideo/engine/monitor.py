@@ -63,31 +63,30 @@ class Monitor:
     def validation(self, step: int, epoch: int, metrics: dict, primary: str, best: float) -> None:
         """Record a validation pass: merged into the step's line of metrics.jsonl as `val_<name>`, TensorBoard
         `val/<name>`, and one console line."""
-        if not self.enabled:
-            return
-        record = {"step": step, "epoch": epoch, **{f"val_{name}": value for name, value in metrics.items()}}
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        for name, value in metrics.items():
-            self._writer.add_scalar(f"val/{name}", value, step)
-        shown = ", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
-                          for name, value in metrics.items())
-        log.info("validation after epoch %d (step %d): %s | best %s %.2f", epoch, step, shown, primary, best)
+        shown = self._evaluation(step, epoch, metrics, "val")
+        if shown is not None:
+            log.info("validation after epoch %d (step %d): %s | best %s %.2f", epoch, step, shown, primary, best)
 
     def probe(self, step: int, epoch: int, metrics: dict) -> None:
         """Record a k-NN probe (`mfvideo.evaluation.probe`): merged into the step's line of metrics.jsonl as
         `probe_<name>` (step 0: the probe at initialisation, before any step), TensorBoard `probe/<name>`, and one
         console line."""
+        shown = self._evaluation(step, epoch, metrics, "probe")
+        if shown is not None:
+            log.info("k-NN probe at step %d, after %d epochs: %s", step, epoch, shown)
+
+    def _evaluation(self, step: int, epoch: int, metrics: dict, prefix: str) -> str | None:
+        """Write `metrics` as `<prefix>_<name>` to metrics.jsonl and `<prefix>/<name>` to TensorBoard; their text for
+        the console line, or None on the ranks that record nothing."""
         if not self.enabled:
-            return
-        record = {"step": step, "epoch": epoch, **{f"probe_{name}": value for name, value in metrics.items()}}
+            return None
+        record = {"step": step, "epoch": epoch, **{f"{prefix}_{name}": value for name, value in metrics.items()}}
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         for name, value in metrics.items():
-            self._writer.add_scalar(f"probe/{name}", value, step)
-        shown = ", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
-                          for name, value in metrics.items())
-        log.info("k-NN probe at step %d, after %d epochs: %s", step, epoch, shown)
+            self._writer.add_scalar(f"{prefix}/{name}", value, step)
+        return ", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+                         for name, value in metrics.items())
 
     def close(self) -> None:
         if self._writer is not None:
