@@ -12,6 +12,7 @@ optimizer steps (1-based) non-finite, to exercise the skipping logic.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import sys
 
 import numpy as np
@@ -19,20 +20,21 @@ import torch
 
 from mfvideo.config import load_recipe_or_exit
 from mfvideo.data.transforms import Normalise
-from mfvideo.engine.trainer import default_model, train
+from mfvideo.app.run import training_parts
+from mfvideo.engine.trainer import train
 from mfvideo.targets.masks import build_mask_generator, mask_grid
-from mfvideo.tasks import task_of
+from mfvideo.tasks import classify
 
 
 class SyntheticClips:
     def __init__(self, recipe, micro_batch_size: int, rank: int, world_size: int, num_samples: int = 48):
         self.data, self.micro, self.rank, self.world = recipe.data, micro_batch_size, rank, world_size
         self.num_samples, self.seed = num_samples, recipe.train.seed
-        self.num_classes = recipe.model.num_classes if "label" in task_of(recipe).train_fields else 0
+        self.num_classes = recipe.model.num_classes if recipe.model.task == "classify" else 0
         self.masks = None if self.num_classes else build_mask_generator(
             recipe.mask.mode, mask_grid(recipe.data.num_frames, recipe.data.crop_size), ratio=recipe.mask.ratio,
             min_units=recipe.mask.min_units)
-        self.augment = task_of(recipe).batch_augment(recipe)
+        self.augment = classify.mixing(recipe) if self.num_classes else None
         self.normalise = Normalise(recipe.data.mean, recipe.data.std)
         self.epoch, self.position = 0, 0
 
@@ -98,12 +100,14 @@ def main() -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = recipe.train.global_batch_size // (recipe.train.micro_batch_size * world)
 
-    def model_factory(r):
-        model = default_model(r)
-        return NanAtSteps(model, nan_steps, accumulation) if nan_steps else model
+    parts = training_parts(recipe)
 
-    train(recipe, model_factory=model_factory,
-          loader_factory=lambda r, micro, info: SyntheticClips(r, micro, info.rank, info.world_size))
+    def model():
+        built = parts.model()
+        return NanAtSteps(built, nan_steps, accumulation) if nan_steps else built
+
+    train(recipe, replace(parts, model=model,
+                          loader=lambda micro, info: SyntheticClips(recipe, micro, info.rank, info.world_size)))
 
 
 if __name__ == "__main__":

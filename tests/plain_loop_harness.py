@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,8 +18,9 @@ import torch
 from mfvideo.config import load_recipe_or_exit
 from mfvideo.engine.monitor import read_metrics
 from mfvideo.engine.optim import apply_lr, param_groups, schedule_for
-from mfvideo.engine.trainer import default_model, train
-from mfvideo.tasks import train_loader
+from mfvideo.app.run import training_parts
+from mfvideo.engine.trainer import train
+from mfvideo.tasks import build_model, train_loader
 
 
 def copied(batch: dict) -> dict:
@@ -67,13 +69,13 @@ def main() -> None:
         batches += [copied(batch) for batch in loader]
     per_epoch = len(batches) // recipe.optim.epochs
 
-    train(recipe, loader_factory=lambda r, micro, info: ReplayLoader(batches, per_epoch))
+    train(recipe, replace(training_parts(recipe), loader=lambda micro, info: ReplayLoader(batches, per_epoch)))
     engine_losses = [record["loss"] for record in read_metrics(Path(recipe.train.output_dir)).values()]
-    engine_model = default_model(recipe)  # the exported weights: model.init becomes the run's own model.pt
+    engine_model = build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size)  # the exported weights: model.init becomes the run's own model.pt
     engine_model.load_state_dict(torch.load(Path(recipe.train.output_dir) / "model.pt", weights_only=True)["model"])
 
     torch.manual_seed(recipe.train.seed)  # the engine's initial weights: the same seed before the same build
-    model = default_model(recipe)
+    model = build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size)
     model.train()
     groups = param_groups(model, recipe.optim)
     scales = [group.pop("lr_scale") for group in groups]

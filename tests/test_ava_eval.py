@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from launch_helpers import REPO, child_env
-from mfvideo.ava_files import AvaFormatError, read_label_map
+from mfvideo.common.ava_files import AvaFormatError, read_label_map
 from mfvideo.evaluation.ava import (AvaEvaluator, KeyframeDetections, KeyframeTruth, evaluate_files, main,
                                     score_detections)
 from shards_helpers import AVA_60_IDS

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from mfvideo.ava_files import GROUPS as GROUP_OF_LABEL_TYPE, read_label_map
+from mfvideo.common.ava_files import GROUPS as GROUP_OF_LABEL_TYPE, read_label_map
 from mfvideo.shards import AvaSource
 from mfvideo.shards.cli import main as cli_main
 

@@ -28,11 +28,13 @@ from mfvideo.config.recipe import RecipeError, load_recipe
 from mfvideo.config.schema import DataConfig, DetectionDataConfig
 from mfvideo.data.boxes import KeyframeAnnotation, MissingDetections, eval_rois, training_rois
 from mfvideo.data.decode import open_media
-from mfvideo.data.loader import build_test_loader, build_train_loader
+from loader_helpers import build_test_loader, build_train_loader
 from mfvideo.data.tarstream import iter_shard
 from mfvideo.data.transforms import (MIN_VISIBLE_FRACTION, DetectionEvalTransform, DetectionTrainTransform,
                                      clip_boxes, jittered_crop_box)
 from mfvideo.shards import AvaSource, ShardOptions, make_shards
+from mfvideo.tasks import detect
+from mfvideo.tasks.rules import choice_problems
 from shards_helpers import AVA_60_IDS
 
 FPS = 15                      # the movies' rate: a 16 × 4 clip at 30 fps reference strides 2 frames here
@@ -442,7 +444,7 @@ def test_bad_boxes_are_skipped_counted_and_named_like_undecodable_videos(shards,
 def test_testing_on_shards_without_detections_names_the_sample_or_uses_ground_truth(tmp_path):
     folder = make_ava_shards(tmp_path / "gt_only", detections=False)
     with pytest.raises(MissingDetections, match=r"sample '-mov_A1_0002' of shard '.*ava-000000.tar' has no person "
-                                                r"detections .*data.detection.test_boxes=ground_truth"):
+                                                r"detections .*test on the ground-truth boxes instead"):
         list(build_test_loader(data_cfg(folder), 4, 0, 1, fields=("boxes",)))
     cfg = data_cfg(folder, detection=DetectionDataConfig(test_boxes="ground_truth"))
     (batch,) = list(build_test_loader(cfg, 4, 0, 1, fields=("boxes",)))
@@ -450,15 +452,23 @@ def test_testing_on_shards_without_detections_names_the_sample_or_uses_ground_tr
     assert len(list(build_train_loader(cfg, None, 1, 0, 1, seed=0, fields=("boxes",)))) == 3  # training: GT alone
 
 
-def test_options_a_detection_loader_cannot_use_are_refused(shards):
+def test_options_detection_cannot_use_are_refused_by_its_rules_naming_the_key(shards):
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "demo_ava_ft.yaml",
+                         [f"data.train={shards}", "data.val=null", "train.eval_every=0", "data.test_clips=10",
+                          "augment.rand_augment=rand-m7-n2", "data.detection.train_short_side=[48,100]",
+                          "model.num_classes=80"])
+    problems = detect.rules(recipe)
+    assert any(p.startswith("data.test_clips=10: detection tests one full-frame clip") for p in problems), problems
+    assert any(p.startswith("augment.rand_augment='rand-m7-n2': boxes cannot follow it") for p in problems)
+    assert any(p.startswith("data.detection.train_short_side=[48, 100]: must be [min, max] with data.crop_size=64")
+               for p in problems)
+    assert len(problems) == 3
+    with pytest.raises(ValueError, match=r"short_side_range must be \[min, max\] with crop size 64 <= min"):
+        DetectionTrainTransform(64, [48, 100], flip=True)
+
+
+def test_the_number_of_action_ids_is_the_loaders_to_take(shards):
     cfg = data_cfg(shards)
-    with pytest.raises(ValueError, match=r"10 temporal views \(data.test_clips"):
-        build_test_loader(data_cfg(shards, test_clips=10), 4, 0, 1, fields=("boxes",))
-    with pytest.raises(ValueError, match="RandAugment"):
-        build_train_loader(cfg, None, 2, 0, 1, seed=0, fields=("boxes",), rand_augment="rand-m7-n2")
-    with pytest.raises(ValueError, match=r"data.detection.train_short_side .* data.crop_size=64 <= min"):
-        build_train_loader(data_cfg(shards, detection=DetectionDataConfig(train_short_side=[48, 100])), None, 2, 0,
-                           1, seed=0, fields=("boxes",))
     passed = build_train_loader(cfg, None, 2, 0, 1, seed=0, fields=("boxes",), num_actions=90)
     assert passed.stream.clip_maker.num_actions == 90
     from_manifest = build_train_loader(cfg, None, 2, 0, 1, seed=0, fields=("boxes",))
@@ -470,8 +480,7 @@ def test_detection_recipe_keys_are_declared_with_their_ranges():
     recipe = load_recipe(demo)
     assert recipe.data.detection == DetectionDataConfig() and recipe.data.detection.train_short_side == [256, 320]
     assert (recipe.data.detection.train_score, recipe.data.detection.test_score) == (0.8, 0.8)
-    with pytest.raises(RecipeError, match="key 'data.detection.test_boxes' is 'all'; expected one of detections, "
-                                          "ground_truth"):
-        load_recipe(demo, ["data.detection.test_boxes=all"])
+    assert choice_problems(load_recipe(demo, ["data.detection.test_boxes=all"])) == [
+        "key 'data.detection.test_boxes' is 'all'; expected one of detections, ground_truth"]
     with pytest.raises(RecipeError, match=r"key 'data.detection.train_score' is 1.5; expected in \[0, 1\]"):
         load_recipe(demo, ["data.detection.train_score=1.5"])

@@ -15,13 +15,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
-from launch_helpers import REPO, deepspeed_command, run_command, signal_after_step, torchrun_command
-from mfvideo.ava_files import read_label_map
+from launch_helpers import REPO, deepspeed_command, signal_after_step
+from mfvideo.common.ava_files import read_label_map
 from mfvideo.config import load_recipe
 from mfvideo.engine.monitor import read_metrics
-from mfvideo.tasks import build_model
+from training_helpers import (assert_stops_before_any_work, make_shards_command, run_to_success, save_fresh_weights,
+                              script_command, tools_test_command, train_command, train_to_end)
 
 # tools/dev.sh demo-ava's dataset: 60 train movies (165 keyframes once the excluded are left out), 30 val movies
 DEMO_AVA = ["--num-movies", "90", "--val-movies", "30", "--seconds", "6", "--width", "96", "--height", "72",
@@ -38,16 +38,13 @@ def demo_ava(tmp_path_factory) -> Path:
     workers has some); root/ava.yaml: recipes/demo_ava_ft.yaml on them."""
     root = tmp_path_factory.mktemp("demo_ava")
     ava = root / "ava"
-    make = [sys.executable, "tools/make_shards.py"]
-    proc = run_command([*make, "demo-ava", "--out", str(ava), *DEMO_AVA])
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_to_success(make_shards_command("demo-ava", ava, *DEMO_AVA))
     for split in ("train", "val"):
-        proc = run_command([*make, "ava", "--action-list", str(ava / "ava_action_list_v2.2.pbtxt"), "--movies",
-                     str(ava / "movies"), "--annotations", str(ava / f"ava_{split}_v2.2.csv"), "--excluded",
-                     str(ava / f"ava_{split}_excluded_timestamps_v2.2.csv"), "--detections",
-                     str(ava / f"ava_{split}_predicted_boxes.csv"), "--max-count", "24", "--out", str(root / split),
-                     "--no-progress"])
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        run_to_success(make_shards_command(
+            "ava", root / split, "--action-list", str(ava / "ava_action_list_v2.2.pbtxt"), "--movies",
+            str(ava / "movies"), "--annotations", str(ava / f"ava_{split}_v2.2.csv"), "--excluded",
+            str(ava / f"ava_{split}_excluded_timestamps_v2.2.csv"), "--detections",
+            str(ava / f"ava_{split}_predicted_boxes.csv"), "--max-count", "24", "--no-progress"))
     (root / "ava.yaml").write_text(textwrap.dedent(f"""
         base: {REPO / "recipes" / "demo_ava_ft.yaml"}
         data:
@@ -62,27 +59,16 @@ def demo_ava(tmp_path_factory) -> Path:
     return root
 
 
-def train_cmd(root: Path, out: Path, *overrides: str) -> list[str]:
-    return torchrun_command(2, "tools/train.py", str(root / "ava.yaml"), f"train.output_dir={out}", *overrides)
-
-
-def tools_test_cmd(root: Path, weights: Path, out: Path) -> list[str]:
-    return torchrun_command(2, "tools/test.py", str(root / "ava.yaml"), f"model.init={weights}", f"train.output_dir={out}")
-
-
 @pytest.fixture(scope="module")
 def trained(demo_ava, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_command(train_cmd(demo_ava, out))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out
+    """tools/train.py on 2 processes (torchrun): the run folder."""
+    return train_to_end(demo_ava / "ava.yaml", tmp_path_factory.mktemp("trained") / "run", nproc=2)
 
 
 @pytest.fixture(scope="module")
 def tested(demo_ava, trained) -> Path:
     """tools/test.py (2 processes) on the trained weights: the folder holding detections.csv and metrics.json."""
-    proc = run_command(tools_test_cmd(demo_ava, trained / "model.pt", trained))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_to_success(tools_test_command(demo_ava / "ava.yaml", trained / "model.pt", trained, nproc=2))
     return trained / "test"
 
 
@@ -93,11 +79,10 @@ def test_two_process_training_raises_map_well_above_the_untrained_model(demo_ava
     records = read_metrics(trained)
     assert list(records) == list(range(1, 301))  # 15 epochs of 20 steps
     recipe = load_recipe(trained / "recipe.yaml")
-    torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size)
-    torch.save({"model": model.state_dict()}, tmp_path / "untrained.pt")
-    proc = run_command(tools_test_cmd(demo_ava, tmp_path / "untrained.pt", tmp_path / "untrained"))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    save_fresh_weights(recipe.model, recipe.data.num_frames, recipe.data.crop_size, tmp_path / "untrained.pt",
+                       seed=recipe.train.seed)
+    run_to_success(tools_test_command(demo_ava / "ava.yaml", tmp_path / "untrained.pt", tmp_path / "untrained",
+                                      nproc=2))
     untrained = json.loads((tmp_path / "untrained" / "test" / "metrics.json").read_text())
     metrics = json.loads((tested / "metrics.json").read_text())
     assert metrics["num_actions"] == untrained["num_actions"] == 6  # the demo's evaluated actions
@@ -112,14 +97,13 @@ def test_detection_training_killed_mid_epoch_resumes_with_identical_losses(demo_
     expected = read_metrics(trained)
     last = min(step for step, record in expected.items() if record["epoch"] == 1)  # epoch 1's first step
     out = tmp_path / "run"
-    cmd = deepspeed_command(2, "tools/train.py", str(demo_ava / "ava.yaml"), f"train.output_dir={out}",
-                                   "train.checkpoint_every=4", "train.log_every=1", f"train.max_steps={last}")
+    cmd = train_command(demo_ava / "ava.yaml", out, "train.checkpoint_every=4", "train.log_every=1",
+                        f"train.max_steps={last}", nproc=2, launcher=deepspeed_command)
     job = signal_after_step(cmd, out, 5, signal.SIGKILL)
     job.communicate()
     assert max(read_metrics(out)) < last
 
-    resumed = run_command(cmd)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    resumed = run_to_success(cmd)
     assert "resumed from" in resumed.stderr
     got = read_metrics(out)
     assert list(got) == list(range(1, last + 1))
@@ -141,11 +125,10 @@ def test_ava_eval_scores_the_written_detections_as_tools_test_did(demo_ava, test
         assert all(len(value.split(".")[1]) == 6 for value in (*box, score))
     assert len({(row[0], row[1]) for row in rows}) > VAL_KEYFRAMES // 2
 
-    proc = run_command([sys.executable, "tools/ava_eval.py", "--groundtruth", str(ava / "ava_val_v2.2.csv"),
-                 "--detections", str(tested / "detections.csv"), "--labelmap",
-                 str(ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"), "--exclusions",
-                 str(ava / "ava_val_excluded_timestamps_v2.2.csv")])
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_to_success([sys.executable, "tools/ava_eval.py", "--groundtruth", str(ava / "ava_val_v2.2.csv"),
+                           "--detections", str(tested / "detections.csv"), "--labelmap",
+                           str(ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"), "--exclusions",
+                           str(ava / "ava_val_excluded_timestamps_v2.2.csv")])
     metrics = json.loads((tested / "metrics.json").read_text())
     assert proc.stdout.strip().splitlines()[-1] == f"mAP@0.5 {metrics['mAP']:.4f}"
 
@@ -166,13 +149,9 @@ def test_values_detection_cannot_use_stop_before_any_work(demo_ava, tmp_path):
     }
     overrides = list(problems)
     for script in ("tools/train.py", "tools/test.py"):
-        proc = run_command([sys.executable, script, recipe, f"train.output_dir={out}", f"model.init={tmp_path / 'x.pt'}",
-                     *overrides])
-        assert proc.returncode == 2, (script, proc.stderr[-2000:])
-        for phrases in problems.values():
-            for phrase in phrases:
-                assert phrase in proc.stderr, (script, phrase, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and not out.exists()
+        assert_stops_before_any_work(
+            script_command(script, recipe, f"train.output_dir={out}", f"model.init={tmp_path / 'x.pt'}", *overrides),
+            [phrase for phrases in problems.values() for phrase in phrases], out)
 
 
 def test_a_bad_row_of_the_evaluation_files_stops_training_before_any_work(demo_ava, tmp_path):
@@ -182,8 +161,7 @@ def test_a_bad_row_of_the_evaluation_files_stops_training_before_any_work(demo_a
     truth.write_text("\n".join([*rows, rows[0].split(",")[0] + ",0002,0.5,0.1,0.4,0.9,1,0"]) + "\n")
     out = tmp_path / "never"
     for script in ("tools/train.py", "tools/test.py"):
-        proc = run_command([sys.executable, script, str(demo_ava / "ava.yaml"), f"train.output_dir={out}",
-                     f"data.detection.val_groundtruth={truth}", f"model.init={tmp_path / 'x.pt'}"])
-        assert proc.returncode == 2, (script, proc.stderr[-2000:])
-        assert f"{truth}:{len(rows) + 1}: box" in proc.stderr, (script, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and not out.exists()
+        assert_stops_before_any_work(
+            script_command(script, str(demo_ava / "ava.yaml"), f"train.output_dir={out}",
+                           f"data.detection.val_groundtruth={truth}", f"model.init={tmp_path / 'x.pt'}"),
+            [f"{truth}:{len(rows) + 1}: box"], out)

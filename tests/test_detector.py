@@ -278,13 +278,13 @@ def test_layer_ids_put_the_head_on_top():
 def test_bad_detection_batches_are_named():
     model = tiny_detector()
     video = torch.zeros(1, 3, 4, 64, 64)
-    with pytest.raises(ValueError, match=r"lacks \['box_index'\]"):
+    with pytest.raises(ValueError, match=r"Detector: batch does not fit: box_index is missing"):
         model({"video": video, "boxes": torch.zeros(1, 4)})
-    with pytest.raises(ValueError, match="boxes must be R×4"):
+    with pytest.raises(ValueError, match=r"boxes has shape \(1, 3\), expected R×4"):
         model(detection_batch(video, [[0, 0, 1]], [0]))
-    with pytest.raises(ValueError, match="box_index must be int64"):
+    with pytest.raises(ValueError, match="box_index is torch.float32, expected torch.int64"):
         model({"video": video, "boxes": torch.zeros(1, 4), "box_index": torch.zeros(1)})
-    with pytest.raises(ValueError, match=f"box_labels must be R×{NUM_CLASSES}"):
+    with pytest.raises(ValueError, match=rf"box_labels has shape \(1, 80\), expected R×A with A={NUM_CLASSES}"):
         model({**detection_batch(video, [[0, 0, 1, 1]], [0]), "box_labels": torch.zeros(1, 80)})
     with pytest.raises(ValueError, match="video_size has 2 sizes for the 1 clips"):
         model({**detection_batch(video, [[0, 0, 1, 1]], [0]), "video_size": [(64, 64), (64, 64)]})

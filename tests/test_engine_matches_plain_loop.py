@@ -11,28 +11,23 @@ import sys
 
 import pytest
 
-from launch_helpers import REPO, run_command
+from launch_helpers import REPO
+from training_helpers import make_demo_shards, run_to_success, train_to_end
 
 
 @pytest.mark.slow
 def test_engine_and_plain_adamw_loop_give_the_same_losses_and_both_fit(tmp_path):
-    shards = tmp_path / "train"
-    made = run_command([sys.executable, "tools/make_shards.py", "demo", "--out", str(shards), "--num-videos", "8",
-                        "--width", "64", "--height", "64", "--max-count", "8", "--no-progress"])
-    assert made.returncode == 0, made.stderr[-2000:]
+    shards = make_demo_shards(tmp_path / "train", 8, 8)
     small = [f"data.train={shards}", "data.num_frames=4", "data.num_workers=0", "data.shuffle_buffer=8",
              "train.global_batch_size=8", "train.micro_batch_size=8", "train.log_every=5", "train.probe_every=0"]
-    pretrained = run_command([sys.executable, "tools/train.py", str(REPO / "recipes" / "demo_pt.yaml"), *small,
-                              f"train.output_dir={tmp_path / 'pt'}", "train.max_steps=6"])
-    assert pretrained.returncode == 0, pretrained.stderr[-2000:]
+    train_to_end(REPO / "recipes" / "demo_pt.yaml", tmp_path / "pt", *small, "train.max_steps=6")
 
     result = tmp_path / "losses.json"
-    compared = run_command([sys.executable, "tests/plain_loop_harness.py", str(REPO / "recipes" / "demo_ft.yaml"),
-                            str(result), *small, "data.val=null", "train.eval_every=0", "model.num_classes=4",
-                            f"model.init={tmp_path / 'pt' / 'model.pt'}", f"train.output_dir={tmp_path / 'ft'}",
-                            "optim.clip_grad=0.0", "optim.layer_decay=1.0", "optim.lr=5e-4", "optim.epochs=60",
-                            "optim.warmup_epochs=4", "train.checkpoint_every=1000"])
-    assert compared.returncode == 0, compared.stderr[-4000:]
+    run_to_success([sys.executable, "tests/plain_loop_harness.py", str(REPO / "recipes" / "demo_ft.yaml"),
+                    str(result), *small, "data.val=null", "train.eval_every=0", "model.num_classes=4",
+                    f"model.init={tmp_path / 'pt' / 'model.pt'}", f"train.output_dir={tmp_path / 'ft'}",
+                    "optim.clip_grad=0.0", "optim.layer_decay=1.0", "optim.lr=5e-4", "optim.epochs=60",
+                    "optim.warmup_epochs=4", "train.checkpoint_every=1000"])
     runs = json.loads(result.read_text())
     engine, plain = runs["engine_losses"], runs["plain_losses"]
     assert len(engine) == len(plain) == 60

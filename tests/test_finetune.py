@@ -4,7 +4,6 @@ and the recipe errors that must stop a run before any work."""
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import textwrap
@@ -14,14 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from launch_helpers import REPO, run_command, signal_after_step, torchrun_command
+from launch_helpers import REPO, run_command, signal_after_step
 from mfvideo.config import load_recipe
-from mfvideo.data.tarstream import iter_shard
-from mfvideo.data.shardlist import list_shards
 from mfvideo.data.transforms import random_resized_crop_box, resize_box
 from mfvideo.engine.monitor import read_metrics
-from mfvideo.tasks import build_model, train_loader
+from mfvideo.tasks import train_loader
 from stream_helpers import demo_shards
+from training_helpers import (assert_stops_before_any_work, evaluation_outputs, make_demo_shards, relabelled_copy,
+                              run_to_success, save_fresh_weights, shard_labels, tools_test_command, train_command,
+                              train_to_end)
 
 
 # --------------------------------------------------------------------------------------------- in-process checks
@@ -36,8 +36,7 @@ def _classify_recipe(pattern: str, *overrides: str):
 def test_every_label_in_a_batch_is_its_samples_shard_label():
     pattern = demo_shards()
     recipe = _classify_recipe(pattern, "data.repeated_sampling=2")
-    truth = {key: json.loads(parts["json"])["label"] for shard in list_shards(pattern)
-             for key, parts in iter_shard(shard.url)}
+    truth = shard_labels(pattern)
     assert len(set(truth.values())) == 4
     seen = 0
     for batch in train_loader(recipe, 4, 0, 1):
@@ -79,14 +78,10 @@ def demo_splits(tmp_path_factory) -> Path:
     """Demo train (48 videos, 3 shards) and val (16 videos, 2 shards) splits, and a MaskFeat checkpoint to start
     from (a freshly built tiny model's weights, in the layout `model.pt` has)."""
     root = tmp_path_factory.mktemp("ft")
-    for split, videos, seed in (("train", 48, 0), ("val", 16, 1)):
-        run_command([sys.executable, "tools/make_shards.py", "demo", "--out", str(root / split), "--num-videos",
-                     str(videos), "--width", "64", "--height", "64", "--max-count", "16" if split == "train" else "8",
-                     "--seed", str(seed), "--no-progress"], check=True)
+    for split, videos, per_shard, seed in (("train", 48, 16, 0), ("val", 16, 8, 1)):
+        make_demo_shards(root / split, videos, per_shard, seed=seed)
     pretrain = load_recipe(REPO / "recipes" / "demo_pt.yaml", [f"data.train={root / 'train'}"])
-    torch.manual_seed(0)
-    model = build_model(pretrain.model, 4, 64)
-    torch.save({"model": model.state_dict()}, root / "pretrained.pt")
+    save_fresh_weights(pretrain.model, 4, 64, root / "pretrained.pt", seed=0)
     recipe = root / "ft.yaml"
     recipe.write_text(textwrap.dedent(f"""
         base: {REPO / "recipes" / "demo_ft.yaml"}
@@ -101,16 +96,9 @@ def demo_splits(tmp_path_factory) -> Path:
     return root
 
 
-def train_cmd(root: Path, out: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "tools/train.py", str(root / "ft.yaml"), f"train.output_dir={out}", *overrides]
-
-
 @pytest.fixture(scope="module")
 def finetuned(demo_splits, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("finetuned") / "run"
-    proc = run_command(train_cmd(demo_splits, out))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out
+    return train_to_end(demo_splits / "ft.yaml", tmp_path_factory.mktemp("finetuned") / "run")
 
 
 @pytest.mark.slow
@@ -134,12 +122,12 @@ def test_finetuning_validates_every_epoch_and_keeps_the_best_checkpoint(finetune
 @pytest.mark.slow
 def test_finetuning_killed_mid_epoch_resumes_with_identical_losses(demo_splits, finetuned, tmp_path):
     out = tmp_path / "run"
-    job = signal_after_step(train_cmd(demo_splits, out), out, 3, signal.SIGKILL)  # past the step-2 checkpoint
+    command = train_command(demo_splits / "ft.yaml", out)
+    job = signal_after_step(command, out, 3, signal.SIGKILL)  # past the step-2 checkpoint
     job.communicate()
     assert max(read_metrics(out)) < 6
 
-    resumed = run_command(train_cmd(demo_splits, out))
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    resumed = run_to_success(command)
     assert "resumed from" in resumed.stderr
     expected, got = read_metrics(finetuned), read_metrics(out)
     assert {s: r["loss"] for s, r in got.items()} == pytest.approx({s: r["loss"] for s, r in expected.items()},
@@ -147,24 +135,17 @@ def test_finetuning_killed_mid_epoch_resumes_with_identical_losses(demo_splits, 
     assert {s: r.get("val_top1") for s, r in got.items()} == {s: r.get("val_top1") for s, r in expected.items()}
 
 
-def cmd_of_tools_test(root: Path, weights: Path, out: Path, nproc: int = 1) -> list[str]:
-    args = ["tools/test.py", str(root / "ft.yaml"), f"model.init={weights}", f"train.output_dir={out}"]
-    return [sys.executable, *args] if nproc == 1 else torchrun_command(nproc, *args)
-
-
 @pytest.mark.slow
 def test_tools_test_gives_the_same_metrics_on_one_and_two_processes(demo_splits, finetuned, tmp_path):
     results = []
     for nproc in (1, 2):
-        proc = run_command(cmd_of_tools_test(demo_splits, finetuned / "model.pt", tmp_path / f"p{nproc}", nproc))
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        metrics = json.loads((tmp_path / f"p{nproc}" / "test" / "metrics.json").read_text())
-        rows = [json.loads(line) for line in (tmp_path / f"p{nproc}" / "test" / "predictions.jsonl").open()]
-        results.append((metrics, rows))
+        run_to_success(tools_test_command(demo_splits / "ft.yaml", finetuned / "model.pt", tmp_path / f"p{nproc}",
+                                          nproc))
+        results.append(evaluation_outputs(tmp_path / f"p{nproc}" / "test"))
     (one, rows_one), (two, rows_two) = results
     assert one == two
     assert one["num_videos"] == 16 and one["num_views"] == 32 and "top1_views_1" in one
-    val_keys = {key for shard in list_shards(str(demo_splits / "val")) for key, _ in iter_shard(shard.url)}
+    val_keys = set(shard_labels(str(demo_splits / "val")))
     assert {row["key"] for row in rows_one} == val_keys and len(rows_one) == 16
     assert [[c for c, _, _ in row["top5"]] for row in rows_one] == [[c for c, _, _ in row["top5"]] for row in rows_two]
     correct = sum(row["top5"][0][0] == row["label"] for row in rows_one)
@@ -175,34 +156,28 @@ def test_tools_test_gives_the_same_metrics_on_one_and_two_processes(demo_splits,
 
 
 def test_values_a_task_cannot_use_stop_before_any_work(demo_splits, tmp_path):
-    out = tmp_path / "never"
-    pretrain = [sys.executable, "tools/train.py", str(REPO / "recipes" / "demo_pt.yaml"),
-                f"data.train={demo_splits / 'train'}", f"train.output_dir={out}", "train.probe_every=0"]
+    out, finetune = tmp_path / "never", demo_splits / "ft.yaml"
+
+    def pretrain(*overrides: str) -> list[str]:
+        return train_command(REPO / "recipes" / "demo_pt.yaml", out, f"data.train={demo_splits / 'train'}",
+                             "train.probe_every=0", *overrides)
+
     cases = [
-        (pretrain + ["augment.mixup_alpha=0.8"], ["augment.mixup_alpha=0.8", "pretraining"]),
-        (pretrain + ["mask.mode=none"], ["mask.mode='none'"]),
-        (train_cmd(demo_splits, out, "mask.mode=cube"), ["mask.mode='cube'", "fine-tuning"]),
-        (train_cmd(demo_splits, out, "model.num_classes=5"), ["model.num_classes=5", "4 classes", "data.train"]),
-        (train_cmd(demo_splits, out, "data.val=null"), ["train.eval_every=1", "data.val is not set"]),
-        (train_cmd(demo_splits, out, f"model.init={tmp_path / 'missing.pt'}"), ["model.init", "missing.pt"]),
+        (pretrain("augment.mixup_alpha=0.8"), ["augment.mixup_alpha=0.8", "pretraining"]),
+        (pretrain("mask.mode=none"), ["mask.mode='none'"]),
+        (train_command(finetune, out, "mask.mode=cube"), ["mask.mode='cube'", "fine-tuning"]),
+        (train_command(finetune, out, "model.num_classes=5"), ["model.num_classes=5", "4 classes", "data.train"]),
+        (train_command(finetune, out, "data.val=null"), ["train.eval_every=1", "data.val is not set"]),
+        (train_command(finetune, out, f"model.init={tmp_path / 'missing.pt'}"), ["model.init", "missing.pt"]),
     ]
-    unlabelled = tmp_path / "unlabelled"
-    unlabelled.mkdir()
-    for shard in (demo_splits / "val").glob("*.tar"):
-        (unlabelled / shard.name).symlink_to(shard)
-    manifest = json.loads((demo_splits / "val" / "manifest.json").read_text())
-    (unlabelled / "manifest.json").write_text(json.dumps(dict(manifest, classes=[])))
-    cases.append((train_cmd(demo_splits, out, f"data.val={unlabelled}"), ["data.val=", "no classes"]))
+    unlabelled = relabelled_copy(demo_splits / "val", tmp_path / "unlabelled", [])
+    cases.append((train_command(finetune, out, f"data.val={unlabelled}"), ["data.val=", "no classes"]))
     for cmd, phrases in cases:
-        proc = run_command(cmd)
-        assert proc.returncode == 2, (cmd, proc.stderr[-2000:])
-        for phrase in phrases:
-            assert phrase in proc.stderr, (phrase, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and not out.exists()
+        assert_stops_before_any_work(cmd, phrases, out)
 
 
 def test_tools_test_refuses_weights_that_do_not_fit(demo_splits, tmp_path):
-    proc = run_command(cmd_of_tools_test(demo_splits, demo_splits / "pretrained.pt", tmp_path / "out"))
+    proc = run_command(tools_test_command(demo_splits / "ft.yaml", demo_splits / "pretrained.pt", tmp_path / "out"))
     assert proc.returncode == 2
     assert "does not fit the model" in proc.stderr and "head.proj.weight" in proc.stderr
     proc = run_command([sys.executable, "tools/test.py", str(demo_splits / "ft.yaml"), "model.init=null"])

@@ -1,4 +1,4 @@
-"""HOG target (DESIGN.md §2): against the straightforward formula, against scikit-image where the two
+"""HOG target (docs/design.md §2): against the straightforward formula, against scikit-image where the two
 variants are made comparable, on hand-built gradients, token layout, shapes, and memory."""
 
 import io
@@ -79,7 +79,7 @@ def test_exact_on_decoded_frames(decoded_frames):
     """The target of real decoded H.264 frames from their uint8 pixels is the formula's own answer: judged against
     the formula evaluated in float64 (exact gradients), at least 99.99% of the values are within 1e-3 (in fact all
     are, to float32 rounding). The same frames normalised to float32 first, as the model input, miss on several
-    percent (DESIGN §2: cancelling gradients leave ±1e-8 and flip bins 0 and 8), so this test tells the two apart."""
+    percent (docs/design.md §2: cancelling gradients leave ±1e-8 and flip bins 0 and 8), so this test tells the two apart."""
     video = as_video(decoded_frames)
     exact = hog_reference(video.double())
     within = ((HogTarget()(video).double() - exact).abs() <= 1e-3).double().mean().item()

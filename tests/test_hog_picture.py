@@ -1,4 +1,4 @@
-"""The HOG picture (mfvideo.evaluation.hog_picture): glyph geometry, the token → cell unpacking of DESIGN.md §2, and
+"""The HOG picture (mfvideo.evaluation.hog_picture): glyph geometry, the token → cell unpacking of docs/design.md §2, and
 the picture of a MaskFeat model on a real demo-shard batch."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from PIL import Image
 from launch_helpers import REPO
 from mfvideo.config import load_recipe
 from mfvideo.evaluation.hog_picture import (draw_hog_picture, glyph_image, hog_panels, orientation_glyphs,
-                                            recipe_hog_picture, unpack_tokens)
+                                            unpack_tokens)
 from mfvideo.targets.hog import HogTarget
+from mfvideo.app.hog_picture import recipe_hog_picture
 from mfvideo.tasks import build_model, train_loader
 from stream_helpers import demo_shards
 
@@ -88,7 +89,7 @@ def test_edge_in_an_image_draws_a_line_along_that_edge(edge_degrees):
 
 
 def test_unpacking_follows_the_official_token_order():
-    """Features of a 2×3 token grid written by hand in DESIGN.md §2's order (colour·9 + bin)·4 + dy·2 + dx, each value
+    """Features of a 2×3 token grid written by hand in docs/design.md §2's order (colour·9 + bin)·4 + dy·2 + dx, each value
     naming its cell row, column, colour and bin."""
     features = torch.zeros(2, 3, 108)
     for ty in range(2):

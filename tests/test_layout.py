@@ -1,36 +1,78 @@
-"""The flow runs one way: the data side (`shards`, `data`) never imports the model, engine or task side — not at the
-top of a module and not inside a function —, importing it pulls none of them in, and its modules form no cycle."""
+"""The package is layered: each folder of `mfvideo/` is one stage, in one declared order (low to high), and a module
+may import only from its own folder and those below it, at the top of a module or inside a function. So the data
+side never imports the model side, no stage below the tasks knows a task, the engine is handed its parts, and every
+folder is covered: a new folder must be placed in the order. Importing a layer pulls in nothing above it, and no two
+modules import each other in a cycle."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from launch_helpers import REPO, child_env
 
-DATA_SIDE = [REPO / "mfvideo" / "shards", REPO / "mfvideo" / "data"]
-FORBIDDEN = ("mfvideo.models", "mfvideo.engine", "mfvideo.tasks", "mfvideo.evaluation")
+PACKAGE = REPO / "mfvideo"
+# Low to high: what a layer may import is itself and everything before it (docs/layout.md says what each holds).
+LAYERS = ("common", "config", "targets", "shards", "data", "models", "evaluation", "engine", "tasks", "app",
+          "benchmarks")
 
 
 def imported_modules(path):
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             yield node.module
 
 
-def test_no_data_module_imports_the_model_side_anywhere():
-    offenders = {f"{path.relative_to(REPO)}: {name}" for package in DATA_SIDE for path in package.rglob("*.py")
-                 for name in imported_modules(path) if name.startswith(FORBIDDEN)}
-    assert not offenders
+def upward_imports(package: Path = PACKAGE) -> set[str]:
+    """'<file>: <module>' for every import of a higher layer's module (or of a module in no layer)."""
+    found = set()
+    for path in package.rglob("*.py"):
+        if path.parent == package:  # mfvideo/__init__.py: imports nothing (checked below)
+            continue
+        layer = LAYERS.index(path.relative_to(package).parts[0])
+        for name in imported_modules(path):
+            parts = name.split(".")
+            if parts[0] != "mfvideo" or len(parts) == 1:
+                continue
+            if parts[1] not in LAYERS or LAYERS.index(parts[1]) > layer:
+                found.add(f"{path.relative_to(package.parent)}: {name}")
+    return found
 
 
-def test_importing_the_data_side_loads_no_model_code():
-    modules = sorted(_module_name(p) for package in DATA_SIDE for p in package.rglob("*.py"))
+def test_every_module_of_the_package_lives_in_a_declared_layer():
+    top = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__" and p.name != "__init__.py")
+    assert top == sorted(LAYERS)
+    assert (PACKAGE / "__init__.py").read_text().count("import") == 0
+
+
+def test_no_module_imports_a_higher_layer():
+    assert upward_imports() == set()
+
+
+def test_an_upward_import_is_caught(tmp_path):
+    """The guard itself: an engine module that imports the tasks (the shape of the old default factories) fails."""
+    copy = tmp_path / "mfvideo"
+    for layer in LAYERS:
+        (copy / layer).mkdir(parents=True)
+    (copy / "engine" / "trainer.py").write_text("def default_model(recipe):\n    from mfvideo.tasks import build_model\n")
+    (copy / "data" / "loader.py").write_text("from mfvideo.models.mvit import ARCHS\n")
+    (copy / "config" / "schema.py").write_text("import mfvideo.data.shardio\n")
+    assert upward_imports(copy) == {"mfvideo/engine/trainer.py: mfvideo.tasks",
+                                    "mfvideo/data/loader.py: mfvideo.models.mvit",
+                                    "mfvideo/config/schema.py: mfvideo.data.shardio"}
+
+
+@pytest.mark.parametrize("layer", LAYERS[:-1])
+def test_importing_a_layer_loads_nothing_above_it(layer):
+    modules = sorted(_module_name(p) for p in (PACKAGE / layer).rglob("*.py"))
+    above = tuple(f"mfvideo.{name}" for name in LAYERS[LAYERS.index(layer) + 1:])
     code = ("import sys, importlib\n"
             f"for name in {modules!r}: importlib.import_module(name)\n"
-            f"print(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r})))")
+            f"print(sorted(m for m in sys.modules if m.startswith({above!r})))")
     proc = subprocess.run([sys.executable, "-c", code], env=child_env(), cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -55,8 +97,8 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def test_data_side_modules_import_each_other_without_cycles():
-    paths = {_module_name(p): p for package in ("shards", "data") for p in (REPO / "mfvideo" / package).rglob("*.py")}
+def test_modules_import_each_other_without_cycles():
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {name: _imports(path, set(paths)) - {name} for name, path in paths.items()}
     cycles, state = [], {}
 

@@ -2,7 +2,7 @@
 
 import logging
 
-from mfvideo.log import setup_logging
+from mfvideo.common.log import setup_logging
 
 
 def emit(capsys, rank: int, world_size: int) -> str:

@@ -1,4 +1,4 @@
-"""Mask generators (DESIGN.md §3): grid sizes, masked fractions, cube shape rules, modes, determinism."""
+"""Mask generators (docs/design.md §3): grid sizes, masked fractions, cube shape rules, modes, determinism."""
 
 import collections
 import pickle

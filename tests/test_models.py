@@ -8,7 +8,7 @@ import torch
 from mfvideo.config.schema import ModelConfig
 from mfvideo.tasks import build_model
 from mfvideo.models.checkpoint import load_pretrained, load_state, read_checkpoint
-from mfvideo.models.complexity import MEASURED, build_on_meta, count_parameters, measure
+from mfvideo.benchmarks.complexity import MEASURED, build_on_meta, count_parameters, measure
 from mfvideo.models.mvit import MViT, mvit_tiny, rel_pos_lookup, resize_rel_pos
 from models_helpers import num_elements, random_state, torchvision_mvit_v2_s_shapes
 
@@ -121,13 +121,13 @@ def test_build_model_rejects_unknown_task_and_arch():
         build_model(ModelConfig(arch="mvit_tiny", task="segment"), 16, 64)
     with pytest.raises(ValueError, match="model.arch='mvit_xl'"):
         build_model(ModelConfig(arch="mvit_xl", task="classify"), 16, 64)
-    with pytest.raises(ValueError, match="model.pooling='max'"):
+    with pytest.raises(ValueError, match="pooling='max'"):
         build_model(replace(TINY_CLASSIFY, pooling="max"), 16, 64)
 
 
 def test_bad_video_shape_is_named():
     model = build_model(TINY_CLASSIFY, 8, 64)
-    with pytest.raises(ValueError, match=r"B×3×T×H×W, got shape \(2, 8, 64, 64\)"):
+    with pytest.raises(ValueError, match=r"video has shape \(2, 8, 64, 64\), expected B×3×T×H×W"):
         model({"video": torch.randn(2, 8, 64, 64)})
 
 

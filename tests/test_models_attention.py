@@ -1,4 +1,4 @@
-"""Attention kernels of the MViTv2 block (DESIGN §4): the relative positions folded into q and k (the default),
+"""Attention kernels of the MViTv2 block (docs/design.md §4): the relative positions folded into q and k (the default),
 the bias as an SDPA mask, and the written-out matmul-softmax reference compute the same function, forward and
 backward, on odd grids, with and without pooling, for single frames and with the cls token."""
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from mfvideo.preemption import leave_preemption_to_parent
+from mfvideo.common.preemption import leave_preemption_to_parent
 
 
 def _worker(ready) -> None:

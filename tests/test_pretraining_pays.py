@@ -5,29 +5,22 @@ held-out videos; 390 steps, about 1.5 min on 2 cores)."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from launch_helpers import REPO, run_command
+from launch_helpers import REPO
 from mfvideo.engine.monitor import read_metrics
+from training_helpers import make_demo_shards, train_to_end
 
-SHAPES = ["--shapes", "2", "--background", "flat", "--width", "64", "--height", "64", "--no-progress"]
+SHAPES = ["--shapes", "2", "--background", "flat"]
 
 
 @pytest.mark.slow
 def test_pretraining_raises_the_knn_probe_well_above_its_start(tmp_path):
     for split, videos, seed in (("pretrain", 480, 0), ("labelled", 96, 0), ("test", 160, 1)):
-        made = run_command([sys.executable, "tools/make_shards.py", "demo", "--out", str(tmp_path / split),
-                            "--num-videos", str(videos), "--max-count", "96", "--seed", str(seed), "--workers", "2",
-                            *SHAPES])
-        assert made.returncode == 0, made.stderr[-2000:]
-    out = tmp_path / "run"
-    trained = run_command([sys.executable, "tools/train.py", str(REPO / "recipes" / "demo_pt.yaml"),
-                           f"data.train={tmp_path / 'pretrain'}", f"data.probe_train={tmp_path / 'labelled'}",
-                           f"data.probe_val={tmp_path / 'test'}", "optim.epochs=13", "train.probe_every=13",
-                           f"train.output_dir={out}"])
-    assert trained.returncode == 0, trained.stderr[-4000:]
+        make_demo_shards(tmp_path / split, videos, 96, "--workers", "2", *SHAPES, seed=seed)
+    out = train_to_end(REPO / "recipes" / "demo_pt.yaml", tmp_path / "run", f"data.train={tmp_path / 'pretrain'}",
+                       f"data.probe_train={tmp_path / 'labelled'}", f"data.probe_val={tmp_path / 'test'}",
+                       "optim.epochs=13", "train.probe_every=13")
     records = read_metrics(out)
     probes = {step: record["probe_top1"] for step, record in records.items() if "probe_top1" in record}
     explained = [record["explained_variance"] for record in records.values() if "explained_variance" in record]

@@ -8,20 +8,18 @@ from __future__ import annotations
 import json
 import math
 import signal
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from launch_helpers import REPO, run_command, signal_after_step
+from launch_helpers import REPO, signal_after_step
+from training_helpers import (assert_stops_before_any_work, linked_shards, losses_by_step, make_demo_shards,
+                              relabelled_copy, run_to_success, shard_labels, train_command, train_to_end)
 
 from mfvideo.config import load_recipe
-from mfvideo.data.loader import build_test_loader
-from mfvideo.data.shardlist import list_shards
-from mfvideo.data.tarstream import iter_shard
+from loader_helpers import build_test_loader
 from mfvideo.engine import checkpoint
-from mfvideo.engine.monitor import read_metrics
 from mfvideo.evaluation import probe
 from mfvideo.evaluation.probe import embed_split, knn_scores, topk_accuracy
 from mfvideo.models.classifier import MViTClassifier
@@ -139,9 +137,7 @@ def shards(tmp_path_factory) -> Path:
     2 shards) and `three` (8 videos of 3 classes: another class list)."""
     root = tmp_path_factory.mktemp("probe_shards")
     for split, videos, classes, seed in (("train", 24, 4, 0), ("val", 16, 4, 1), ("three", 8, 3, 2)):
-        run_command([sys.executable, "tools/make_shards.py", "demo", "--out", str(root / split), "--num-videos",
-                     str(videos), "--motions", str(classes), "--width", "64", "--height", "64", "--max-count",
-                     "8", "--seed", str(seed), "--no-progress"], check=True)
+        make_demo_shards(root / split, videos, 8, "--motions", str(classes), seed=seed)
     return root
 
 
@@ -161,8 +157,7 @@ def test_embed_split_averages_each_videos_views_once_in_eval_mode(shards):
 
     split = embed_split(model, loader(0, 1))
     assert model.training
-    truth = [(key, json.loads(parts["json"])["label"]) for shard in list_shards(str(shards / "train"))
-             for key, parts in iter_shard(shard.url)]
+    truth = list(shard_labels(str(shards / "train")).items())
     assert list(zip(split.keys, split.labels.tolist())) == truth
     assert split.features.dtype == torch.float32 and split.features.shape == (24, model.backbone.dim_out)
 
@@ -204,14 +199,6 @@ def probe_recipe(shards) -> Path:
     return recipe
 
 
-def train_cmd(recipe: Path, out: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}", *overrides]
-
-
-def _losses(out: Path) -> dict[int, float]:
-    return {step: record["loss"] for step, record in read_metrics(out).items() if "loss" in record}
-
-
 def _probe_lines(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "probe_top1" in line]
 
@@ -223,21 +210,16 @@ def _saved_progress(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def probed(probe_recipe, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("probed") / "run"
-    proc = run_command(train_cmd(probe_recipe, out))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out
+    return train_to_end(probe_recipe, tmp_path_factory.mktemp("probed") / "run")
 
 
 @pytest.mark.slow
 def test_the_probe_runs_at_start_every_epoch_and_changes_no_loss(probe_recipe, probed, tmp_path):
-    unprobed = tmp_path / "run"
-    proc = run_command(train_cmd(probe_recipe, unprobed, "train.probe_every=0"))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    unprobed = train_to_end(probe_recipe, tmp_path / "run", "train.probe_every=0")
     assert not _probe_lines(unprobed)
-    losses = _losses(probed)
+    losses = losses_by_step(probed)
     assert list(losses) == list(range(1, 10))
-    assert losses == _losses(unprobed)  # bit for bit
+    assert losses == losses_by_step(unprobed)  # bit for bit
 
     lines = _probe_lines(probed)
     assert [(line["step"], line["epoch"]) for line in lines] == [(0, 0), (3, 1), (6, 2), (9, 3)]
@@ -253,39 +235,32 @@ def test_the_probe_runs_at_start_every_epoch_and_changes_no_loss(probe_recipe, p
 @pytest.mark.slow
 def test_a_probed_run_killed_then_resumed_keeps_its_probe_history(probe_recipe, probed, tmp_path):
     out = tmp_path / "run"
-    job = signal_after_step(train_cmd(probe_recipe, out), out, 4, signal.SIGKILL)  # past the step-3 checkpoint
+    job = signal_after_step(train_command(probe_recipe, out), out, 4, signal.SIGKILL)  # past the step-3 checkpoint
     job.communicate()
-    killed_at = max(_losses(out))
+    killed_at = max(losses_by_step(out))
     assert 4 <= killed_at < 9
     before = _probe_lines(out)
     saved = _saved_progress(out)
     assert [entry["step"] for entry in saved["probe_history"]][:2] == [0, 3]
 
-    resumed = run_command(train_cmd(probe_recipe, out))
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    resumed = run_to_success(train_command(probe_recipe, out))
     assert f"resumed from {out / 'checkpoints' / checkpoint.tag_for(saved['step'])}" in resumed.stderr
     assert "k-NN probe at step 0," not in resumed.stderr and "k-NN probe at step 3," not in resumed.stderr
     assert _saved_progress(out)["probe_history"] == _saved_progress(probed)["probe_history"]
     lines = _probe_lines(out)
     assert lines[:len(before)] == before and [line["step"] for line in lines].count(0) == 1
     assert {line["step"] for line in lines} == {0, 3, 6, 9}
-    assert _losses(out) == pytest.approx(_losses(probed), rel=1e-6, abs=0)
+    assert losses_by_step(out) == pytest.approx(losses_by_step(probed), rel=1e-6, abs=0)
 
 
 # ----------------------------------------------------------------------------------------------------- bad input
 
 
 def test_probe_settings_that_cannot_work_exit_2_naming_key_and_file(shards, tmp_path, capsys):
-    from mfvideo.engine import run_training
+    from mfvideo.app.run import run_training
 
-    no_manifest = tmp_path / "no_manifest"
-    unlabelled = tmp_path / "unlabelled"
-    for folder in (no_manifest, unlabelled):
-        folder.mkdir()
-        for shard in (shards / "val").glob("*.tar"):
-            (folder / shard.name).symlink_to(shard)
-    manifest = json.loads((shards / "val" / "manifest.json").read_text())
-    (unlabelled / "manifest.json").write_text(json.dumps(dict(manifest, classes=[])))
+    no_manifest = linked_shards(shards / "val", tmp_path / "no_manifest")
+    unlabelled = relabelled_copy(shards / "val", tmp_path / "unlabelled", [])
     leaf = tmp_path / "leaf.yaml"
     leaf.write_text(f"base: {REPO / 'recipes' / 'demo_pt.yaml'}\n"
                     f"data: {{train: '{shards / 'train'}', probe_train: null, probe_val: null}}\n")
@@ -314,13 +289,12 @@ def test_probe_settings_that_cannot_work_exit_2_naming_key_and_file(shards, tmp_
             assert phrase in message, (phrase, message)
         assert not out.exists()
 
-    proc = run_command(train_cmd(leaf, out, "train.probe_every=1", train, f"data.probe_val={shards / 'three'}"))
-    assert proc.returncode == 2 and "lists 3 classes" in proc.stderr and str(leaf) in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr and not out.exists()
+    cmd = train_command(leaf, out, "train.probe_every=1", train, f"data.probe_val={shards / 'three'}")
+    assert_stops_before_any_work(cmd, ["lists 3 classes", str(leaf)], out)
 
 
 def test_fine_tuning_refuses_the_pretraining_probe(shards, tmp_path, capsys):
-    from mfvideo.engine import run_training
+    from mfvideo.app.run import run_training
 
     with pytest.raises(SystemExit) as stop:
         run_training(str(REPO / "recipes" / "demo_ft.yaml"), [

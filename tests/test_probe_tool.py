@@ -5,19 +5,17 @@ any work; and the linear probe (mfvideo.evaluation.linear_probe) on synthetic fe
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from launch_helpers import REPO, run_command, torchrun_command
+from launch_helpers import REPO
+from training_helpers import (assert_stops_before_any_work, evaluation_outputs, make_demo_shards, relabelled_copy,
+                              run_to_success, save_fresh_weights, script_command, shard_labels)
 
 from mfvideo.config import load_recipe
-from mfvideo.data.shardlist import list_shards
-from mfvideo.data.tarstream import iter_shard
-from mfvideo.engine.prober import probe_model
+from mfvideo.app.probe import probe_model
 from mfvideo.evaluation.linear_probe import fit_linear_probe
-from mfvideo.tasks import build_model
 
 # Small clips keep a probe of the tiny MViT at a few seconds on 2 cores.
 CLIP = ["data.num_frames=4", "data.crop_size=32", "data.test_short_side=32"]
@@ -83,12 +81,8 @@ def probe_data(tmp_path_factory) -> Path:
     demo pretraining recipe (the tiny MViT)."""
     root = tmp_path_factory.mktemp("probe")
     for split, videos, per_shard, seed in (("train", 24, 8, 0), ("val", 8, 4, 1)):
-        run_command([sys.executable, "tools/make_shards.py", "demo", "--out", str(root / split), "--num-videos",
-                     str(videos), "--width", "64", "--height", "64", "--max-count", str(per_shard), "--seed",
-                     str(seed), "--no-progress"], check=True)
-    torch.manual_seed(0)
-    model = build_model(_pretrain_recipe(root).model, 4, 32)
-    torch.save({"model": model.state_dict()}, root / "model.pt")
+        make_demo_shards(root / split, videos, per_shard, seed=seed)
+    save_fresh_weights(_pretrain_recipe(root).model, 4, 32, root / "model.pt", seed=0)
     return root
 
 
@@ -97,11 +91,10 @@ def _pretrain_recipe(root: Path, *overrides: str):
 
 
 def probe_cmd(root: Path, out: Path, *overrides: str, nproc: int = 1) -> list[str]:
-    args = ["tools/probe.py", str(REPO / "recipes" / "demo_pt.yaml"), f"model.init={root / 'model.pt'}",
-            f"data.train={root / 'train'}", f"data.val={root / 'val'}", "data.probe_train=null", "data.probe_val=null",
-            *CLIP, "data.test_clips=2",
-            f"train.output_dir={out}", *overrides]
-    return [sys.executable, *args] if nproc == 1 else torchrun_command(nproc, *args)
+    return script_command("tools/probe.py", str(REPO / "recipes" / "demo_pt.yaml"), f"model.init={root / 'model.pt'}",
+                          f"data.train={root / 'train'}", f"data.val={root / 'val'}", "data.probe_train=null",
+                          "data.probe_val=null", *CLIP, "data.test_clips=2", f"train.output_dir={out}", *overrides,
+                          nproc=nproc)
 
 
 def test_probe_model_takes_a_bare_backbone_and_names_missing_backbone_tensors(probe_data, tmp_path):
@@ -130,11 +123,8 @@ def test_probe_gives_the_same_metrics_on_one_and_two_processes(probe_data, tmp_p
     results = []
     for nproc in (1, 2):
         out = tmp_path / f"p{nproc}"
-        proc = run_command(probe_cmd(probe_data, out, *splits, nproc=nproc))
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        metrics = json.loads((out / "probe" / "metrics.json").read_text())
-        rows = [json.loads(line) for line in (out / "probe" / "predictions.jsonl").open()]
-        results.append((metrics, rows))
+        run_to_success(probe_cmd(probe_data, out, *splits, nproc=nproc))
+        results.append(evaluation_outputs(out / "probe"))
         assert (out / "probe" / "recipe.yaml").is_file()
     (one, rows_one), (two, rows_two) = results
     assert one == two
@@ -143,8 +133,7 @@ def test_probe_gives_the_same_metrics_on_one_and_two_processes(probe_data, tmp_p
         "num_train_videos": 24, "num_val_videos": 8, "num_val_views": 2, "num_classes": 4, "k": 20,
         "temperature": 0.07, "checkpoint": str(probe_data / "model.pt")}
     assert one["feature_dim"] > 0 and one["linear_train_top1"] == 100.0  # 24 videos in more dimensions than that
-    val_truth = {key: json.loads(parts["json"])["label"] for shard in list_shards(str(probe_data / "val"))
-                 for key, parts in iter_shard(shard.url)}
+    val_truth = shard_labels(str(probe_data / "val"))
     assert len(rows_one) == 8 and {row["key"]: row["label"] for row in rows_one} == val_truth
     classes = json.loads((probe_data / "train" / "manifest.json").read_text())["classes"]
     for scorer in ("linear", "knn"):
@@ -163,24 +152,14 @@ def test_probe_gives_the_same_metrics_on_one_and_two_processes(probe_data, tmp_p
 # --------------------------------------------------------------------------------------------------- bad input
 
 
-def _relabelled_copy(split: Path, to: Path, classes: list[str]) -> Path:
-    """`split`'s shards (linked) under a manifest listing `classes`."""
-    to.mkdir()
-    for shard in split.glob("*.tar"):
-        (to / shard.name).symlink_to(shard)
-    manifest = json.loads((split / "manifest.json").read_text())
-    (to / "manifest.json").write_text(json.dumps(dict(manifest, classes=classes)))
-    return to
-
-
 def test_weights_and_splits_that_cannot_be_probed_stop_before_any_work(probe_data, tmp_path):
     out = tmp_path / "never"
     state = torch.load(probe_data / "model.pt", weights_only=True)["model"]
     torch.save({"model": {k: v for k, v in state.items() if not k.startswith("backbone.blocks.1.")}},
                tmp_path / "partial.pt")
     classes = json.loads((probe_data / "train" / "manifest.json").read_text())["classes"]
-    unlabelled = _relabelled_copy(probe_data / "val", tmp_path / "unlabelled", [])
-    reordered = _relabelled_copy(probe_data / "val", tmp_path / "reordered", classes[::-1])
+    unlabelled = relabelled_copy(probe_data / "val", tmp_path / "unlabelled", [])
+    reordered = relabelled_copy(probe_data / "val", tmp_path / "reordered", classes[::-1])
     cases = [
         ([f"model.init={tmp_path / 'partial.pt'}"], ["model.init", "partial.pt", "backbone.blocks.1.attn.qkv.weight"]),
         ([f"data.val={unlabelled}"], ["data.val=", str(unlabelled / "manifest.json"), "no classes"]),
@@ -192,8 +171,4 @@ def test_weights_and_splits_that_cannot_be_probed_stop_before_any_work(probe_dat
           "model.init is not set"]),
     ]
     for overrides, phrases in cases:
-        proc = run_command(probe_cmd(probe_data, out, *overrides))
-        assert proc.returncode == 2, (overrides, proc.stderr[-2000:])
-        for phrase in phrases:
-            assert phrase in proc.stderr, (phrase, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and not out.exists()
+        assert_stops_before_any_work(probe_cmd(probe_data, out, *overrides), phrases, out)

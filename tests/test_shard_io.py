@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mfvideo.data.loader import build_train_loader
+from loader_helpers import build_train_loader
 from mfvideo.data.shardio import ReadPolicy, ShardReadError
 from mfvideo.data.shardlist import SlotPlan, list_shards
 from mfvideo.data.tarstream import iter_shard, samples_from

@@ -13,7 +13,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from mfvideo.ava_files import read_label_map
+from mfvideo.common.ava_files import read_label_map
 from mfvideo.shards import (AvaSource, DemoSource, ImageFolderSource, KineticsSource, OutputMismatch, Part,
                             SSv2Source, ShardOptions, SourceError, make_shards, merge_parts, sanitize_key)
 from mfvideo.shards.cli import main as cli_main

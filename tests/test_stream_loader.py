@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mfvideo.config.schema import DataConfig, MaskConfig
-from mfvideo.data.loader import build_test_loader, build_train_loader
+from loader_helpers import build_test_loader, build_train_loader
 from mfvideo.data.stream import TooManyFailures
 from mfvideo.data.tarstream import iter_shard
 from mfvideo.data.shardlist import expand_pattern
@@ -202,7 +202,7 @@ def test_too_many_failures_stop_the_run(uneven_shards, tmp_path):
     pattern, _ = truncated_copy(uneven_shards, tmp_path / "broken", broken=[1, 2])
     loader = train_loader(data_cfg(pattern, shuffle_buffer=0, max_failure_fraction=0.01), mask_cfg("none"),
                                 2, 0, 1, seed=0)
-    with pytest.raises(TooManyFailures, match=r"2 of \d+ samples failed.*max_failure_fraction=0.01"):
+    with pytest.raises(TooManyFailures, match=r"2 of \d+ samples failed.*allowed failure fraction 0.01"):
         list(loader)
 
 

@@ -219,7 +219,7 @@ def test_clips_pack_into_b_c_t_h_w_and_normalise_with_recipe_statistics():
 def test_train_transform_treats_every_frame_alike():
     frame = torch.randint(0, 255, (1, 48, 64, 3), dtype=torch.uint8)
     frames = frame.repeat(8, 1, 1, 1)
-    transform = TrainTransform(32, (0.3, 1.0), (0.75, 4 / 3), True)
+    transform = TrainTransform(32, (0.3, 1.0), (0.75, 4 / 3), flip=True)
     flips = set()
     for seed in range(20):
         clip = transform(frames, np.random.default_rng(seed))
@@ -235,7 +235,7 @@ def test_train_transform_treats_every_frame_alike():
 
 def test_flip_off_never_flips():
     frames = torch.randint(0, 255, (2, 48, 64, 3), dtype=torch.uint8)
-    transform = TrainTransform(32, (1.0, 1.0), (64 / 48, 64 / 48), False)
+    transform = TrainTransform(32, (1.0, 1.0), (64 / 48, 64 / 48), flip=False)
     expected = resize_box(frames, random_resized_crop_box(48, 64, (1, 1), (4 / 3, 4 / 3), np.random.default_rng(0)), 32)
     for seed in range(10):
         assert torch.equal(transform(frames, np.random.default_rng(seed)), expected)
@@ -264,7 +264,7 @@ def test_repeated_sampling_draws_independent_clips_from_one_decode(video_file, m
     calls = []
     original = media.frames
     monkeypatch.setattr(media, "frames", lambda idx: calls.append(idx) or original(idx))
-    maker = TrainClips(TemporalSampling(8, 2, 30.0, "random"), TrainTransform(32, (0.5, 1), (0.75, 4 / 3), True), 4, None)
+    maker = TrainClips(TemporalSampling(8, 2, 30.0, "random"), TrainTransform(32, (0.5, 1), (0.75, 4 / 3), flip=True), 4, None)
     clips = maker(media, np.random.default_rng(3))
     assert len(calls) == 1 and len(clips) == 4
     assert len({int(c.frame_indices[0]) for c in clips}) > 1

@@ -7,26 +7,25 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from launch_helpers import REPO, child_env, run_command, signal_after_step, torchrun_command
+from launch_helpers import REPO, child_env, run_command, signal_after_step
 from mfvideo.engine import checkpoint
 from mfvideo.engine.distributed import free_port
 from mfvideo.engine.monitor import read_metrics
-from mfvideo.preemption import REQUEUE_EXIT_CODE
+from mfvideo.common.preemption import REQUEUE_EXIT_CODE
+from training_helpers import losses_by_step, make_demo_shards, run_to_success, train_command, train_to_end
 
 
 @pytest.fixture(scope="module")
 def demo_recipe(tmp_path_factory) -> Path:
     """64 demo videos in 4 shards; 2 epochs of 8 optimizer steps (micro-batch 4 × 2 accumulation steps)."""
     root = tmp_path_factory.mktemp("demo")
-    run_command([sys.executable, "tools/make_shards.py", "demo", "--out", str(root / "train"), "--num-videos", "64",
-                 "--width", "64", "--height", "64", "--max-count", "16", "--no-progress"], check=True)
+    make_demo_shards(root / "train", 64, 16)
     recipe = root / "demo.yaml"
     recipe.write_text(textwrap.dedent(f"""
         base: {REPO / "recipes" / "demo_pt.yaml"}
@@ -38,16 +37,9 @@ def demo_recipe(tmp_path_factory) -> Path:
     return recipe
 
 
-def train_cmd(recipe: Path, out: Path) -> list[str]:
-    return [sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}"]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(demo_recipe, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    proc = run_command(train_cmd(demo_recipe, out))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out
+    return train_to_end(demo_recipe, tmp_path_factory.mktemp("uninterrupted") / "run")
 
 
 @pytest.mark.slow
@@ -63,17 +55,14 @@ def test_single_process_pretraining_on_real_shards(uninterrupted):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_identical_losses(demo_recipe, uninterrupted, tmp_path):
     out = tmp_path / "run"
-    job = signal_after_step(train_cmd(demo_recipe, out), out, 5, signal.SIGKILL)  # past the step-3 checkpoint
+    job = signal_after_step(train_command(demo_recipe, out), out, 5, signal.SIGKILL)  # past the step-3 checkpoint
     job.communicate()
     killed_at = max(read_metrics(out))
     assert killed_at < 16
 
-    resumed = run_command(train_cmd(demo_recipe, out))
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    resumed = run_to_success(train_command(demo_recipe, out))
     assert "resumed from" in resumed.stderr
-    expected = {step: r["loss"] for step, r in read_metrics(uninterrupted).items()}
-    got = {step: r["loss"] for step, r in read_metrics(out).items()}
-    assert got == pytest.approx(expected, rel=1e-6, abs=0)
+    assert losses_by_step(out) == pytest.approx(losses_by_step(uninterrupted), rel=1e-6, abs=0)
 
 
 @pytest.mark.slow
@@ -82,7 +71,7 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_asks_for_a_requeue(demo_reci
     finishes, its checkpoint is written (periodic ones are off, so it is the preemption's), the exit code asks for a
     requeue, and the rerun's losses are those of the uninterrupted run."""
     out = tmp_path / "run"
-    command = train_cmd(demo_recipe, out) + ["train.checkpoint_every=1000"]
+    command = train_command(demo_recipe, out, "train.checkpoint_every=1000")
     job = signal_after_step(command, out, 2, signal.SIGTERM)
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == REQUEUE_EXIT_CODE, stderr[-4000:]
@@ -91,12 +80,9 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_asks_for_a_requeue(demo_reci
     assert checkpoint.latest_tag(out / "checkpoints") == checkpoint.tag_for(stopped_at)
     assert f"preempted after step {stopped_at} of 16" in stderr
 
-    resumed = run_command(command)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    resumed = run_to_success(command)
     assert f"resumed from {out / 'checkpoints' / checkpoint.tag_for(stopped_at)}" in resumed.stderr
-    expected = {step: r["loss"] for step, r in read_metrics(uninterrupted).items()}
-    got = {step: r["loss"] for step, r in read_metrics(out).items()}
-    assert got == pytest.approx(expected, rel=1e-6, abs=0)
+    assert losses_by_step(out) == pytest.approx(losses_by_step(uninterrupted), rel=1e-6, abs=0)
 
 
 @pytest.mark.slow
@@ -108,7 +94,7 @@ def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
 
-    proc = run_command(train_cmd(demo_recipe, out) + ["train.max_steps=1"], preexec_fn=limit_file_size)
+    proc = run_command(train_command(demo_recipe, out, "train.max_steps=1"), preexec_fn=limit_file_size)
     assert proc.returncode == 1
     assert f"cannot write checkpoint {out / 'checkpoints' / checkpoint.tag_for(1)} on rank 0 (" in proc.stderr
     assert re.search(r"\(\d+\.\d\d GiB free there\)", proc.stderr)
@@ -123,7 +109,7 @@ def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space
 def test_resume_with_another_layout_is_refused_before_any_work_naming_both_values(demo_recipe, uninterrupted, change,
                                                                                   env, expect):
     before = {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")}
-    proc = run_command(train_cmd(demo_recipe, uninterrupted) + change, 300, extra_env=env)
+    proc = run_command(train_command(demo_recipe, uninterrupted, *change), 300, extra_env=env)
     assert proc.returncode == 2, proc.stderr[-4000:]
     assert expect.format(uninterrupted / "checkpoints" / checkpoint.tag_for(16)) in proc.stderr
     assert {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")} == before
@@ -136,8 +122,7 @@ def test_a_resume_on_two_processes_passes_the_checks_and_loads_the_universal_che
     rank 0 converts its step-16 checkpoint, both ranks load it, and no step is left to train."""
     out = tmp_path / "run"
     shutil.copytree(uninterrupted, out)
-    proc = run_command(torchrun_command(2, *train_cmd(demo_recipe, out)[1:]))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_to_success(train_command(demo_recipe, out, nproc=2))
     assert "written by 1 processes, 2 run now: resuming from its universal form" in proc.stderr
     assert (out / "checkpoints" / checkpoint.tag_for(16) / "universal" / "zero").is_dir()
     assert list(read_metrics(out)) == list(range(1, 17))
@@ -148,7 +133,7 @@ def test_sigusr1_to_one_rank_of_two_stops_both_after_the_same_step(demo_recipe, 
     """Two processes started as `srun` starts them (RANK/WORLD_SIZE set, no launcher); SIGUSR1 reaches only rank 1.
     The flag travels on the step's all-reduce, so both finish that step, write one checkpoint together and exit 75."""
     out, port = tmp_path / "run", free_port()
-    ranks = [subprocess.Popen(train_cmd(demo_recipe, out) + ["train.checkpoint_every=1000"], cwd=REPO,
+    ranks = [subprocess.Popen(train_command(demo_recipe, out, "train.checkpoint_every=1000"), cwd=REPO,
                               env={**child_env(), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]

@@ -7,10 +7,8 @@ the clip comes from the first batch of the recipe's training loader (data.train)
 """
 
 import argparse
-import sys
 
-from mfvideo.config import load_recipe_or_exit
-from mfvideo.evaluation.hog_picture import recipe_hog_picture
+from mfvideo.app.hog_picture import run_hog_picture
 
 
 def main() -> None:
@@ -21,13 +19,7 @@ def main() -> None:
     parser.add_argument("--clip", type=int, default=0, help="which clip of the first batch (default 0)")
     parser.add_argument("--steps", type=int, default=4, help="temporal tokens to show, at most (default 4)")
     args = parser.parse_args()
-    recipe = load_recipe_or_exit(args.recipe, args.overrides)
-    try:
-        out = recipe_hog_picture(recipe, args.out, clip=args.clip, max_steps=args.steps)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"hog_picture: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(out)
+    print(run_hog_picture(args.recipe, args.overrides, args.out, args.clip, args.steps))
 
 
 if __name__ == "__main__":

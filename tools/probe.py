@@ -7,7 +7,7 @@ labelled splits default to data.train and data.val. Writes metrics.json and pred
 
 import argparse
 
-from mfvideo.engine import run_probe
+from mfvideo.app.probe import run_probe
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 
 import argparse
 
-from mfvideo.engine import run_test
+from mfvideo.app.run import run_test
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ Re-running with the same output folder resumes from its latest checkpoint.
 
 import argparse
 
-from mfvideo.engine import run_training
+from mfvideo.app.run import run_training
 
 
 def main() -> None:

@@ -30,24 +30,29 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from mfvideo.config import Recipe, recipe_to_yaml, save_recipe
+from mfvideo.app.run import recipe_error
+from mfvideo.common.log import setup_logging
+from mfvideo.config import Recipe, load_recipe_or_exit, recipe_to_yaml, save_recipe
 from mfvideo.data.loader import build_test_loader, read_policy
 from mfvideo.data.shardlist import expand_pattern, list_shards, manifest_location, read_split_manifest
+from mfvideo.data.stream import Placement, ShardSplit
 from mfvideo.engine.distributed import init_distributed
 from mfvideo.engine.trainer import uses_bf16
 from mfvideo.evaluation.classification import TOP_K, write_results
 from mfvideo.evaluation.linear_probe import L2_PENALTY, MAX_ITERATIONS, fit_linear_probe
 from mfvideo.evaluation.probe import EmbeddedSplit, embed_split, knn_scores, standardised, topk_accuracy
-from mfvideo.log import setup_logging
 from mfvideo.models.checkpoint import LoadReport, load_pretrained
+from mfvideo.tasks import Views, build_model, classify
+from mfvideo.tasks.rules import choice_problems
 
 log = logging.getLogger("mfvideo.probe")
 
@@ -130,8 +135,6 @@ def probe_model(recipe: Recipe) -> tuple[nn.Module, LoadReport]:
     """The recipe's model with the weights of `model.init` (which must be set), on the CPU, and what was loaded:
     every backbone tensor must come from the checkpoint (a ValueError naming the file and the missing tensors
     otherwise); heads may be absent, or of another class count."""
-    from mfvideo.tasks import build_model
-
     model = build_model(replace(recipe.model, init=None), recipe.data.num_frames, recipe.data.crop_size)
     if not hasattr(model, "features"):
         raise ValueError(f"model.task={recipe.model.task!r}: its model has no pooled features to probe")
@@ -182,12 +185,12 @@ def run_linear_and_knn_probe(recipe: Recipe, local_rank: int | None = None) -> d
              val_split.pattern, recipe.data.test_clips, num_classes, info.world_size)
     # The train split's single view is the middle clip, centre crop: the neighbours and the linear probe's training
     # set see one clip per video, as k-NN monitors of self-supervised models do; the val views follow tools/test.py.
-    train = _embed(model, build_test_loader(recipe.data, micro, info.rank, info.world_size, train_split.pattern,
-                                            train_split.manifest, num_clips=1, num_crops=1,
-                                            fields=("label", "view")), autocast_dtype)
-    val = _embed(model, build_test_loader(recipe.data, micro, info.rank, info.world_size, val_split.pattern,
-                                          val_split.manifest, num_clips=recipe.data.test_clips, num_crops=1,
-                                          fields=("label", "view")), autocast_dtype)
+    placement = Placement(info.rank, info.world_size, recipe.data.num_workers)
+    train, val = (_embed(model, build_test_loader(recipe.data, ShardSplit(split.pattern, split.manifest,
+                                                                          read_policy(recipe.data)),
+                                                  classify.eval_batching(recipe, Views(clips, 1)), micro, placement),
+                         autocast_dtype)
+                  for split, clips in ((train_split, 1), (val_split, recipe.data.test_clips)))
     log.info("embedded %d train and %d val videos into %d features", len(train.keys), len(val.keys),
              train.features.shape[1])
 
@@ -224,3 +227,26 @@ def run_linear_and_knn_probe(recipe: Recipe, local_rank: int | None = None) -> d
                  metrics["knn_top1"], metrics["knn_top5"], metrics["linear_top1"], metrics["linear_top5"])
     dist.barrier()
     return metrics
+
+
+def run_probe(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
+    """Entry point of tools/probe.py: a pretraining or classification recipe, a checkpoint to probe, and labelled
+    probe splits with the same classes, all checked before any process group or data; weights that leave a backbone
+    tensor missing exit 2 naming it."""
+    recipe = load_recipe_or_exit(recipe_path, overrides)
+    problems = choice_problems(recipe)
+    if recipe.model.task not in PROBED_TASKS:
+        problems.append(f"model.task={recipe.model.task!r}: the probe scores video features; use a pretraining or "
+                        f"classification recipe ({', '.join(PROBED_TASKS)})")
+    if not recipe.model.init:
+        problems.append("model.init is not set: name the weights to probe (e.g. model.init=outputs/run/model.pt)")
+    elif not Path(recipe.model.init).is_file():
+        problems.append(f"model.init={recipe.model.init!r}: no such checkpoint file")
+    problems += probe_split_problems(recipe)
+    if problems:
+        recipe_error(recipe_path, problems)
+    try:
+        run_linear_and_knn_probe(recipe, local_rank)
+    except (FileNotFoundError, ValueError) as err:  # weights that do not fit the backbone, unreadable checkpoint
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator, Optional
 
 import numpy as np
@@ -262,13 +263,17 @@ def pipeline_rate(pattern: str, repeats: int, seed: int, batch_size: int, with_d
 
     from mfvideo.data import stream
     from mfvideo.data.loader import build_train_loader
+    from mfvideo.data.stream import Placement
+    from mfvideo.data.transforms import Normalise
+    from mfvideo.tasks import pretrain
 
     open_media = stream.open_media
     if with_decord:
         stream.open_media = _open_with_decord
     try:
-        loader = build_train_loader(_data_cfg(pattern, repeats), OmegaConf.structured(MaskConfig()), batch_size,
-                                    0, 1, seed, fields=("mask",))
+        data = _data_cfg(pattern, repeats)
+        batching = pretrain.train_batching(SimpleNamespace(data=data, mask=OmegaConf.structured(MaskConfig())))
+        loader = build_train_loader(data, batching, batch_size, Placement(num_workers=data.num_workers), seed)
         raw = StatefulDataLoader.__iter__(loader)  # the workers' uint8 batches, before normalisation
         arrivals = []
         for batch in raw:
@@ -282,7 +287,7 @@ def pipeline_rate(pattern: str, repeats: int, seed: int, batch_size: int, with_d
     clips = sum(size for size, _, _ in arrivals[1:-2])
     rate = Rate(clips, arrivals[-3][1] - arrivals[0][1], arrivals[-3][2] - arrivals[0][2])
     cpu = time.process_time()
-    loader.normalise(last)
+    Normalise(data.mean, data.std)(last)
     return rate, (time.process_time() - cpu) * 1000 / last.shape[0]
 
 

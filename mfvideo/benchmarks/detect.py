@@ -24,10 +24,10 @@ import torch
 from mfvideo.benchmarks.report import write_section
 from mfvideo.benchmarks.timing import best_seconds, train_and_test_jobs
 from mfvideo.config.schema import ModelConfig
-from mfvideo.data.loader import TEST_PAD_MULTIPLE
 from mfvideo.models.detector import ROI_SIZE, SAMPLING_RATIO
 from mfvideo.models.roi_align import as_rois, roi_align_torch, torchvision_roi_align
 from mfvideo.tasks import build_model
+from mfvideo.tasks.detect import TEST_PAD_MULTIPLE
 
 NUM_ACTIONS = 80
 FRAME_ASPECT = 16 / 9          # AVA's movies are mostly 16:9; test frames keep it (short side = height)

@@ -18,7 +18,7 @@ from mfvideo.benchmarks.hog import benchmark_hog, format_hog_benchmark, normalis
 from mfvideo.benchmarks.report import write_section
 from mfvideo.config.schema import ModelConfig
 from mfvideo.tasks import build_model
-from mfvideo.models.complexity import build_on_meta, count_macs
+from mfvideo.benchmarks.complexity import build_on_meta, count_macs
 from mfvideo.models.mvit import ATTENTION_KERNELS, MultiScaleBlock, block_configs, mvit_s
 from mfvideo.targets.masks import build_mask_generator, mask_grid
 

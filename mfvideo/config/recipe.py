@@ -7,7 +7,6 @@ separately onto the typed schema, so an error names the file (or override) that 
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,27 +18,6 @@ from omegaconf.errors import OmegaConfBaseException
 from mfvideo.config.schema import Recipe, range_problems
 
 BASE_KEY = "base"
-
-# Keys whose value must be one of a set, checked after merging. The sets are declared once, where they are
-# implemented ("module:NAME", imported only when a recipe is checked, so loading the schema pulls in no model code).
-CHOICES = {
-    "data.detection.test_boxes": "mfvideo.data.boxes:TEST_BOX_SOURCES",
-    "data.sampling": "mfvideo.data.clips:SAMPLING_MODES",
-    "data.test_crops": "mfvideo.data.transforms:CROP_COUNTS",
-    "mask.mode": "mfvideo.targets.masks:MASK_MODES",
-    "model.arch": "mfvideo.models.mvit:ARCHS",
-    "model.detection_stride": "mfvideo.models.detector:DETECTION_STRIDES",
-    "model.pooling": "mfvideo.models.classifier:POOLINGS",
-    "model.task": "mfvideo.tasks:TASKS",
-    "train.precision": "mfvideo.engine.trainer:PRECISIONS",
-    "train.zero_stage": "mfvideo.engine.trainer:ZERO_STAGES",
-}
-
-
-def allowed_values(key: str) -> tuple:
-    module, name = CHOICES[key].split(":")
-    return tuple(getattr(importlib.import_module(module), name))
-
 
 class RecipeError(Exception):
     """A recipe problem found before any work starts; the message names the key or file at fault."""
@@ -92,7 +70,9 @@ def _merge(cfg: DictConfig, layer: dict, origin: str) -> DictConfig:
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """The typed recipe, or RecipeError naming the key and the file (or override) at fault."""
+    """The typed recipe, or RecipeError naming the key and the file (or override) at fault: an unknown key, a value
+    of the wrong type or outside its range. The rules of its values together, and of the allowed sets, are its
+    task's (`mfvideo.tasks.rules`)."""
     path = Path(path)
     cfg = OmegaConf.structured(Recipe)
     for file, content in _read_layers(path):
@@ -102,31 +82,12 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise RecipeError(f"{path}: required key(s) without a value: {', '.join(missing)}")
-    for key in CHOICES:
-        value = OmegaConf.select(cfg, key)
-        allowed = allowed_values(key)
-        if value not in allowed:
-            raise RecipeError(f"{path}: key '{key}' is {value!r}; expected one of {', '.join(map(str, allowed))}")
     recipe = OmegaConf.to_object(cfg)
     assert isinstance(recipe, Recipe)
-    problems = range_problems(recipe) or _geometry_problems(recipe)
+    problems = range_problems(recipe)
     if problems:
         raise RecipeError("\n".join(f"{path}: {problem}" for problem in problems))
     return recipe
-
-
-def _geometry_problems(recipe: Recipe) -> list[str]:
-    """Clip sizes the mask grid cannot tile exactly (the model upsamples the mask by exact factors)."""
-    if recipe.mask.mode == "none":
-        return []
-    from mfvideo.targets.masks import mask_grid
-
-    try:
-        mask_grid(recipe.data.num_frames, recipe.data.crop_size)
-    except ValueError as err:
-        return [f"keys 'data.num_frames' ({recipe.data.num_frames}) and 'data.crop_size' ({recipe.data.crop_size}) "
-                f"do not fit the mask grid: {str(err).removeprefix('mask_grid: ')}"]
-    return []
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from mfvideo.data.shardio import ReadPolicy  # standard library only: the schema stays light
+from mfvideo.common.read_policy import ReadPolicy
 
 RANGE = "range"  # the metadata key of a field's Range
 
@@ -71,7 +71,8 @@ class DetectionDataConfig:
     train_score: float = within(0, 1, default=0.8)
     # test RoIs: person detections scoring at least this (when test_boxes is "detections")
     test_score: float = within(0, 1, default=0.8)
-    # the boxes scored at test time: detections (the AVA protocol) | ground_truth (the classifier alone)
+    # the boxes scored at test time: the person detections (the AVA protocol) or the ground truth (the classifier
+    # alone)
     test_boxes: str = "detections"
     # what the AVA evaluation (mfvideo.evaluation.ava) scores the val detections against: the label map of the
     # evaluated actions (AVA: the 60 of ava_action_list_v2.2_for_activitynet_2019.pbtxt), the ground-truth CSV of the
@@ -96,13 +97,13 @@ class DataConfig:
     num_frames: int = at_least(1, default=16)  # T of a clip (1 for images)
     sampling_rate: int = at_least(1, default=4)  # frame stride at `reference_fps`; scaled by the video's real fps
     reference_fps: float = above(0, default=30.0)
-    sampling: str = "random"              # random | segment (SSv2)
+    sampling: str = "random"              # clips at sampling_rate; SSv2 takes segments
     crop_size: int = at_least(1, default=224)
     train_crop_area: List[float] = within(0, 1, factory=lambda: [0.5, 1.0], low_open=True)
     train_crop_aspect: List[float] = above(0, factory=lambda: [0.75, 4.0 / 3.0])
     test_short_side: int = at_least(1, default=256)
     test_clips: int = at_least(1, default=10)  # temporal views at test time (tools/test.py)
-    test_crops: int = 1                   # 1 (centre) or 3 spatial crops
+    test_crops: int = 1                   # spatial crops per temporal view
     val_clips: int = at_least(1, default=1)  # temporal views of the validation pass during training (centre crop)
     flip: bool = True                     # off for SSv2: its labels are directional
     mean: List[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
@@ -112,7 +113,7 @@ class DataConfig:
     shuffle_buffer: int = at_least(0, default=1000)  # samples
     # stop when more than this fraction of samples fails to decode
     max_failure_fraction: float = within(0, 1, default=0.01)
-    # Reading shards and manifests (mfvideo.data.shardio.ReadPolicy): seconds without a byte before a read fails,
+    # Reading shards and manifests (mfvideo.common.read_policy.ReadPolicy): seconds without a byte before a read fails,
     # failed attempts in a row retried before the error, seconds before the first retry (doubling after each).
     read_timeout: float = above(0, default=ReadPolicy.timeout)
     read_retries: int = at_least(0, default=ReadPolicy.retries)
@@ -137,7 +138,7 @@ class AugmentConfig:
 
 @dataclass
 class MaskConfig:
-    mode: str = "cube"                    # cube | tube | frame | block (images) | none (fine-tuning, detection)
+    mode: str = "cube"                    # block for images, none for fine-tuning and detection
     ratio: float = within(0, 1, default=0.4, low_open=True, high_open=True)
     min_units: int = at_least(1, default=9)  # smallest cube face in mask units (49 // 5); 15 for 2-D blocks
     max_tries: int = at_least(1, default=100)
@@ -152,8 +153,8 @@ class HogConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "mvit_s"                  # mfvideo.models.mvit.ARCHS
-    task: str = "pretrain"                # mfvideo.tasks.TASKS: pretrain | classify | detect
+    arch: str = "mvit_s"
+    task: str = "pretrain"
     num_classes: int = at_least(1, default=400)
     drop_path: float = within(0, 1, default=0.0, high_open=True)
     dropout: float = within(0, 1, default=0.5, high_open=True)
@@ -163,9 +164,9 @@ class ModelConfig:
     # models: where a stage's channels grow — false: in the MLP (MaskFeat checkpoints), true: in the attention
     # (supervised MViTv2, torchvision's mvit_v2_s); the two checkpoint layouts differ.
     dim_mul_in_att: bool = False
-    pooling: str = "mean"                 # models, classify: mean (MaskFeat fine-tuning) | cls (torchvision mvit_v2_s)
-    # detect: pixels per token of the grid the RoI head reads: 16 (the last Q stride removed, as in MaskFeat
-    # pretraining, MaskFeat's AVA setting) | 32 (MViT's own last stage)
+    pooling: str = "mean"                 # classify: mean (MaskFeat fine-tuning); torchvision mvit_v2_s uses cls
+    # detect: pixels per token of the grid the RoI head reads; 16 removes the last Q stride, as in MaskFeat
+    # pretraining and MaskFeat's AVA setting
     detection_stride: int = 16
 
 
@@ -188,7 +189,7 @@ class TrainConfig:
     global_batch_size: int = at_least(1, default=256)  # clips per optimizer step, all devices of all nodes
     micro_batch_size: int = at_least(1, default=4)  # clips per device per forward
     zero_stage: int = 2
-    precision: str = "auto"               # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"               # auto: bf16 on GPU, fp32 on CPU
     seed: int = at_least(0, default=0)
     output_dir: str = "outputs/run"
     checkpoint_every: int = at_least(1, default=1000)  # steps; also at every epoch end

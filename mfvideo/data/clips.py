@@ -21,7 +21,7 @@ detections from a shard made without them raises `MissingDetections` (stops the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class TemporalSampling:
 
     def __post_init__(self):
         if self.mode not in SAMPLING_MODES:
-            raise ValueError(f"data.sampling must be one of {SAMPLING_MODES}, got {self.mode!r}")
+            raise ValueError(f"temporal sampling mode must be one of {SAMPLING_MODES}, got {self.mode!r}")
 
     def train(self, media: DecodedMedia, rng: np.random.Generator) -> np.ndarray:
         if self.mode == "segment":
@@ -90,6 +90,14 @@ class TemporalSampling:
         return sampling.centred_clip(centre, self.num_frames, stride, media.num_frames)
 
 
+class ClipMaker(Protocol):
+    """One video in, its clips out (module docstring); `clips_per_video` clips for every video."""
+
+    clips_per_video: int
+
+    def __call__(self, media: DecodedMedia, rng: np.random.Generator, sample: RawSample) -> list[Clip]: ...
+
+
 def decode_clips(media: DecodedMedia, clip_indices: list[np.ndarray]) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
     """Decode the union of the clips' frames once: uint8 T×H×W×C, and per clip the positions of its frames in it
     (None when the clip is the whole decoded run, which saves a copy)."""
@@ -103,7 +111,7 @@ class TrainClips:
     def __init__(self, temporal: TemporalSampling, transform: TrainTransform, repeats: int,
                  mask_generator: Optional[Callable[[np.random.Generator], np.ndarray]]):
         if repeats < 1:
-            raise ValueError(f"data.repeated_sampling must be at least 1, got {repeats}")
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
         self.temporal = temporal
         self.transform = transform
         self.repeats = repeats
@@ -128,7 +136,7 @@ class TrainClips:
 class EvalClips:
     def __init__(self, temporal: TemporalSampling, transform: EvalTransform, num_clips: int):
         if num_clips < 1:
-            raise ValueError(f"data.test_clips must be at least 1, got {num_clips}")
+            raise ValueError(f"num_clips must be at least 1, got {num_clips}")
         self.temporal = temporal
         self.transform = transform
         self.num_clips = num_clips
@@ -160,7 +168,7 @@ class DetectionTrainClips:
     def __init__(self, temporal: TemporalSampling, transform: DetectionTrainTransform, repeats: int,
                  num_actions: int, train_score: float):
         if repeats < 1:
-            raise ValueError(f"data.repeated_sampling must be at least 1, got {repeats}")
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
         self.temporal = temporal
         self.transform = transform
         self.repeats = repeats
@@ -192,7 +200,7 @@ class DetectionEvalClips:
     def __init__(self, temporal: TemporalSampling, transform: DetectionEvalTransform, num_actions: int,
                  test_score: float, box_source: str):
         if box_source not in TEST_BOX_SOURCES:
-            raise ValueError(f"data.detection.test_boxes must be one of {TEST_BOX_SOURCES}, got {box_source!r}")
+            raise ValueError(f"box_source must be one of {TEST_BOX_SOURCES}, got {box_source!r}")
         self.temporal = temporal
         self.transform = transform
         self.num_actions = num_actions
@@ -205,11 +213,10 @@ class DetectionEvalClips:
             raise MissingDetections(
                 f"sample {sample.key!r} of shard {sample.shard!r} has no person detections (det_boxes), and testing "
                 f"uses them: make the shards with --detections, or test on the ground-truth boxes "
-                f"(data.detection.test_boxes=ground_truth)")
+                f"instead")
         rois = eval_rois(keyframe, self.test_score, self.box_source, self.num_actions)
         indices = self.temporal.centred(media, keyframe.time)
         video, boxes, kept = self.transform(media.frames(indices), rois.boxes)
         return [Clip(video, indices, 0, boxes=_clip_boxes(rois, boxes, kept))]
 
 
-ClipMaker = Union[TrainClips, EvalClips, DetectionTrainClips, DetectionEvalClips]

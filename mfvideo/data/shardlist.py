@@ -51,12 +51,12 @@ def manifest_location(urls: Sequence[str], explicit: Optional[str]) -> str:
     if explicit:
         return explicit
     if urls[0].startswith("pipe:"):
-        raise ValueError(f"cannot locate the manifest of pipe: shards ({urls[0]!r}); set data.train_manifest or "
-                         f"data.val_manifest to its path or URL")
+        raise ValueError(f"cannot locate the manifest of pipe: shards ({urls[0]!r}); pass the manifest's "
+                         f"path or URL")
     directories = {posixpath.dirname(url) for url in urls}
     if len(directories) != 1:
-        raise ValueError(f"shards come from several directories {sorted(directories)}; set data.train_manifest or "
-                         f"data.val_manifest explicitly")
+        raise ValueError(f"shards come from several directories {sorted(directories)}; pass the manifest's path or "
+                         f"URL")
     return posixpath.join(directories.pop(), "manifest.json")
 
 
@@ -146,7 +146,7 @@ def check_enough_shards(num_shards: int, world_size: int, workers_per_rank: int,
     if num_shards < slots:
         raise ValueError(f"{pattern!r} has {num_shards} non-empty shards, fewer than ranks × loader workers = "
                          f"{world_size} × {workers_per_rank} = {slots}: every worker of every rank needs a shard. "
-                         f"Write more, smaller shards or lower data.num_workers")
+                         f"Write more, smaller shards or use fewer loader workers")
 
 
 def train_batches_per_rank(total_videos: int, clips_per_video: int, world_size: int, batch_size: int) -> int:

@@ -71,26 +71,54 @@ class _Cursor:
     failures: int = 0
 
 
+@dataclass(frozen=True)
+class ShardSplit:
+    """The shards a stream reads: a pattern, its manifest (None: beside the shards) and how both are read (None:
+    `ReadPolicy.from_env()`)."""
+
+    pattern: str
+    manifest: Optional[str] = None
+    policy: Optional[ReadPolicy] = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which part of the job a stream serves: its rank among `world_size`, with `num_workers` loader workers (0: the
+    loading process itself, one slot)."""
+
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class TrainOrder:
+    """A training stream's order: shards dealt and samples shuffled per epoch from `seed`, through a buffer of
+    `shuffle_buffer` samples. A stream without one is a test stream: every video once, in shard order."""
+
+    seed: int
+    shuffle_buffer: int
+
+
 class ClipStream(IterableDataset):
-    def __init__(self, pattern: str, manifest: Optional[str], clip_maker: ClipMaker, collate: Collate,
-                 train: bool, batch_size: int, rank: int, world_size: int, num_workers: int, seed: int, shuffle_buffer: int,
-                 max_failure_fraction: float, policy: Optional[ReadPolicy] = None):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world size {world_size}")
+    def __init__(self, split: ShardSplit, clip_maker: ClipMaker, collate: Collate, batch_size: int,
+                 placement: Placement, order: Optional[TrainOrder] = None, max_failure_fraction: float = 0.0):
+        if not 0 <= placement.rank < placement.world_size:
+            raise ValueError(f"rank {placement.rank} outside world size {placement.world_size}")
         if batch_size < 1:
             raise ValueError(f"micro-batch size must be positive, got {batch_size}")
-        self.policy = policy or ReadPolicy.from_env()  # reads the manifest here and the shards in the workers
-        self.shards = list_shards(pattern, manifest, self.policy)
-        self.workers_per_rank = max(1, num_workers)
-        check_enough_shards(len(self.shards), world_size, self.workers_per_rank, pattern)
+        self.policy = split.policy or ReadPolicy.from_env()  # reads the manifest here and the shards in the workers
+        self.shards = list_shards(split.pattern, split.manifest, self.policy)
+        self.workers_per_rank = max(1, placement.num_workers)
+        check_enough_shards(len(self.shards), placement.world_size, self.workers_per_rank, split.pattern)
         self.clip_maker = clip_maker
         self.collate = collate
-        self.train = train
+        self.train = order is not None
         self.batch_size = batch_size
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.shuffle_buffer = shuffle_buffer if train else 0
+        self.rank = placement.rank
+        self.world_size = placement.world_size
+        self.seed = order.seed if order is not None else 0
+        self.shuffle_buffer = order.shuffle_buffer if order is not None else 0
         self.max_failure_fraction = max_failure_fraction
         self.epoch = 0
         self._resume: Optional[dict] = None
@@ -150,7 +178,7 @@ class ClipStream(IterableDataset):
             return cursor
         if (state["rank"], state["worker"]) != (self.rank, worker):
             raise ValueError(f"stream state of rank {state['rank']} worker {state['worker']} loaded into rank "
-                             f"{self.rank} worker {worker}: resume with the same world size and data.num_workers")
+                             f"{self.rank} worker {worker}: resume with the same world size and number of workers")
         cursor.rng.bit_generator.state = state["rng"]
         cursor.read, cursor.emitted = state["read"], state["emitted"]
         cursor.attempts, cursor.failures = state["attempts"], state["failures"]
@@ -227,7 +255,7 @@ class ClipStream(IterableDataset):
                 raise TooManyFailures(
                     f"{cursor.failures} of {cursor.attempts} samples failed to decode in rank {self.rank} worker "
                     f"{self._worker()} (last: {sample.key!r} in {sample.shard!r}: {err}), more than "
-                    f"data.max_failure_fraction={self.max_failure_fraction}; check the shards") from err
+                    f"the allowed failure fraction {self.max_failure_fraction}; check the shards") from err
             return None
 
     def _batches(self, plan: SlotPlan, cursor: _Cursor) -> Iterator[dict[str, Any]]:

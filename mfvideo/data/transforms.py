@@ -80,7 +80,7 @@ def eval_crop_boxes(height: int, width: int, short_side: int, crop_size: int, nu
     """Boxes in source pixels equal to: resize the short side to `short_side`, then crop `crop_size` squares at
     the centre (1 crop) or at the start, centre and end of the long side (3 crops)."""
     if num_crops not in CROP_COUNTS:
-        raise ValueError(f"data.test_crops must be one of {CROP_COUNTS}, got {num_crops}")
+        raise ValueError(f"num_crops must be one of {CROP_COUNTS}, got {num_crops}")
     scale = short_side / min(height, width)
     side = min(int(round(crop_size / scale)), height, width)
     spare_h, spare_w = height - side, width - side
@@ -197,7 +197,7 @@ class Normalise:
 class TrainTransform:
     """Random resized crop → flip (p = 0.5 when `flip`) → `rand_augment` when given, all drawn from `rng`."""
 
-    def __init__(self, crop_size: int, area_range: Sequence[float], aspect_range: Sequence[float], flip: bool,
+    def __init__(self, crop_size: int, area_range: Sequence[float], aspect_range: Sequence[float], *, flip: bool,
                  rand_augment: Optional[RandAugment] = None):
         self.crop_size = crop_size
         self.area_range = tuple(area_range)
@@ -221,7 +221,7 @@ class EvalTransform:
 
     def __init__(self, crop_size: int, short_side: int, num_crops: int):
         if crop_size > short_side:
-            raise ValueError(f"data.crop_size={crop_size} is larger than data.test_short_side={short_side}")
+            raise ValueError(f"crop size {crop_size} is larger than the short side {short_side}")
         self.crop_size = crop_size
         self.short_side = short_side
         self.num_crops = num_crops
@@ -237,9 +237,9 @@ class DetectionTrainTransform:
 
     Returns the uint8 T×C×crop_size×crop_size clip, the boxes in its pixels (clipped) and which boxes are kept."""
 
-    def __init__(self, crop_size: int, short_side_range: Sequence[int], flip: bool):
+    def __init__(self, crop_size: int, short_side_range: Sequence[int], *, flip: bool):
         if len(short_side_range) != 2 or not crop_size <= short_side_range[0] <= short_side_range[1]:
-            raise ValueError(f"data.detection.train_short_side must be [min, max] with data.crop_size={crop_size} "
+            raise ValueError(f"short_side_range must be [min, max] with crop size {crop_size} "
                              f"<= min <= max, got {list(short_side_range)}")
         self.crop_size = crop_size
         self.short_side_range = tuple(short_side_range)

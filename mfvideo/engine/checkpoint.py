@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mfvideo.fileio import write_atomic
+from mfvideo.common.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 LATEST = "latest"

@@ -7,35 +7,43 @@ needed for inference). The weights come from `model.init` and must fit the model
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 from mfvideo.config import Recipe, recipe_to_yaml, save_recipe
-from mfvideo.engine.distributed import init_distributed
+from mfvideo.engine.distributed import DistInfo, init_distributed
 from mfvideo.engine.evaluate import evaluate
-from mfvideo.engine.trainer import uses_bf16
-from mfvideo.log import setup_logging
+from mfvideo.engine.trainer import Validation, uses_bf16
+from mfvideo.common.log import setup_logging
 
 log = logging.getLogger("mfvideo.test")
 
 
-def run_multiview_test(recipe: Recipe, local_rank: int | None = None) -> dict:
+@dataclass(frozen=True)
+class TestParts:
+    """What a test runs: `model()`, the trained model with all its weights, and `evaluation(micro_batch_size, info)`,
+    the loader of every test view with a factory of its evaluator, built once the process group is up."""
+
+    model: Callable[[], torch.nn.Module]
+    evaluation: Callable[[int, DistInfo], Validation]
+
+
+def run_multiview_test(recipe: Recipe, parts: TestParts, local_rank: int | None = None) -> dict:
     """Metrics of `model.init` on `data.val` with `data.test_clips` × `data.test_crops` views; rank 0 writes
     `metrics.json`, `predictions.jsonl` and `recipe.yaml` to `<train.output_dir>/test/`."""
-    from mfvideo.tasks import build_model, eval_loader_and_evaluator
-
     info = init_distributed(local_rank)
     setup_logging(rank=info.rank, world_size=info.world_size)
     out_dir = Path(recipe.train.output_dir) / "test"
     if info.is_main:
         log.info("resolved recipe:\n%s", recipe_to_yaml(recipe))
         save_recipe(recipe, out_dir)
-    model = build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size, strict_init=True)
+    model = parts.model()
     model.to(info.device)
-    loader, new_evaluator = eval_loader_and_evaluator(recipe, recipe.train.micro_batch_size, info.rank, info.world_size,
-                                                  recipe.data.test_clips, recipe.data.test_crops)
+    loader, new_evaluator = parts.evaluation(recipe.train.micro_batch_size, info)
     log.info("testing %s on %s: %d temporal view(s) × %d crop(s) per video, %d process(es)", recipe.model.init,
              recipe.data.val, recipe.data.test_clips, recipe.data.test_crops, info.world_size)
     evaluator = new_evaluator()

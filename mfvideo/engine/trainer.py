@@ -1,8 +1,9 @@
 """The training loop on a DeepSpeed engine: ZeRO 1/2/3, accumulation, clipping, schedule, validation, exact resume.
 
-The loop knows no task: a model takes a batch dict and returns {"loss", ...}; the loader, the model and the
-validation pass (a loader plus a factory of evaluators, see `mfvideo.engine.evaluate`) and the k-NN probe of the
-frozen backbone (`mfvideo.evaluation.probe`) come from factories, by default the recipe's task (`mfvideo.tasks`).
+The loop knows no task: a model takes a batch dict and returns {"loss", ...}. The model, the loader, the validation
+pass (a loader plus a factory of evaluators, see `mfvideo.engine.evaluate`) and a probe of the frozen model come
+from the caller (`TrainingParts`; mfvideo.app builds them from the recipe's task). The recipe gives the loop its own
+settings only: batch sizes, optimizer, schedule, checkpoints, logging.
 """
 
 from __future__ import annotations
@@ -27,19 +28,32 @@ from mfvideo.engine.evaluate import evaluate
 from mfvideo.engine.monitor import Monitor, plot_loss
 from mfvideo.engine.optim import CosineSchedule, apply_lr, param_groups, schedule_for
 from mfvideo.engine.window_sums import WindowSums
-from mfvideo.log import setup_logging
-from mfvideo.preemption import REQUEUE_EXIT_CODE, PreemptionWatch
+from mfvideo.common.log import setup_logging
+from mfvideo.common.preemption import REQUEUE_EXIT_CODE, PreemptionWatch
 
 log = logging.getLogger("mfvideo.train")
 
 PRECISIONS = ("auto", "bf16", "fp32")
 ZERO_STAGES = (1, 2, 3)
 
-ModelFactory = Callable[[Recipe], torch.nn.Module]
-LoaderFactory = Callable[[Recipe, int, DistInfo], object]
-ValidationFactory = Callable[[Recipe, int, DistInfo], Optional[tuple]]
 Probe = Callable[[torch.nn.Module], dict]  # the frozen module -> the probe's metrics; collective over the ranks
-ProbeFactory = Callable[[Recipe, int, DistInfo], Probe | None]
+Validation = tuple  # (loader, evaluator factory): `mfvideo.engine.evaluate`
+
+
+def _nothing(micro_batch_size: int, info: DistInfo) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class TrainingParts:
+    """What the loop trains, each built when the loop is ready for it: `model()` under the run's seed, the others
+    with the per-process micro-batch size and this process's `DistInfo` once the process group is up. `validation`
+    and `probe` return None when the run has none."""
+
+    model: Callable[[], torch.nn.Module]
+    loader: Callable[[int, DistInfo], object]
+    validation: Callable[[int, DistInfo], Optional[Validation]] = _nothing
+    probe: Callable[[int, DistInfo], Optional[Probe]] = _nothing
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,7 +62,7 @@ class NonFiniteLossError(RuntimeError):
 
 class Preempted(Exception):
     """Raised on every rank once a preemption signal reached any rank, its step finished and a checkpoint of that
-    step was written; entry points exit with `mfvideo.preemption.REQUEUE_EXIT_CODE`."""
+    step was written; entry points exit with `mfvideo.common.preemption.REQUEUE_EXIT_CODE`."""
 
 
 @dataclass
@@ -62,37 +76,6 @@ class Progress:
     best_step: int = 0
     probe_history: list[dict] = field(default_factory=list)  # every k-NN probe so far: {"step", "epoch", metrics}
     log_totals: dict = field(default_factory=dict)  # running totals of the model's log sums (`WindowSums`)
-
-
-def default_model(recipe: Recipe) -> torch.nn.Module:
-    from mfvideo.tasks import build_model
-
-    return build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size)  # loads model.init
-
-
-def default_loader(recipe: Recipe, micro_batch_size: int, info: DistInfo):
-    from mfvideo.tasks import train_loader
-
-    return train_loader(recipe, micro_batch_size, info.rank, info.world_size)
-
-
-def default_validation(recipe: Recipe, micro_batch_size: int, info: DistInfo) -> Optional[tuple]:
-    """(loader, evaluator factory) for the validation pass every `train.eval_every` epochs: `data.val_clips` temporal views,
-    centre crop; None when validation is off."""
-    if not recipe.train.eval_every:
-        return None
-    from mfvideo.tasks import eval_loader_and_evaluator
-
-    return eval_loader_and_evaluator(recipe, micro_batch_size, info.rank, info.world_size, recipe.data.val_clips, 1)
-
-
-def default_probe(recipe: Recipe, micro_batch_size: int, info: DistInfo) -> Probe | None:
-    """The k-NN probe every `train.probe_every` epochs (`mfvideo.tasks.knn_probe_of`); None when it is off."""
-    if not recipe.train.probe_every:
-        return None
-    from mfvideo.tasks import knn_probe_of
-
-    return knn_probe_of(recipe, micro_batch_size, info.rank, info.world_size)
 
 
 def data_layout(recipe: Recipe, world_size: int) -> dict:
@@ -303,23 +286,17 @@ def run_probe(engine, probe: Probe, progress: Progress, monitor: Monitor) -> Non
     monitor.probe(progress.step, progress.epoch, metrics)
 
 
-def train(recipe: Recipe, local_rank: int | None = None, model_factory: ModelFactory = default_model,
-          loader_factory: LoaderFactory = default_loader,
-          validation_factory: ValidationFactory = default_validation,
-          probe_factory: ProbeFactory = default_probe) -> Path:
+def train(recipe: Recipe, parts: TrainingParts, local_rank: int | None = None) -> Path:
     """Run (or resume) training as configured; returns the output folder. Raises `Preempted` after the checkpoint
-    of the step during which any rank received SIGTERM or SIGUSR1 (`mfvideo.preemption`)."""
+    of the step during which any rank received SIGTERM or SIGUSR1 (`mfvideo.common.preemption`)."""
     preemption = PreemptionWatch().install()  # first: a signal during start-up stops after the first step
     try:
-        return _train(recipe, local_rank, model_factory, loader_factory, validation_factory, probe_factory,
-                      preemption)
+        return _train(recipe, parts, local_rank, preemption)
     finally:
         preemption.restore()
 
 
-def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactory, loader_factory: LoaderFactory,
-           validation_factory: ValidationFactory, probe_factory: ProbeFactory,
-           preemption: PreemptionWatch) -> Path:
+def _train(recipe: Recipe, parts: TrainingParts, local_rank: Optional[int], preemption: PreemptionWatch) -> Path:
     info = init_distributed(local_rank)
     setup_logging(rank=info.rank, world_size=info.world_size)
     split = derive_batch_split(recipe.train, info.world_size)
@@ -332,8 +309,8 @@ def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactor
                  split.micro_batch_size, split.accumulation_steps, split.world_size)
 
     torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
-    model = model_factory(recipe)
-    loader = loader_factory(recipe, split.micro_batch_size, info)
+    model = parts.model()
+    loader = parts.loader(split.micro_batch_size, info)
     steps_per_epoch = len(loader) // split.accumulation_steps
     if steps_per_epoch == 0:
         raise ValueError(f"an epoch has {len(loader)} micro-batches per rank, fewer than the "
@@ -347,9 +324,9 @@ def _train(recipe: Recipe, local_rank: Optional[int], model_factory: ModelFactor
                  "form", ckpt_dir, saved_world, info.world_size)
     engine, optimizer, lr_scales = build_engine(recipe, model, split, load_universal=world_changed)
     progress = resume(engine, ckpt_dir, loader, recipe.train.seed, info.rank, world_changed)
-    validation = validation_factory(recipe, split.micro_batch_size, info)
+    validation = parts.validation(split.micro_batch_size, info)
     with random_streams_kept():
-        probe = probe_factory(recipe, split.micro_batch_size, info)
+        probe = parts.probe(split.micro_batch_size, info)
     schedule = schedule_for(recipe.optim, steps_per_epoch, recipe.optim.epochs * steps_per_epoch)
     step = Stepper(engine, optimizer, lr_scales, schedule, split, recipe.train.max_nonfinite_steps, ckpt_dir,
                    preemption)

@@ -20,7 +20,7 @@ detections in the official CSV format and scores them.
    envelope (precision made non-increasing from the right) over every recall step (VOC 2010+, all points). An
    action without ground truth is left out of the means; one with ground truth and no detection has AP 0.
 6. `mAP` = mean AP over the actions with ground truth; `mAP_<group>` the same over the actions of each group of
-   `mfvideo.ava_files.GROUPS` that has any. Percent, as AVA results are reported.
+   `mfvideo.common.ava_files.GROUPS` that has any. Percent, as AVA results are reported.
 
 Where the official code leaves the order of equal scores to numpy's sort or to a heap, the order here is: within a
 keyframe, the earlier row first (also for which equal scores the cap keeps); across keyframes, keyframes in
@@ -51,9 +51,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mfvideo.ava_files import (GROUPS, Keyframe, LabelMap, read_action_detections, read_annotations, read_excluded,
+from mfvideo.common.ava_files import (GROUPS, Keyframe, LabelMap, read_action_detections, read_annotations, read_excluded,
                                read_label_map)
-from mfvideo.fileio import fsync_dir, write_atomic
+from mfvideo.common.fileio import fsync_dir, write_atomic
+from mfvideo.data import fields
+from mfvideo.data.fields import check_batch
 
 IOU_THRESHOLD = 0.5
 # The official get_ava_performance.py keeps the 50 highest-scoring rows of each keyframe (since March 2019).
@@ -330,7 +332,7 @@ def _write_json(path: Path, value: Any) -> None:
 
 def evaluate_files(groundtruth: str, detections: str, labelmap: str, exclusions: Optional[str] = None,
                    max_detections_per_keyframe: int = MAX_DETECTIONS_PER_KEYFRAME) -> AvaResult:
-    """Score a detections CSV against a ground-truth CSV (files as `mfvideo.ava_files` describes them)."""
+    """Score a detections CSV against a ground-truth CSV (files as `mfvideo.common.ava_files` describes them)."""
     label_map = read_label_map(labelmap)
     truth = read_ground_truth(groundtruth, label_map)
     excluded = read_excluded(exclusions) if exclusions else set()
@@ -345,6 +347,9 @@ def _rounded(values: np.ndarray) -> np.ndarray:
     scale = 10.0 ** DECIMALS
     return np.rint(values.astype(np.float64) * scale) / scale + 0.0
 
+
+# The batch keys `AvaEvaluator.update` reads (mfvideo.data.fields).
+READS = (fields.SAMPLE_KEY, fields.BOX_INDEX, fields.BOX_NORM, fields.VIDEO_ID, fields.TIMESTAMP)
 
 class AvaEvaluator:
     """Collects one detection pass; see the module docstring. `primary` is the metric that picks the best
@@ -372,10 +377,12 @@ class AvaEvaluator:
     def update(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Add a detection batch (`key`, `video_id`, `timestamp` per clip; `box_index`, `box_norm` per RoI) and the
         model's `outputs["scores"]` (R×A probabilities, column a−1 = action id a)."""
+        check_batch(batch, READS, "AvaEvaluator")
         scores = outputs["scores"].detach().to("cpu", torch.float32)
-        box_index = batch["box_index"].detach().cpu()
-        box_norm = batch["box_norm"].detach().to("cpu", torch.float32)
-        keys, video_ids, timestamps = list(batch["key"]), list(batch["video_id"]), batch["timestamp"].tolist()
+        box_index = batch[fields.BOX_INDEX.name].detach().cpu()
+        box_norm = batch[fields.BOX_NORM.name].detach().to("cpu", torch.float32)
+        keys, video_ids = list(batch[fields.SAMPLE_KEY.name]), list(batch[fields.VIDEO_ID.name])
+        timestamps = batch[fields.TIMESTAMP.name].tolist()
         num_rois = len(box_index)
         if scores.ndim != 2 or scores.shape[0] != num_rois or tuple(box_norm.shape) != (num_rois, 4):
             raise ValueError(f"scores {tuple(scores.shape)}, box_norm {tuple(box_norm.shape)} and box_index "

@@ -38,7 +38,9 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from mfvideo.fileio import write_atomic
+from mfvideo.common.fileio import write_atomic
+from mfvideo.data import fields
+from mfvideo.data.fields import check_batch
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ class _PendingVideo:
     probabilities: dict[int, torch.Tensor]  # view -> float32 K
 
 
+# The batch keys `ViewAggregator.update` reads (mfvideo.data.fields).
+READS = (fields.SAMPLE_KEY, fields.LABEL, fields.VIDEO_INDEX, fields.VIEW)
+
 class ViewAggregator:
     """Accumulates one multi-view test pass; see the module docstring for the metrics. `primary` is the metric that
     picks the best checkpoint during training."""
@@ -108,11 +113,12 @@ class ViewAggregator:
     # ----- accumulation -----------------------------------------------------------------------------------------
     def update(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Add a test batch (`video_index`, `view`, `label`, `key`) and the model's `outputs["logits"]` (B×K)."""
+        check_batch(batch, READS, "ViewAggregator")
         logits = outputs["logits"].detach()
-        video_indices = batch["video_index"].tolist()
-        views = batch["view"].tolist()
-        labels = batch["label"].tolist()
-        keys = list(batch["key"])
+        video_indices = batch[fields.VIDEO_INDEX.name].tolist()
+        views = batch[fields.VIEW.name].tolist()
+        labels = batch[fields.LABEL.name].tolist()
+        keys = list(batch[fields.SAMPLE_KEY.name])
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits of shape {tuple(logits.shape)}, expected (batch, {self.num_classes})")
         if not len(video_indices) == len(views) == len(labels) == len(keys) == logits.shape[0]:

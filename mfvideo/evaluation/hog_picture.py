@@ -4,7 +4,7 @@ For a few temporal tokens of one clip of a training batch, one row each: the fra
 (the first frame of the temporal token) with its masked tokens shaded, the target HOG and the predicted HOG. HOG is
 drawn as scikit-image draws it: in each cell one line per orientation bin through the cell centre, along the edge
 direction (perpendicular to the gradient at the bin's mid-angle), as bright as the bin's value; lines add up. The
-bins are those of the model's target (DESIGN.md §2): per token, `(colour·bins + bin)·4 + dy·2 + dx`, unsigned bins
+bins are those of the model's target (docs/design.md §2): per token, `(colour·bins + bin)·4 + dy·2 + dx`, unsigned bins
 of 180°/bins where bin k holds gradients whose angle from the downward image axis towards the rightward one lies
 in [k, k+1)·180°/bins. Colour channels are summed per cell; predicted values below zero (regression overshoot) count
 as zero. Unmasked tokens are left blank: only masked tokens enter the loss.
@@ -27,7 +27,6 @@ import torch
 from skimage.draw import line as draw_line
 from torch import nn
 
-from mfvideo.config import Recipe
 
 MASK_SHADE = (1.0, 0.25, 0.1, 0.45)   # RGBA laid over masked tokens of the input frame
 BLANK = "#d0d0d0"                      # unmasked tokens in the HOG panels
@@ -90,7 +89,7 @@ def hog_panels(model: nn.Module, batch: Dict[str, torch.Tensor], mean: Sequence[
     hog = getattr(model, "hog", None)
     if hog is None:
         raise ValueError(f"{type(model).__name__} predicts no HOG: a picture of HOG needs a MaskFeat model "
-                         f"(model.task=pretrain)")
+                         f"(a pretraining model)")
     video = batch["video"]
     if not 0 <= clip < video.shape[0]:
         raise ValueError(f"clip {clip} is not in a batch of {video.shape[0]} clips")
@@ -158,25 +157,3 @@ def draw_hog_picture(panels: Sequence[HogPanel], out: str | Path, title: str = "
     fig.savefig(out)
     plt.close(fig)
     return out
-
-
-def recipe_hog_picture(recipe: Recipe, out: str | Path, clip: int = 0, max_steps: int = 4) -> Path:
-    """The picture for clip `clip` of the first batch of `recipe`'s training loader, predicted by the MaskFeat weights
-    `model.init` (all of them: a missing tensor is an error), in eval mode on the GPU when there is one."""
-    from mfvideo.tasks import build_model, train_loader
-
-    if recipe.model.task != "pretrain":
-        raise ValueError(f"model.task={recipe.model.task!r}: a HOG picture needs a pretraining recipe "
-                         f"(model.task=pretrain)")
-    if not recipe.model.init:
-        raise ValueError("model.init is not set: name the MaskFeat weights to draw predictions of")
-    if clip < 0:
-        raise ValueError(f"clip {clip} must be ≥ 0")
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    model = build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size, strict_init=True)
-    model.to(device).eval()
-    batch = next(iter(train_loader(recipe, clip + 1, 0, 1)))
-    panels = hog_panels(model, batch, recipe.data.mean, recipe.data.std, clip=clip, max_steps=max_steps)
-    weights = Path(recipe.model.init)
-    return draw_hog_picture(panels, out, title=f"MaskFeat {recipe.model.arch}, weights {weights.parent.name}/"
-                                               f"{weights.name}, clip {batch['key'][clip]}")

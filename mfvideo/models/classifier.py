@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mfvideo.models.mvit import INIT_BIAS, INIT_STD, LAYER_NORM_EPS, BackboneLayerIds, MViT, MViTConfig
+from mfvideo.data import fields
+from mfvideo.data.fields import check_batch
+from mfvideo.models.mvit import LAYER_NORM_EPS, BackboneLayerIds, MViT, MViTConfig, init_head
 
-HEAD_INIT_SCALE = 0.001
 POOLINGS = ("mean", "cls")
 
 
@@ -21,17 +22,12 @@ class ClassificationHead(nn.Module):
     def __init__(self, dim: int, num_classes: int, dropout: float, pooling: str = "mean") -> None:
         super().__init__()
         if pooling not in POOLINGS:
-            raise ValueError(f"model.pooling={pooling!r}: expected one of {POOLINGS}")
+            raise ValueError(f"pooling={pooling!r}: expected one of {POOLINGS}")
         self.pooling = pooling
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(dim, num_classes)
-        nn.init.constant_(self.norm.bias, INIT_BIAS)
-        nn.init.trunc_normal_(self.proj.weight, std=INIT_STD)
-        nn.init.constant_(self.proj.bias, INIT_BIAS)
-        with torch.no_grad():
-            self.proj.weight.mul_(HEAD_INIT_SCALE)
-            self.proj.bias.mul_(HEAD_INIT_SCALE)
+        init_head(self.norm, self.proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x[:, 1:].mean(dim=1) if self.pooling == "mean" else x[:, 0]
@@ -53,6 +49,7 @@ class MViTClassifier(BackboneLayerIds, nn.Module):
     def __init__(self, cfg: MViTConfig, input_size: Sequence[int], num_classes: int, dropout: float = 0.5,
                  pooling: str = "mean") -> None:
         super().__init__()
+        self.num_classes = num_classes
         self.backbone = MViT(cfg, input_size)
         self.head = ClassificationHead(self.backbone.dim_out, num_classes, dropout, pooling)
 
@@ -66,10 +63,12 @@ class MViTClassifier(BackboneLayerIds, nn.Module):
         return x[:, 1:].mean(dim=1)
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        x, _ = self.backbone(batch["video"])
+        targets = [key for key in (fields.TARGET, fields.LABEL) if key.name in batch][:1]  # target first
+        check_batch(batch, (fields.VIDEO, *targets), "MViTClassifier", {"K": self.num_classes})
+        x, _ = self.backbone(batch[fields.VIDEO.name])
         logits = self.predict(x)
-        if "target" in batch:
-            return {"logits": logits, "loss": soft_target_cross_entropy(logits, batch["target"])}
-        if "label" in batch:
-            return {"logits": logits, "loss": F.cross_entropy(logits.float(), batch["label"])}
+        if targets == [fields.TARGET]:
+            return {"logits": logits, "loss": soft_target_cross_entropy(logits, batch[fields.TARGET.name])}
+        if targets == [fields.LABEL]:
+            return {"logits": logits, "loss": F.cross_entropy(logits.float(), batch[fields.LABEL.name])}
         return {"logits": logits}

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mfvideo.models.classifier import HEAD_INIT_SCALE
-from mfvideo.models.mvit import INIT_BIAS, INIT_STD, LAYER_NORM_EPS, BackboneLayerIds, Grid, MViT, MViTConfig
+from mfvideo.data import fields
+from mfvideo.data.fields import check_batch
+from mfvideo.models.mvit import LAYER_NORM_EPS, BackboneLayerIds, Grid, MViT, MViTConfig, init_head
 from mfvideo.models.roi_align import roi_align
 
 ROI_SIZE = 7
@@ -42,12 +43,7 @@ class DetectionHead(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(dim, num_classes)
-        nn.init.constant_(self.norm.bias, INIT_BIAS)
-        nn.init.trunc_normal_(self.proj.weight, std=INIT_STD)
-        nn.init.constant_(self.proj.bias, INIT_BIAS)
-        with torch.no_grad():
-            self.proj.weight.mul_(HEAD_INIT_SCALE)
-            self.proj.bias.mul_(HEAD_INIT_SCALE)
+        init_head(self.norm, self.proj)
 
     def feature_map(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         """B×C×H×W: the normed grid tokens, averaged over time."""
@@ -65,23 +61,8 @@ class DetectionHead(nn.Module):
         return self.proj(self.dropout(pooled))
 
 
-BATCH_KEYS = ("video", "boxes", "box_index")
-
-
-def check_batch(batch: Dict[str, torch.Tensor], num_classes: int) -> None:
-    missing = [key for key in BATCH_KEYS if key not in batch]
-    if missing:
-        raise ValueError(f"detection batch lacks {missing}: it needs {list(BATCH_KEYS)}, got {sorted(batch)}")
-    boxes, box_index = batch["boxes"], batch["box_index"]
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"detection batch: boxes must be R×4 (x1, y1, x2, y2 in pixels), got {tuple(boxes.shape)}")
-    if box_index.shape != (boxes.shape[0],) or box_index.dtype != torch.int64:
-        raise ValueError(f"detection batch: box_index must be int64 of R={boxes.shape[0]} clip rows, got "
-                         f"{box_index.dtype} {tuple(box_index.shape)}")
-    labels = batch.get("box_labels")
-    if labels is not None and labels.shape != (boxes.shape[0], num_classes):
-        raise ValueError(f"detection batch: box_labels must be R×{num_classes} (R={boxes.shape[0]} boxes), got "
-                         f"{tuple(labels.shape)}")
+# What forward reads (shapes and dtypes: mfvideo.data.fields); box_labels only for the loss.
+READS = (fields.VIDEO, fields.BOXES, fields.BOX_INDEX)
 
 
 def multilabel_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -111,7 +92,7 @@ class Detector(BackboneLayerIds, nn.Module):
                  stride: int = 16) -> None:
         super().__init__()
         if stride not in DETECTION_STRIDES:
-            raise ValueError(f"model.detection_stride={stride}: expected one of {sorted(DETECTION_STRIDES)}")
+            raise ValueError(f"stride={stride}: expected one of {sorted(DETECTION_STRIDES)}")
         cfg = replace(cfg, keep_last_q_stride=DETECTION_STRIDES[stride])
         if cfg.output_stride[1:] != (stride, stride):
             raise ValueError(f"{cfg.name}: its output stride is {cfg.output_stride[1:]}, not {stride} (patch stride "
@@ -123,8 +104,10 @@ class Detector(BackboneLayerIds, nn.Module):
         self.roi_head = DetectionHead(self.backbone.dim_out, num_classes, dropout, 1.0 / stride)
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        check_batch(batch, self.num_classes)
-        video, boxes, box_index = batch["video"], batch["boxes"], batch["box_index"]
+        labelled = fields.BOX_LABELS.name in batch
+        check_batch(batch, READS + ((fields.BOX_LABELS,) if labelled else ()), "Detector", {"A": self.num_classes})
+        video, boxes = batch[fields.VIDEO.name], batch[fields.BOXES.name]
+        box_index = batch[fields.BOX_INDEX.name]
         groups = self._size_groups(batch)
         if len(groups) == 1 and next(iter(groups)) == tuple(video.shape[-2:]):
             x, grid = self.backbone(video)
@@ -141,16 +124,16 @@ class Detector(BackboneLayerIds, nn.Module):
             logits = torch.cat(parts)[torch.argsort(torch.cat(order))]
         logits = logits.float()
         out = {"scores": torch.sigmoid(logits), "logits": logits}
-        if "box_labels" in batch:
-            out["loss"] = multilabel_bce(logits, batch["box_labels"])
+        if labelled:
+            out["loss"] = multilabel_bce(logits, batch[fields.BOX_LABELS.name])
         return out
 
     def _size_groups(self, batch: Dict[str, torch.Tensor]) -> Dict[tuple, list]:
         """(height, width) -> the clips seen at that size: each clip's `video_size` rounded up to the output stride
         (within `video`); without `video_size`, every clip at the whole video's size."""
-        video = batch["video"]
+        video = batch[fields.VIDEO.name]
         limit = tuple(video.shape[-2:])
-        sizes = batch.get("video_size")
+        sizes = batch.get(fields.VIDEO_SIZE.name)
         if sizes is None:
             return {limit: list(range(video.shape[0]))}
         if len(sizes) != video.shape[0]:

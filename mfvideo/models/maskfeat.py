@@ -4,8 +4,8 @@ The mask comes from the loader on the coarse mask-unit grid (8×7×7 for 16×224
 upsampled (nearest) to the patch-embedding grid for the mask token and to the output grid for the loss.
 
 The backbone sees the normalised clip (`video`); the HOG target is computed from the same clip's uint8 pixel values
-(`pixels`, already on the device beside `video`). Mean and std drop out of the target in exact arithmetic (DESIGN
-§2), and on integer pixel values the Sobel gradients are exact in float32, so the target is the formula's own answer;
+(`pixels`, already on the device beside `video`). Mean and std drop out of the target in exact arithmetic
+(docs/design.md §2), and on integer pixel values the Sobel gradients are exact in float32, so the target is the formula's own answer;
 on the normalised floats, gradients that should cancel to 0 leave ±1e-8 and flip pixels between bins 0 and 8.
 """
 
@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mfvideo.data import fields
+from mfvideo.data.fields import check_batch
 from mfvideo.models.mvit import LAYER_NORM_EPS, INIT_STD, BackboneLayerIds, Grid, MViT, MViTConfig
 from mfvideo.targets.hog import HogTarget
 
@@ -79,17 +81,8 @@ class PredictionHead(nn.Module):
         return self.proj(self.norm(x))
 
 
-BATCH_KEYS = ("video", "pixels", "mask")
-
-
-def check_batch(batch: Dict[str, torch.Tensor]) -> None:
-    missing = [key for key in BATCH_KEYS if key not in batch]
-    if missing:
-        raise ValueError(f"MaskFeat batch lacks {missing}: it needs {list(BATCH_KEYS)}, got {sorted(batch)}")
-    video, pixels = batch["video"], batch["pixels"]
-    if pixels.dtype != torch.uint8 or pixels.shape != video.shape:
-        raise ValueError(f"MaskFeat batch: pixels must be the clip's uint8 values, shaped as video "
-                         f"{tuple(video.shape)}; got {pixels.dtype} {tuple(pixels.shape)}")
+# What forward reads (shapes and dtypes: mfvideo.data.fields); pixels and video share B, C, T, H and W.
+READS = (fields.VIDEO, fields.PIXELS, fields.MASK)
 
 
 class MaskFeat(BackboneLayerIds, nn.Module):
@@ -152,13 +145,13 @@ class MaskFeat(BackboneLayerIds, nn.Module):
         return x[:, 1:].mean(dim=1)
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        check_batch(batch)
-        video, mask = batch["video"], batch["mask"]
+        check_batch(batch, READS, "MaskFeat")
+        video, mask = batch[fields.VIDEO.name], batch[fields.MASK.name]
         tokens, grid = self.backbone.embed(video)
         tokens = self.insert_mask_token(tokens, mask, grid)
         x, out_grid = self.backbone.encode(tokens, grid)
         pred = self.predict(x)
-        target = self.target(batch["pixels"], out_grid)
+        target = self.target(batch[fields.PIXELS.name], out_grid)
         out_mask = upsample_mask(mask, out_grid, pred.device)
         b = video.shape[0]
         return {"loss": masked_mse(pred, target, out_mask),

@@ -22,7 +22,19 @@ Grid = Tuple[int, int, int]
 LAYER_NORM_EPS = 1e-6
 INIT_STD = 0.02
 INIT_BIAS = 0.02  # biases and LayerNorm biases start at 0.02, as in PySlowFast's MViT init
+HEAD_INIT_SCALE = 0.001  # a task head's Linear starts 1000× smaller (PySlowFast's MViT head init)
 
+
+
+def init_head(norm: nn.LayerNorm, proj: nn.Linear) -> None:
+    """A task head's initialisation (classification, detection): LayerNorm bias and Linear bias at INIT_BIAS, Linear
+    weights truncated normal with INIT_STD, then the Linear's weights and bias scaled by HEAD_INIT_SCALE."""
+    nn.init.constant_(norm.bias, INIT_BIAS)
+    nn.init.trunc_normal_(proj.weight, std=INIT_STD)
+    nn.init.constant_(proj.bias, INIT_BIAS)
+    with torch.no_grad():
+        proj.weight.mul_(HEAD_INIT_SCALE)
+        proj.bias.mul_(HEAD_INIT_SCALE)
 
 @dataclass(frozen=True)
 class BlockConfig:

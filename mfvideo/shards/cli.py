@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from mfvideo.fileio import LockHeld
+from mfvideo.common.fileio import LockHeld
 from mfvideo.shards.demo_ava import (EVALUATED_ACTION_LIST, FULL_ACTION_LIST, SPLITS, DemoAvaSpec, annotations_file,
                                      detections_file, excluded_file, write_demo_ava)
 from mfvideo.shards.sources.ava import AvaSource
@@ -218,7 +218,7 @@ def _run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mfvideo.log import setup_logging
+    from mfvideo.common.log import setup_logging
 
     setup_logging()
     args = build_parser().parse_args(argv)

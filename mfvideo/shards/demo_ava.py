@@ -47,7 +47,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mfvideo.fileio import write_atomic
+from mfvideo.common.fileio import write_atomic
 from mfvideo.shards.drawing import SQUARE_HALF_SIDE, background, local_coordinates, shape_mask, vivid_colour
 from mfvideo.shards.encode import encode_rgb_frames
 from mfvideo.shards.sources.common import SourceError

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from mfvideo.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, assign_keys
 from mfvideo.shards.produce import produce
-from mfvideo.fileio import fsync_dir, hold_lock, write_atomic
+from mfvideo.common.fileio import fsync_dir, hold_lock, write_atomic
 
 FORMAT_VERSION = 1
 _PARTIAL_DIR = ".partial"

@@ -1,4 +1,4 @@
-"""MaskFeat's HOG target (DESIGN.md §2): the official variant, not scikit-image's.
+"""MaskFeat's HOG target (docs/design.md §2): the official variant, not scikit-image's.
 
 Per colour channel: reflect-pad 1, 3×3 Sobel cross-correlation (wx = [[1,0,-1],[2,0,-2],[1,0,-1]],
 wy = wxᵀ), magnitude sqrt(gx² + gy²), orientation bin floor(atan2(gx, gy) / π · 9) mod 9 (the
@@ -9,7 +9,7 @@ each 16×16 token gets its 2×2 cells → 3·9·4 = 108 values ordered (colour·
 Input: the clip's pixel values, uint8 as the loader ships them (any dtype is read as float32 values). On integer
 values every Sobel gradient is an integer of at most 4·255 in magnitude, exact in float32, so each pixel's bin is the
 formula's own: where a gradient cancels to exactly 0 (common on quantised frames) atan2 sees +0 and the bin is 0.
-On normalised floats the same cancellation leaves ±1e-8 and flips such pixels between bins 0 and 8 (DESIGN §2);
+On normalised floats the same cancellation leaves ±1e-8 and flips such pixels between bins 0 and 8 (docs/design.md §2);
 mean and std drop out of the target in exact arithmetic, so the pixel values give the target of the model input.
 
 `HogTarget` never materialises a full-resolution tensor of bins: each pixel's magnitude is

@@ -1,4 +1,4 @@
-"""Mask generators for MaskFeat pretraining (DESIGN.md §3), run in the data loader on CPU.
+"""Mask generators for MaskFeat pretraining (docs/design.md §3), run in the data loader on CPU.
 
 A mask is a boolean array over the *mask grid* (True = masked). For a 16×224² clip the grid is
 8×7×7: one unit is 2 frames × 32×32 pixels, i.e. 1×2×2 output tokens. Single images use the 1×14×14

@@ -18,7 +18,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 
-from mfvideo.ava_files import (AvaFormatError, BadRow, LabelMap, read_annotations, read_excluded, read_label_map,
+from mfvideo.common.ava_files import (AvaFormatError, BadRow, LabelMap, read_annotations, read_excluded, read_label_map,
                                read_person_detections)
 from mfvideo.shards.items import Item, ItemList, Reject
 from mfvideo.shards.sources.common import SourceError, index_files
