@@ -5,22 +5,22 @@ Launched by tests under torchrun / plain python: `python tests/engine_harness.py
 Sample i of an epoch is a fixed random clip with a cube mask (pretraining) or a label it shows (classification),
 drawn from (seed, epoch, i), and optimizer step s always covers samples [s·G, (s+1)·G) whatever the world size and
 accumulation; the task's batch augmentation (mixup, CutMix, erasing) draws from the micro-batch's first sample
-index. So runs with different numbers of processes must produce the same per-step losses. `harness.nan_steps=[...]` makes the loss of those
-optimizer steps (1-based) non-finite, to exercise the skipping logic.
+index. So runs with different numbers of processes must produce the same per-step losses.
+`harness.nan_steps=[...]` makes the loss of those optimizer steps (1-based) non-finite, to exercise the skipping logic.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 import sys
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from mfvideo.app.run import training_parts
 from mfvideo.config import load_recipe_or_exit
 from mfvideo.data.transforms import Normalise
-from mfvideo.app.run import training_parts
 from mfvideo.engine.trainer import train
 from mfvideo.targets.masks import build_mask_generator, mask_grid
 from mfvideo.tasks import classify
@@ -31,9 +31,16 @@ class SyntheticClips:
         self.data, self.micro, self.rank, self.world = recipe.data, micro_batch_size, rank, world_size
         self.num_samples, self.seed = num_samples, recipe.train.seed
         self.num_classes = recipe.model.num_classes if recipe.model.task == "classify" else 0
-        self.masks = None if self.num_classes else build_mask_generator(
-            recipe.mask.mode, mask_grid(recipe.data.num_frames, recipe.data.crop_size), ratio=recipe.mask.ratio,
-            min_units=recipe.mask.min_units)
+        self.masks = (
+            None
+            if self.num_classes
+            else build_mask_generator(
+                recipe.mask.mode,
+                mask_grid(recipe.data.num_frames, recipe.data.crop_size),
+                ratio=recipe.mask.ratio,
+                min_units=recipe.mask.min_units,
+            )
+        )
         self.augment = classify.mixing(recipe) if self.num_classes else None
         self.normalise = Normalise(recipe.data.mean, recipe.data.std)
         self.epoch, self.position = 0, 0
@@ -55,8 +62,11 @@ class SyntheticClips:
         shape = (3, self.data.num_frames, self.data.crop_size, self.data.crop_size)
         if self.masks is not None:  # pretraining: the uint8 clip (the HOG target's input) and its normalised copy
             pixels = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
-            return {"video": self.normalise(pixels[None])[0], "pixels": pixels,
-                    "mask": torch.from_numpy(self.masks(rng))}
+            return {
+                "video": self.normalise(pixels[None])[0],
+                "pixels": pixels,
+                "mask": torch.from_numpy(self.masks(rng)),
+            }
         video = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
         label = int(rng.integers(self.num_classes))
         video[label % 3] += 1.0 + label // 3  # the class is visible in the clip, so the loss can fall
@@ -94,8 +104,13 @@ class NanAtSteps(torch.nn.Module):
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("harness.") and not a.startswith("--local_rank")]
-    nan_steps = {int(s) for a in sys.argv[1:] if a.startswith("harness.nan_steps=")
-                 for s in a.split("=", 1)[1].strip("[]").split(",") if s}
+    nan_steps = {
+        int(s)
+        for a in sys.argv[1:]
+        if a.startswith("harness.nan_steps=")
+        for s in a.split("=", 1)[1].strip("[]").split(",")
+        if s
+    }
     recipe = load_recipe_or_exit(args[0], args[1:])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = recipe.train.global_batch_size // (recipe.train.micro_batch_size * world)
@@ -106,8 +121,12 @@ def main() -> None:
         built = parts.model()
         return NanAtSteps(built, nan_steps, accumulation) if nan_steps else built
 
-    train(recipe, replace(parts, model=model,
-                          loader=lambda micro, info: SyntheticClips(recipe, micro, info.rank, info.world_size)))
+    train(
+        recipe,
+        replace(
+            parts, model=model, loader=lambda micro, info: SyntheticClips(recipe, micro, info.rank, info.world_size)
+        ),
+    )
 
 
 if __name__ == "__main__":

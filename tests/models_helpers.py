@@ -22,7 +22,7 @@ def moving_square_frames(num_frames: int, height: int, width: int, seed: int) ->
     frames = np.repeat(background[None], num_frames, axis=0)
     for t in range(num_frames):
         y, x = (3 * t) % (height - side), (2 * t + 5) % (width - side)
-        frames[t, y:y + side, x:x + side] = rng.integers(150, 255, size=3, dtype=np.uint8)
+        frames[t, y : y + side, x : x + side] = rng.integers(150, 255, size=3, dtype=np.uint8)
     return frames
 
 
@@ -77,31 +77,50 @@ def torchvision_mvit_v2_s_shapes(num_classes: int = 400) -> Dict[str, Tuple[int,
     """Key → shape of torchvision's mvit_v2_s state dict (rel-pos embeddings, projection after attention), built
     from torchvision's construction rules: Pool(conv, norm) modules, `project` Sequential, MLP(0: Linear,
     3: Linear), rel-pos tables sized from max(H, W) of the block's input grid at 16×224²."""
-    shapes: Dict[str, Tuple[int, ...]] = {"conv_proj.weight": (96, 3, 3, 7, 7), "conv_proj.bias": (96,),
-                                          "pos_encoding.class_token": (96,)}
+    shapes: Dict[str, Tuple[int, ...]] = {
+        "conv_proj.weight": (96, 3, 3, 7, 7),
+        "conv_proj.bias": (96,),
+        "pos_encoding.class_token": (96,),
+    }
     t, size = 8, 56
     for i in range(16):
         dim_in, dim, heads = TV_IN[i], TV_OUT[i], TV_HEADS[i]
         head_dim = dim // heads
         p = f"blocks.{i}."
-        shapes.update({p + "norm1.weight": (dim_in,), p + "norm1.bias": (dim_in,),
-                       p + "norm2.weight": (dim,), p + "norm2.bias": (dim,),
-                       p + "attn.qkv.weight": (3 * dim, dim_in), p + "attn.qkv.bias": (3 * dim,),
-                       p + "attn.project.0.weight": (dim, dim), p + "attn.project.0.bias": (dim,),
-                       p + "mlp.0.weight": (4 * dim, dim), p + "mlp.0.bias": (4 * dim,),
-                       p + "mlp.3.weight": (dim, 4 * dim), p + "mlp.3.bias": (dim,)})
+        shapes.update(
+            {
+                p + "norm1.weight": (dim_in,),
+                p + "norm1.bias": (dim_in,),
+                p + "norm2.weight": (dim,),
+                p + "norm2.bias": (dim,),
+                p + "attn.qkv.weight": (3 * dim, dim_in),
+                p + "attn.qkv.bias": (3 * dim,),
+                p + "attn.project.0.weight": (dim, dim),
+                p + "attn.project.0.bias": (dim,),
+                p + "mlp.0.weight": (4 * dim, dim),
+                p + "mlp.0.bias": (4 * dim,),
+                p + "mlp.3.weight": (dim, 4 * dim),
+                p + "mlp.3.bias": (dim,),
+            }
+        )
         for name in "qkv":
             shapes[p + f"attn.pool_{name}.pool.weight"] = (head_dim, 1, 3, 3, 3)
             shapes[p + f"attn.pool_{name}.norm_act.0.weight"] = (head_dim,)
             shapes[p + f"attn.pool_{name}.norm_act.0.bias"] = (head_dim,)
         spatial = 2 * max(size // TV_STRIDE_Q[i][1], size // TV_STRIDE_KV[i][1]) - 1
-        shapes.update({p + "attn.rel_pos_h": (spatial, head_dim), p + "attn.rel_pos_w": (spatial, head_dim),
-                       p + "attn.rel_pos_t": (2 * t - 1, head_dim)})
+        shapes.update(
+            {
+                p + "attn.rel_pos_h": (spatial, head_dim),
+                p + "attn.rel_pos_w": (spatial, head_dim),
+                p + "attn.rel_pos_t": (2 * t - 1, head_dim),
+            }
+        )
         if dim_in != dim:
             shapes.update({p + "project.weight": (dim, dim_in), p + "project.bias": (dim,)})
         size //= TV_STRIDE_Q[i][1]
-    shapes.update({"norm.weight": (768,), "norm.bias": (768,), "head.1.weight": (num_classes, 768),
-                   "head.1.bias": (num_classes,)})
+    shapes.update(
+        {"norm.weight": (768,), "norm.bias": (768,), "head.1.weight": (num_classes, 768), "head.1.bias": (num_classes,)}
+    )
     return shapes
 
 

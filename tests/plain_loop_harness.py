@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from mfvideo.app.run import training_parts
 from mfvideo.config import load_recipe_or_exit
 from mfvideo.engine.monitor import read_metrics
 from mfvideo.engine.optim import apply_lr, param_groups, schedule_for
-from mfvideo.app.run import training_parts
 from mfvideo.engine.trainer import train
 from mfvideo.tasks import build_model, train_loader
 
@@ -71,7 +71,9 @@ def main() -> None:
 
     train(recipe, replace(training_parts(recipe), loader=lambda micro, info: ReplayLoader(batches, per_epoch)))
     engine_losses = [record["loss"] for record in read_metrics(Path(recipe.train.output_dir)).values()]
-    engine_model = build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size)  # the exported weights: model.init becomes the run's own model.pt
+    engine_model = build_model(
+        recipe.model, recipe.data.num_frames, recipe.data.crop_size
+    )  # the exported weights: model.init becomes the run's own model.pt
     engine_model.load_state_dict(torch.load(Path(recipe.train.output_dir) / "model.pt", weights_only=True)["model"])
 
     torch.manual_seed(recipe.train.seed)  # the engine's initial weights: the same seed before the same build
@@ -90,11 +92,16 @@ def main() -> None:
         optimizer.step()
         plain_losses.append(loss.item())
 
-    Path(sys.argv[2]).write_text(json.dumps({
-        "engine_losses": engine_losses, "plain_losses": plain_losses,
-        "engine_accuracy": training_accuracy(engine_model, batches),
-        "plain_accuracy": training_accuracy(model, batches),
-    }))
+    Path(sys.argv[2]).write_text(
+        json.dumps(
+            {
+                "engine_losses": engine_losses,
+                "plain_losses": plain_losses,
+                "engine_accuracy": training_accuracy(engine_model, batches),
+                "plain_accuracy": training_accuracy(model, batches),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,13 @@ class ImageFiles:
     name = "images"
 
     def list_items(self) -> ItemList:
-        return ItemList([Item(id=Path(p).stem, kind="image", label=i % 3, label_name=f"class{i % 3}", path=p)
-                         for i, p in enumerate(self.paths)], classes=["class0", "class1", "class2"])
+        return ItemList(
+            [
+                Item(id=Path(p).stem, kind="image", label=i % 3, label_name=f"class{i % 3}", path=p)
+                for i, p in enumerate(self.paths)
+            ],
+            classes=["class0", "class1", "class2"],
+        )
 
 
 def image_shards() -> str:
@@ -112,7 +117,7 @@ def encode_video(num_frames: int, width: int = 64, height: int = 48, fps: int = 
         for index in range(num_frames):
             frame = np.clip(background.astype(int) + 4 * (index % 30), 0, 255).astype(np.uint8)
             x = (3 * index) % (width - 12)
-            frame[8:20, x:x + 12] = 250
+            frame[8:20, x : x + 12] = 250
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -131,7 +136,7 @@ def textured_video(num_frames: int, width: int = 96, height: int = 64, seed: int
     frames = []
     for index in range(num_frames):
         frame = np.roll(texture, -2 * index, axis=1)[:, :width].astype(int) + 3 * (index % 30)
-        frame[10:26, (5 * index) % (width - 16):(5 * index) % (width - 16) + 16] = 250
+        frame[10:26, (5 * index) % (width - 16) : (5 * index) % (width - 16) + 16] = 250
         frames.append(np.clip(frame, 0, 255).astype(np.uint8))
     return encode_rgb_frames(frames, 30)[0]
 

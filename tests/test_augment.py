@@ -12,9 +12,9 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from mfvideo.data.augment import INCREASING_OPS, OPS, PLAIN_OPS, DrawnOp, RandAugment, apply_op
 from mfvideo.data.batch import MixupCutmix, RandomErasing
-from mfvideo.models.classifier import soft_target_cross_entropy
 from mfvideo.data.decode import open_media
 from mfvideo.data.transforms import Normalise, TrainTransform
+from mfvideo.models.classifier import soft_target_cross_entropy
 from stream_helpers import encode_video
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.225, 0.225, 0.225]
@@ -42,22 +42,35 @@ def real_batch(num_clips: int = 4) -> torch.Tensor:
 
 # ----- RandAugment ----------------------------------------------------------------------------------------------
 
+
 def test_spec_parsing():
     official = RandAugment.from_spec("rand-m7-mstd0.5-inc1")
-    assert official == RandAugment(ops=INCREASING_OPS, num_ops=2, magnitude=7.0, magnitude_std=0.5,
-                                   magnitude_max=10.0, prob=0.5)
+    assert official == RandAugment(
+        ops=INCREASING_OPS, num_ops=2, magnitude=7.0, magnitude_std=0.5, magnitude_max=10.0, prob=0.5
+    )
     other = RandAugment.from_spec("rand-n3-mmax12-inc0-p0.7-mstd101-m9")
-    assert other == RandAugment(ops=PLAIN_OPS, num_ops=3, magnitude=9.0, magnitude_std=float("inf"),
-                                magnitude_max=12.0, prob=0.7)
+    assert other == RandAugment(
+        ops=PLAIN_OPS, num_ops=3, magnitude=9.0, magnitude_std=float("inf"), magnitude_max=12.0, prob=0.7
+    )
     assert RandAugment.from_spec("rand") == RandAugment(ops=PLAIN_OPS, num_ops=2, magnitude=10.0)
     assert len(PLAIN_OPS) == len(INCREASING_OPS) == 15 and set(PLAIN_OPS) | set(INCREASING_OPS) == set(OPS)
 
 
-@pytest.mark.parametrize("spec, part", [
-    ("rnd-m7", "'rnd'"), ("rand-m7-x3", "'x3'"), ("rand-m7-m8", "'m'"), ("rand-mfoo", "'mfoo'"),
-    ("rand-m7.5", "'m7.5'"), ("rand-n0", "'n0'"), ("rand-inc2", "'inc2'"), ("rand-p1.5", "'p1.5'"),
-    ("rand-m7--n2", "''"), ("rand-w0", "'w0'"),
-])
+@pytest.mark.parametrize(
+    "spec, part",
+    [
+        ("rnd-m7", "'rnd'"),
+        ("rand-m7-x3", "'x3'"),
+        ("rand-m7-m8", "'m'"),
+        ("rand-mfoo", "'mfoo'"),
+        ("rand-m7.5", "'m7.5'"),
+        ("rand-n0", "'n0'"),
+        ("rand-inc2", "'inc2'"),
+        ("rand-p1.5", "'p1.5'"),
+        ("rand-m7--n2", "''"),
+        ("rand-w0", "'w0'"),
+    ],
+)
 def test_bad_spec_names_spec_and_part(spec, part):
     with pytest.raises(ValueError, match=re.escape(repr(spec)) + ".*" + re.escape(part)):
         RandAugment.from_spec(spec)
@@ -95,8 +108,17 @@ def test_clip_of_identical_frames_stays_identical():
 
 
 # timm draws a random sign for these (the increasing enhancements: a factor above or below 1)
-SIGNED_OPS = {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel", "ColorIncreasing",
-              "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing"}
+SIGNED_OPS = {
+    "Rotate",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+}
 
 
 @pytest.mark.parametrize("spec, op_set", [("rand-m7-mstd0.5-inc1", INCREASING_OPS), ("rand-m7-mstd0.5", PLAIN_OPS)])
@@ -149,6 +171,7 @@ def test_train_transform_applies_randaugment_after_crop_and_flip():
 
 # ----- RandAugment against Pillow, on one frame -------------------------------------------------------------------
 
+
 def _pil(frame: torch.Tensor) -> Image.Image:
     return Image.fromarray(frame.permute(1, 2, 0).numpy())
 
@@ -175,15 +198,23 @@ COLOUR_CASES = [
     ("AutoContrast", None, ImageOps.autocontrast),
     ("Equalize", None, ImageOps.equalize),
     ("Invert", None, ImageOps.invert),
-    ("Posterize", 1, ImageOps.posterize), ("Posterize", 2, ImageOps.posterize),
+    ("Posterize", 1, ImageOps.posterize),
+    ("Posterize", 2, ImageOps.posterize),
     ("PosterizeIncreasing", 4, ImageOps.posterize),
-    ("Solarize", 0, ImageOps.solarize), ("Solarize", 179, ImageOps.solarize),
+    ("Solarize", 0, ImageOps.solarize),
+    ("Solarize", 179, ImageOps.solarize),
     ("SolarizeIncreasing", 77, ImageOps.solarize),
     ("SolarizeAdd", 77, _solarize_add_pillow),
-    *[(name, factor, lambda image, f, enhancer=enhancer: enhancer(image).enhance(f))
-      for name, enhancer in [("Color", ImageEnhance.Color), ("Contrast", ImageEnhance.Contrast),
-                             ("Brightness", ImageEnhance.Brightness), ("Sharpness", ImageEnhance.Sharpness)]
-      for factor in (0.1, 0.37, 1.0, 1.63, 1.9)],
+    *[
+        (name, factor, lambda image, f, enhancer=enhancer: enhancer(image).enhance(f))
+        for name, enhancer in [
+            ("Color", ImageEnhance.Color),
+            ("Contrast", ImageEnhance.Contrast),
+            ("Brightness", ImageEnhance.Brightness),
+            ("Sharpness", ImageEnhance.Sharpness),
+        ]
+        for factor in (0.1, 0.37, 1.0, 1.63, 1.9)
+    ],
 ]
 
 
@@ -204,9 +235,20 @@ def test_posterize_to_zero_bits_is_black():
     assert torch.equal(apply_op(clip, DrawnOp("Posterize", 8)), clip)
 
 
-@pytest.mark.parametrize("name, argument", [("Rotate", 21.7), ("Rotate", -8.0), ("ShearX", 0.21), ("ShearX", -0.3),
-                                            ("ShearY", 0.17), ("TranslateXRel", 0.31), ("TranslateXRel", -0.4),
-                                            ("TranslateYRel", 0.22), ("TranslateYRel", -0.13)])
+@pytest.mark.parametrize(
+    "name, argument",
+    [
+        ("Rotate", 21.7),
+        ("Rotate", -8.0),
+        ("ShearX", 0.21),
+        ("ShearX", -0.3),
+        ("ShearY", 0.17),
+        ("TranslateXRel", 0.31),
+        ("TranslateXRel", -0.4),
+        ("TranslateYRel", 0.22),
+        ("TranslateYRel", -0.13),
+    ],
+)
 def test_warps_match_pillow_bilinear_within_one_level(name, argument):
     """Pillow's geometry and fill (grey 128 where the source point leaves the frame); ours rounds where Pillow
     truncates, hence ±1."""
@@ -216,11 +258,13 @@ def test_warps_match_pillow_bilinear_within_one_level(name, argument):
     if name == "Rotate":
         expected = image.rotate(argument, resample=Image.BILINEAR, fillcolor=(128, 128, 128))
     else:
-        matrix = {"ShearX": (1, argument, 0, 0, 1, 0), "ShearY": (1, 0, 0, argument, 1, 0),
-                  "TranslateXRel": (1, 0, argument * width, 0, 1, 0),
-                  "TranslateYRel": (1, 0, 0, 0, 1, argument * height)}[name]
-        expected = image.transform(image.size, Image.AFFINE, matrix, resample=Image.BILINEAR,
-                                   fillcolor=(128, 128, 128))
+        matrix = {
+            "ShearX": (1, argument, 0, 0, 1, 0),
+            "ShearY": (1, 0, 0, argument, 1, 0),
+            "TranslateXRel": (1, 0, argument * width, 0, 1, 0),
+            "TranslateYRel": (1, 0, 0, 0, 1, argument * height),
+        }[name]
+        expected = image.transform(image.size, Image.AFFINE, matrix, resample=Image.BILINEAR, fillcolor=(128, 128, 128))
     expected = np.asarray(expected).astype(int)
     out = apply_op(frame[None], DrawnOp(name, argument))[0].permute(1, 2, 0).numpy().astype(int)
     assert np.abs(out - expected).max() <= 1
@@ -288,15 +332,18 @@ def test_switch_between_mixup_and_cutmix():
 
 def test_label_smoothing_without_mixing():
     original = real_batch()
-    for smoothing_only in (MixupCutmix(NUM_CLASSES, mixup_alpha=0.0, cutmix_alpha=0.0),
-                           MixupCutmix(NUM_CLASSES, prob=0.0)):
+    for smoothing_only in (
+        MixupCutmix(NUM_CLASSES, mixup_alpha=0.0, cutmix_alpha=0.0),
+        MixupCutmix(NUM_CLASSES, prob=0.0),
+    ):
         video, targets = smoothing_only(original.clone(), LABELS, np.random.default_rng(0))
         assert torch.equal(video, original)
         expected = torch.full((4, NUM_CLASSES), 0.01)
         expected[torch.arange(4), LABELS] = 0.91  # 1 − 0.1 + 0.1 / 10
         assert torch.allclose(targets, expected, atol=1e-7) and targets.dtype == torch.float32
-    _, hard = MixupCutmix(NUM_CLASSES, 0.0, 0.0, label_smoothing=0.0)(original.clone(), LABELS,
-                                                                      np.random.default_rng(0))
+    _, hard = MixupCutmix(NUM_CLASSES, 0.0, 0.0, label_smoothing=0.0)(
+        original.clone(), LABELS, np.random.default_rng(0)
+    )
     assert torch.equal(hard, F.one_hot(LABELS, NUM_CLASSES).float())
 
 
@@ -319,6 +366,7 @@ def test_mixup_rejects_bad_values():
 
 # ----- random erasing -------------------------------------------------------------------------------------------
 
+
 def test_random_erasing_erases_one_cube_per_clip():
     original = real_batch()
     erasing = RandomErasing(probability=1.0)
@@ -333,8 +381,8 @@ def test_random_erasing_erases_one_cube_per_clip():
             assert box.sum() == box_h * box_w == len(rows) * len(cols)  # one rectangle
             assert box_h < height and box_w < width
             assert 0.02 * height * width - height - width <= box_h * box_w <= height * width / 3 + height + width
-            inside = clip[..., rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-            assert clip_changed[..., rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()  # every frame
+            inside = clip[..., rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            assert clip_changed[..., rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()  # every frame
             assert 0.7 < inside.std().item() < 1.3 and abs(inside.mean().item()) < 0.3  # N(0, 1) noise
             assert not torch.equal(inside[:, 0], inside[:, 1])  # fresh noise in each frame
 
@@ -358,11 +406,16 @@ def test_random_erasing_is_deterministic_for_a_seed():
 
 # ----- loss -----------------------------------------------------------------------------------------------------
 
+
 def test_soft_target_cross_entropy_matches_hard_and_smoothed_cross_entropy():
     logits = torch.randn(4, NUM_CLASSES, generator=torch.Generator().manual_seed(0))
     smoothing = MixupCutmix(NUM_CLASSES, 0.0, 0.0, label_smoothing=0.1)
     _, targets = smoothing(torch.zeros(4, 1, 1, 1, 1), LABELS, np.random.default_rng(0))
-    assert torch.allclose(soft_target_cross_entropy(logits, targets),
-                          F.cross_entropy(logits, LABELS, label_smoothing=0.1), atol=1e-6)
-    assert torch.allclose(soft_target_cross_entropy(logits, F.one_hot(LABELS, NUM_CLASSES).float()),
-                          F.cross_entropy(logits, LABELS), atol=1e-6)
+    assert torch.allclose(
+        soft_target_cross_entropy(logits, targets), F.cross_entropy(logits, LABELS, label_smoothing=0.1), atol=1e-6
+    )
+    assert torch.allclose(
+        soft_target_cross_entropy(logits, F.one_hot(LABELS, NUM_CLASSES).float()),
+        F.cross_entropy(logits, LABELS),
+        atol=1e-6,
+    )

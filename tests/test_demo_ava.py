@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from mfvideo.common.ava_files import GROUPS as GROUP_OF_LABEL_TYPE, read_label_map
+from mfvideo.common.ava_files import GROUPS as GROUP_OF_LABEL_TYPE
+from mfvideo.common.ava_files import read_label_map
 from mfvideo.shards import AvaSource
 from mfvideo.shards.cli import main as cli_main
 
@@ -80,16 +81,25 @@ def assert_boxes_frame_the_actors(frame: np.ndarray, boxes: list[np.ndarray], wh
         inside = actor[y1:y2, x1:x2]
         assert inside.mean() > 0.4, (where, box, inside.mean())
         assert inside[:, :2].any() and inside[:, -2:].any() and inside[:2].any() and inside[-2:].any(), (where, box)
-        covered[max(0, y1 - 2):y2 + 2, max(0, x1 - 2):x2 + 2] = True
+        covered[max(0, y1 - 2) : y2 + 2, max(0, x1 - 2) : x2 + 2] = True
     assert actor[~covered].mean() < 0.002, (where, actor[~covered].sum())
 
 
 def test_files_are_laid_out_like_ava_v2_2(dataset):
     movies = sorted(p.stem for p in (dataset / "movies").iterdir())
     assert sorted(p.name for p in dataset.iterdir()) == sorted(
-        ["movies", "ava_action_list_v2.2.pbtxt", "ava_action_list_v2.2_for_activitynet_2019.pbtxt",
-         "ava_included_timestamps_v2.2.txt"] + [f"ava_{s}_{kind}" for s in SPLITS for kind in (
-             "v2.2.csv", "excluded_timestamps_v2.2.csv", "predicted_boxes.csv")])
+        [
+            "movies",
+            "ava_action_list_v2.2.pbtxt",
+            "ava_action_list_v2.2_for_activitynet_2019.pbtxt",
+            "ava_included_timestamps_v2.2.txt",
+        ]
+        + [
+            f"ava_{s}_{kind}"
+            for s in SPLITS
+            for kind in ("v2.2.csv", "excluded_timestamps_v2.2.csv", "predicted_boxes.csv")
+        ]
+    )
     # the full list as AVA writes it: label { name, label_id, label_type }, ids grouped pose < object < interaction
     full_text = (dataset / "ava_action_list_v2.2.pbtxt").read_text()
     blocks = re.findall(r'label \{\n  name: "([^"]+)"\n  label_id: (\d+)\n  label_type: (\w+)\n\}\n', full_text)
@@ -131,16 +141,22 @@ def test_files_are_laid_out_like_ava_v2_2(dataset):
 
 def test_the_ava_source_lists_every_annotated_keyframe(dataset):
     for split in SPLITS:
-        source = AvaSource(action_list=str(dataset / "ava_action_list_v2.2.pbtxt"), movies=str(dataset / "movies"),
-                           annotations=str(dataset / f"ava_{split}_v2.2.csv"),
-                           excluded=str(dataset / f"ava_{split}_excluded_timestamps_v2.2.csv"),
-                           detections=str(dataset / f"ava_{split}_predicted_boxes.csv"))
+        source = AvaSource(
+            action_list=str(dataset / "ava_action_list_v2.2.pbtxt"),
+            movies=str(dataset / "movies"),
+            annotations=str(dataset / f"ava_{split}_v2.2.csv"),
+            excluded=str(dataset / f"ava_{split}_excluded_timestamps_v2.2.csv"),
+            detections=str(dataset / f"ava_{split}_predicted_boxes.csv"),
+        )
         listing = source.list_items()
         truth = ground_truth(dataset, split)
         assert [(i.extra["video_id"], i.extra["timestamp"]) for i in listing.items] == sorted(truth)
         assert listing.classes[WALK_TOWARD - 1] == "walk toward (another actor)"
-        evaluated = AvaSource(action_list=str(dataset / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
-                              movies=str(dataset / "movies"), annotations=str(dataset / f"ava_{split}_v2.2.csv"))
+        evaluated = AvaSource(
+            action_list=str(dataset / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
+            movies=str(dataset / "movies"),
+            annotations=str(dataset / f"ava_{split}_v2.2.csv"),
+        )
         kept = {a for item in evaluated.list_items().items for labels in item.extra["labels"] for a in labels}
         assert kept and not kept & {TURN_CCW, SHRINK}
 
@@ -148,11 +164,27 @@ def test_the_ava_source_lists_every_annotated_keyframe(dataset):
 def test_make_shards_ava_writes_samples_carrying_the_boxes(dataset, tmp_path):
     for split in SPLITS:
         out = tmp_path / split
-        assert cli_main(["ava", "--action-list", str(dataset / "ava_action_list_v2.2.pbtxt"),
-                         "--movies", str(dataset / "movies"), "--annotations", str(dataset / f"ava_{split}_v2.2.csv"),
-                         "--excluded", str(dataset / f"ava_{split}_excluded_timestamps_v2.2.csv"),
-                         "--detections", str(dataset / f"ava_{split}_predicted_boxes.csv"),
-                         "--out", str(out), "--no-progress"]) == 0
+        assert (
+            cli_main(
+                [
+                    "ava",
+                    "--action-list",
+                    str(dataset / "ava_action_list_v2.2.pbtxt"),
+                    "--movies",
+                    str(dataset / "movies"),
+                    "--annotations",
+                    str(dataset / f"ava_{split}_v2.2.csv"),
+                    "--excluded",
+                    str(dataset / f"ava_{split}_excluded_timestamps_v2.2.csv"),
+                    "--detections",
+                    str(dataset / f"ava_{split}_predicted_boxes.csv"),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         assert (out / "rejects.jsonl").read_text() == ""
         manifest = json.loads((out / "manifest.json").read_text())
         truth = ground_truth(dataset, split)
@@ -192,8 +224,9 @@ def stripe_angle(frame: np.ndarray, box: np.ndarray) -> float:
     level = frame[y1:y2, x1:x2].max(axis=2).astype(float)
     interior = level > ACTOR_LEVEL
     for _ in range(2):
-        interior &= (np.roll(interior, 1, 0) & np.roll(interior, -1, 0) & np.roll(interior, 1, 1)
-                     & np.roll(interior, -1, 1))
+        interior &= (
+            np.roll(interior, 1, 0) & np.roll(interior, -1, 0) & np.roll(interior, 1, 1) & np.roll(interior, -1, 1)
+        )
     gy, gx = np.gradient(level)
     gx, gy = gx[interior], gy[interior]
     return 0.5 * np.arctan2(2 * (gx * gy).sum(), (gx * gx).sum() - (gy * gy).sum())
@@ -240,8 +273,11 @@ def test_actions_follow_the_motion(dataset):
                 checked[(actions & {TURN_CW, TURN_CCW}).pop()] += 1
             if actions & {WALK_LEFT, WALK_RIGHT}:  # walk toward: another actor's centre lies ahead
                 heading = 1 if WALK_RIGHT in actions else -1
-                ahead = [other for other, (other_box, _) in people.items() if other != person
-                         and np.sign((other_box[0] + other_box[2]) - (box[0] + box[2])) == heading]
+                ahead = [
+                    other
+                    for other, (other_box, _) in people.items()
+                    if other != person and np.sign((other_box[0] + other_box[2]) - (box[0] + box[2])) == heading
+                ]
                 assert (WALK_TOWARD in actions) == bool(ahead), (video, second, person)
                 checked[WALK_TOWARD if ahead else "walking, no one ahead"] += 1
     assert len(checked) == 10 and min(checked.values()) >= 2, checked
@@ -258,8 +294,9 @@ def test_excluded_keyframes_and_scored_detections(dataset):
     detected_while_excluded, boxes_found, num_boxes = 0, 0, 0
     missed, false_confident, false_weak = 0, 0, 0
     for split in SPLITS:
-        excluded = {(video, int(second))
-                    for video, second in rows(dataset / f"ava_{split}_excluded_timestamps_v2.2.csv")}
+        excluded = {
+            (video, int(second)) for video, second in rows(dataset / f"ava_{split}_excluded_timestamps_v2.2.csv")
+        }
         truth = ground_truth(dataset, split)
         detections = defaultdict(list)
         for row in rows(dataset / f"ava_{split}_predicted_boxes.csv"):
@@ -292,8 +329,11 @@ def test_excluded_keyframes_and_scored_detections(dataset):
 
 
 def digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_arguments_give_the_same_bytes(dataset, tmp_path):
@@ -306,16 +346,19 @@ def test_same_arguments_give_the_same_bytes(dataset, tmp_path):
     assert set(digests(tmp_path / "other").values()).isdisjoint(ours)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"seconds": 4}, "demo-ava --seconds must be in 5..900"),
-    ({"num_movies": 1}, "demo-ava --num-movies must be in 2..10000"),
-    ({"val_movies": 8}, "demo-ava --val-movies must be in 1..7, got 8"),
-    ({"val_movies": 0}, "demo-ava --val-movies must be in 1..7, got 0"),
-    ({"width": 127}, "demo-ava --width must be even and in 48..1024, got 127"),
-    ({"height": 32}, "demo-ava --height must be even and in 48..1024, got 32"),
-    ({"fps": 5}, "demo-ava --fps must be in 10..60, got 5"),
-    ({"seed": -1}, "demo-ava --seed must be >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"seconds": 4}, "demo-ava --seconds must be in 5..900"),
+        ({"num_movies": 1}, "demo-ava --num-movies must be in 2..10000"),
+        ({"val_movies": 8}, "demo-ava --val-movies must be in 1..7, got 8"),
+        ({"val_movies": 0}, "demo-ava --val-movies must be in 1..7, got 0"),
+        ({"width": 127}, "demo-ava --width must be even and in 48..1024, got 127"),
+        ({"height": 32}, "demo-ava --height must be even and in 48..1024, got 32"),
+        ({"fps": 5}, "demo-ava --fps must be in 10..60, got 5"),
+        ({"seed": -1}, "demo-ava --seed must be >= 0, got -1"),
+    ],
+)
 def test_bad_arguments_exit_2_naming_the_option(tmp_path, capsys, changes, message):
     assert cli_main(cli_args(tmp_path / "ava", **changes)) == 2
     assert message in capsys.readouterr().err

@@ -24,8 +24,13 @@ def test_one_row_per_run_with_both_curves_and_the_gain(tmp_path):
     explained = [(25 * i, i / 100) for i in range(1, 25)]  # 24 log steps: shown at 5 of them
     write_run(tmp_path / "seed0", explained, [(0, 16.7), (300, 20.0), (600, 23.75)], 50.0, 37.083)
     write_run(tmp_path / "seed1", [(25, -0.5)], [(0, 15.0)], 44.0)  # its scratch run has not been tested yet
-    proc = subprocess.run([sys.executable, "tools/demo_report.py", str(tmp_path / "seed0"), str(tmp_path / "seed1")],
-                          cwd=REPO, env=child_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "tools/demo_report.py", str(tmp_path / "seed0"), str(tmp_path / "seed1")],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| seed")]
     assert rows == [
@@ -36,6 +41,11 @@ def test_one_row_per_run_with_both_curves_and_the_gain(tmp_path):
 
 
 def test_a_missing_run_folder_is_named(tmp_path):
-    proc = subprocess.run([sys.executable, "tools/demo_report.py", str(tmp_path / "nowhere")], cwd=REPO,
-                          env=child_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "tools/demo_report.py", str(tmp_path / "nowhere")],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "nowhere" in proc.stderr

@@ -24,41 +24,55 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from loader_helpers import build_test_loader, build_train_loader
 from mfvideo.config.recipe import RecipeError, load_recipe
 from mfvideo.config.schema import DataConfig, DetectionDataConfig
 from mfvideo.data.boxes import KeyframeAnnotation, MissingDetections, eval_rois, training_rois
 from mfvideo.data.decode import open_media
-from loader_helpers import build_test_loader, build_train_loader
 from mfvideo.data.tarstream import iter_shard
-from mfvideo.data.transforms import (MIN_VISIBLE_FRACTION, DetectionEvalTransform, DetectionTrainTransform,
-                                     clip_boxes, jittered_crop_box)
+from mfvideo.data.transforms import (
+    MIN_VISIBLE_FRACTION,
+    DetectionEvalTransform,
+    DetectionTrainTransform,
+    clip_boxes,
+    jittered_crop_box,
+)
 from mfvideo.shards import AvaSource, ShardOptions, make_shards
 from mfvideo.tasks import detect
 from mfvideo.tasks.rules import choice_problems
 from shards_helpers import AVA_60_IDS
 
-FPS = 15                      # the movies' rate: a 16 × 4 clip at 30 fps reference strides 2 frames here
-NUM_ACTIONS = 80              # the manifest lists action ids 1..80
+FPS = 15  # the movies' rate: a 16 × 4 clip at 30 fps reference strides 2 frames here
+NUM_ACTIONS = 80  # the manifest lists action ids 1..80
 GREEN, BLUE = (30, 220, 30), (30, 30, 220)
-G = [0.25, 0.25, 0.5, 0.75]   # the green rectangle of movie -mov_A1 (160×120): x 40..80, y 30..90
+G = [0.25, 0.25, 0.5, 0.75]  # the green rectangle of movie -mov_A1 (160×120): x 40..80, y 30..90
 B = [0.625, 0.15, 0.875, 0.5]  # its blue rectangle: x 100..140, y 18..60
-G2 = [0.2, 0.2, 0.4, 0.8]     # the green rectangle of movie mov_B2 (150×100): x 30..60, y 20..80
+G2 = [0.2, 0.2, 0.4, 0.8]  # the green rectangle of movie mov_B2 (150×100): x 30..60, y 20..80
 MOVIES = {"-mov_A1": (160, 120, [(G, GREEN), (B, BLUE)]), "mov_B2": (150, 100, [(G2, GREEN)])}
-MOVIE_FRAMES = 51             # 3.4 s: the keyframe at 3 s is near the end
+MOVIE_FRAMES = 51  # 3.4 s: the keyframe at 3 s is near the end
 
 GROUND_TRUTH = [  # video, second, box, action, person
-    ("-mov_A1", 2, G, 12, 0), ("-mov_A1", 2, B, 14, 1), ("-mov_A1", 2, B, 80, 1),
-    ("-mov_A1", 3, G, 17, 0), ("-mov_A1", 3, B, 11, 1), ("mov_B2", 2, G2, 12, 0),
+    ("-mov_A1", 2, G, 12, 0),
+    ("-mov_A1", 2, B, 14, 1),
+    ("-mov_A1", 2, B, 80, 1),
+    ("-mov_A1", 3, G, 17, 0),
+    ("-mov_A1", 3, B, 11, 1),
+    ("mov_B2", 2, G2, 12, 0),
 ]
-NEAR_B = [0.63, 0.16, 0.875, 0.5]     # IoU 0.95 with B: takes B's actions
-PART_G = [0.25, 0.25, 0.5, 0.6]       # IoU 0.7 with G: a negative
-FAR = [0.0, 0.5, 0.2, 0.95]           # overlaps nothing: a negative
+NEAR_B = [0.63, 0.16, 0.875, 0.5]  # IoU 0.95 with B: takes B's actions
+PART_G = [0.25, 0.25, 0.5, 0.6]  # IoU 0.7 with G: a negative
+FAR = [0.0, 0.5, 0.2, 0.95]  # overlaps nothing: a negative
 AT_THRESHOLD = [0.3, 0.0, 0.45, 0.2]  # score exactly 0.8: kept
 DETECTIONS = [  # video, second, box, score
     ("-mov_A1", 1, [0.1, 0.1, 0.3, 0.3], 0.3),  # keyframe 1 has no ground truth and no detection ≥ 0.8
-    ("-mov_A1", 2, G, 0.97), ("-mov_A1", 2, NEAR_B, 0.9), ("-mov_A1", 2, PART_G, 0.95), ("-mov_A1", 2, FAR, 0.85),
-    ("-mov_A1", 2, AT_THRESHOLD, 0.8), ("-mov_A1", 2, [0.6, 0.1, 0.9, 0.55], 0.79),
-    ("-mov_A1", 3, [0.26, 0.25, 0.5, 0.75], 0.9), ("mov_B2", 2, G2, 0.99),
+    ("-mov_A1", 2, G, 0.97),
+    ("-mov_A1", 2, NEAR_B, 0.9),
+    ("-mov_A1", 2, PART_G, 0.95),
+    ("-mov_A1", 2, FAR, 0.85),
+    ("-mov_A1", 2, AT_THRESHOLD, 0.8),
+    ("-mov_A1", 2, [0.6, 0.1, 0.9, 0.55], 0.79),
+    ("-mov_A1", 3, [0.26, 0.25, 0.5, 0.75], 0.9),
+    ("mov_B2", 2, G2, 0.99),
 ]
 
 
@@ -74,7 +88,7 @@ def write_movie(path: Path, width: int, height: int, rectangles) -> None:
         for index in range(MOVIE_FRAMES):
             frame = np.full((height, width, 3), grey_level(index), dtype=np.uint8)
             for (x1, y1, x2, y2), colour in rectangles:
-                frame[round(y1 * height):round(y2 * height), round(x1 * width):round(x2 * width)] = colour
+                frame[round(y1 * height) : round(y2 * height), round(x1 * width) : round(x2 * width)] = colour
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts, picture.time_base = index, Fraction(1, FPS)
             container.mux(stream.encode(picture))
@@ -92,11 +106,15 @@ def make_ava_shards(root: Path, detections: bool = True) -> Path:
         write_movie(root / "movies" / f"{name}.mp4", width, height, rectangles)
     (root / "actions.pbtxt").write_text("".join(f'item {{\n  name: "action {i}"\n  id: {i}\n}}\n' for i in AVA_60_IDS))
     (root / "train.csv").write_text("".join(f"{v},{s:04d},{_csv_box(b)},{a},{p}\n" for v, s, b, a, p in GROUND_TRUTH))
-    (root / "detections.csv").write_text("".join(f"{v},{s:04d},{_csv_box(b)},,{score}\n"
-                                                 for v, s, b, score in DETECTIONS))
-    source = AvaSource(action_list=str(root / "actions.pbtxt"), movies=str(root / "movies"),
-                       annotations=str(root / "train.csv"),
-                       detections=str(root / "detections.csv") if detections else None)
+    (root / "detections.csv").write_text(
+        "".join(f"{v},{s:04d},{_csv_box(b)},,{score}\n" for v, s, b, score in DETECTIONS)
+    )
+    source = AvaSource(
+        action_list=str(root / "actions.pbtxt"),
+        movies=str(root / "movies"),
+        annotations=str(root / "train.csv"),
+        detections=str(root / "detections.csv") if detections else None,
+    )
     make_shards(source, ShardOptions(out=root / "ava", progress=False))
     return root / "ava"
 
@@ -107,14 +125,27 @@ def shards(tmp_path_factory) -> Path:
 
 
 def samples(folder: Path) -> dict[str, dict]:
-    return {key: json.loads(parts["json"])
-            for url in sorted(folder.glob("*.tar")) for key, parts in iter_shard(str(url))}
+    return {
+        key: json.loads(parts["json"]) for url in sorted(folder.glob("*.tar")) for key, parts in iter_shard(str(url))
+    }
 
 
 def data_cfg(folder: Path, **overrides):
-    values = dict(train=str(folder), val=str(folder), num_frames=16, sampling_rate=4, reference_fps=30.0,
-                  crop_size=64, num_workers=0, shuffle_buffer=4, test_short_side=96, test_clips=1, test_crops=1,
-                  max_failure_fraction=0.0, detection=DetectionDataConfig(train_short_side=[64, 100]))
+    values = dict(
+        train=str(folder),
+        val=str(folder),
+        num_frames=16,
+        sampling_rate=4,
+        reference_fps=30.0,
+        crop_size=64,
+        num_workers=0,
+        shuffle_buffer=4,
+        test_short_side=96,
+        test_clips=1,
+        test_crops=1,
+        max_failure_fraction=0.0,
+        detection=DetectionDataConfig(train_short_side=[64, 100]),
+    )
     values.update(overrides)
     return OmegaConf.structured(DataConfig(**values))
 
@@ -139,12 +170,14 @@ def assert_box_frames_rectangle(frame: torch.Tensor, box, colour, where: str) ->
     assert mask.any(), f"{where}: no {colour} pixel in the clip, yet box {box} is there"
     ys, xs = torch.nonzero(mask, as_tuple=True)
     centres_x, centres_y = xs + 0.5, ys + 0.5
-    inside = ((centres_x > x1 - MARGIN) & (centres_x < x2 + MARGIN)
-              & (centres_y > y1 - MARGIN) & (centres_y < y2 + MARGIN))
+    inside = (
+        (centres_x > x1 - MARGIN) & (centres_x < x2 + MARGIN) & (centres_y > y1 - MARGIN) & (centres_y < y2 + MARGIN)
+    )
     assert inside.all(), f"{where}: {int((~inside).sum())} {colour} pixels outside box {box}"
     grid_x, grid_y = torch.arange(mask.shape[1]) + 0.5, torch.arange(mask.shape[0]) + 0.5
-    core = (((grid_x > x1 + MARGIN) & (grid_x < x2 - MARGIN))[None, :]
-            & ((grid_y > y1 + MARGIN) & (grid_y < y2 - MARGIN))[:, None])
+    core = ((grid_x > x1 + MARGIN) & (grid_x < x2 - MARGIN))[None, :] & (
+        (grid_y > y1 + MARGIN) & (grid_y < y2 - MARGIN)
+    )[:, None]
     assert core.any() and mask[core].all(), f"{where}: box {box} is not filled with {colour}"
 
 
@@ -185,15 +218,19 @@ def test_train_transform_moves_boxes_with_pixels_and_drops_boxes_mostly_cut_away
                 dropped += 1
                 assert visible < MIN_VISIBLE_FRACTION * width * height + blur, f"seed {seed}: {visible} px dropped"
     assert flips == {True, False}
-    assert clipped and dropped     # the draws did cut boxes, keeping some and dropping others
+    assert clipped and dropped  # the draws did cut boxes, keeping some and dropping others
 
 
 def test_box_rule_clips_to_the_crop_and_drops_what_is_mostly_outside():
-    boxes = np.array([[-10.0, 0.0, 30.0, 20.0],   # 3/4 inside: clipped, kept
-                      [-32.0, 0.0, 8.0, 20.0],    # 1/5 inside: dropped
-                      [-30.0, 0.0, 10.0, 20.0],   # exactly 1/4 inside: kept
-                      [70.0, 0.0, 90.0, 20.0],    # wholly outside
-                      [10.0, 5.0, 10.0, 15.0]])   # no width: frames no pixel
+    boxes = np.array(
+        [
+            [-10.0, 0.0, 30.0, 20.0],  # 3/4 inside: clipped, kept
+            [-32.0, 0.0, 8.0, 20.0],  # 1/5 inside: dropped
+            [-30.0, 0.0, 10.0, 20.0],  # exactly 1/4 inside: kept
+            [70.0, 0.0, 90.0, 20.0],  # wholly outside
+            [10.0, 5.0, 10.0, 15.0],
+        ]
+    )  # no width: frames no pixel
     clipped, kept = clip_boxes(boxes, 64, 64)
     assert kept.tolist() == [True, False, True, False, False]
     assert clipped[0].tolist() == [0.0, 0.0, 30.0, 20.0] and clipped[3].tolist() == [64.0, 0.0, 64.0, 20.0]
@@ -212,6 +249,7 @@ def test_test_transform_keeps_the_full_frame_and_its_boxes(shards):
 
 
 # ----- through the loaders --------------------------------------------------------------------------------------
+
 
 def rectangle_of(video_id: str, box_norm) -> tuple:
     for box, colour in MOVIES[video_id][2]:
@@ -235,8 +273,12 @@ def test_training_batches_carry_boxes_that_frame_their_rectangles(shards):
                 if colour is None:
                     continue  # a detection: no rectangle of its own
                 for frame in (0, 8, 15):
-                    assert_box_frames_rectangle(batch["pixels"][clip, :, frame], box, colour,
-                                                f"{batch['key'][clip]} epoch {epoch} frame {frame}")
+                    assert_box_frames_rectangle(
+                        batch["pixels"][clip, :, frame],
+                        box,
+                        colour,
+                        f"{batch['key'][clip]} epoch {epoch} frame {frame}",
+                    )
                 left_edges[clip][colour] = box[0]
                 checked += 1
             flips.update(edges[GREEN] > edges[BLUE] for edges in left_edges if len(edges) == 2)
@@ -250,8 +292,13 @@ def expected_rois(video_id: str, second: int, train: bool) -> dict[tuple, set]:
     for v, s, box, action, _ in GROUND_TRUTH:
         if (v, s) == (video_id, second):
             truth.setdefault(tuple(box), set()).add(action)
-    hand_labelled = {tuple(NEAR_B): {14, 80}, tuple(PART_G): set(), tuple(FAR): set(), tuple(AT_THRESHOLD): set(),
-                     (0.26, 0.25, 0.5, 0.75): {17}}
+    hand_labelled = {
+        tuple(NEAR_B): {14, 80},
+        tuple(PART_G): set(),
+        tuple(FAR): set(),
+        tuple(AT_THRESHOLD): set(),
+        (0.26, 0.25, 0.5, 0.75): {17},
+    }
     rois = dict(truth) if train else {}
     for v, s, box, score in DETECTIONS:
         if (v, s) == (video_id, second) and score >= 0.8:
@@ -276,7 +323,10 @@ def test_proposals_are_ground_truth_plus_confident_detections_labelled_by_overla
     meta = samples(shards)["-mov_A1_0002"]
     keyframe = KeyframeAnnotation.from_meta(meta, NUM_ACTIONS)
     train, test = training_rois(keyframe, 0.8, NUM_ACTIONS), eval_rois(keyframe, 0.8, "detections", NUM_ACTIONS)
-    as_dict = lambda rois: {tuple(b): {i + 1 for i in np.flatnonzero(l)} for b, l in zip(rois.boxes, rois.labels)}
+
+    def as_dict(rois):
+        return {tuple(box): {i + 1 for i in np.flatnonzero(row)} for box, row in zip(rois.boxes, rois.labels)}
+
     assert len(train.boxes) == 6 and as_dict(train) == expected_rois("-mov_A1", 2, train=True)
     assert as_dict(test) == expected_rois("-mov_A1", 2, train=False)
     assert as_dict(test)[tuple(G)] == {12} and as_dict(test)[tuple(PART_G)] == set()
@@ -285,17 +335,26 @@ def test_proposals_are_ground_truth_plus_confident_detections_labelled_by_overla
 
 
 def test_a_detection_takes_the_actions_of_every_ground_truth_box_it_overlaps():
-    keyframe = KeyframeAnnotation.from_meta({
-        "video_id": "v", "timestamp": 902, "keyframe_sec": 1.5,
-        "boxes": [[0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.51], [0.6, 0.6, 0.9, 0.9]], "labels": [[1], [2, 3], [4]],
-        "det_boxes": [[0.1, 0.1, 0.5, 0.505], [0.6, 0.6, 0.9, 0.86]], "det_scores": [0.9, 0.9]}, 5)
+    keyframe = KeyframeAnnotation.from_meta(
+        {
+            "video_id": "v",
+            "timestamp": 902,
+            "keyframe_sec": 1.5,
+            "boxes": [[0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.51], [0.6, 0.6, 0.9, 0.9]],
+            "labels": [[1], [2, 3], [4]],
+            "det_boxes": [[0.1, 0.1, 0.5, 0.505], [0.6, 0.6, 0.9, 0.86]],
+            "det_scores": [0.9, 0.9],
+        },
+        5,
+    )
     rois = training_rois(keyframe, 0.8, 5)
     assert rois.labels.tolist()[3:] == [[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]  # IoU 0.87 < 0.9: a negative
 
 
 def test_loaders_carry_the_rois_of_each_keyframe(shards):
-    cfg = data_cfg(shards, detection=DetectionDataConfig(train_short_side=[120, 120]), crop_size=120,
-                   repeated_sampling=4)
+    cfg = data_cfg(
+        shards, detection=DetectionDataConfig(train_short_side=[120, 120]), crop_size=120, repeated_sampling=4
+    )
     train = build_train_loader(cfg, None, 4, 0, 1, seed=0, fields=("boxes",))
     seen: dict[tuple, dict] = {}
     for epoch in range(4):
@@ -359,18 +418,18 @@ def test_clip_is_centred_on_the_keyframe_and_repeats_edge_frames(shards):
     for batch in build_test_loader(data_cfg(shards), 1, 0, 1, fields=("boxes",)):
         key, pixels = batch["key"][0], as_pixels(batch["video"][0]).float()
         meta = metas[key]
-        keyframe = meta["timestamp"] * FPS                      # the keyframe's frame in the movie
-        first = keyframe - round(meta["keyframe_sec"] * FPS)    # the movie frame the cut starts at
+        keyframe = meta["timestamp"] * FPS  # the keyframe's frame in the movie
+        first = keyframe - round(meta["keyframe_sec"] * FPS)  # the movie frame the cut starts at
         last = first + meta["num_frames"] - 1
         expected = np.clip(keyframe + 2 * (np.arange(16) - 8), first, last)  # stride 4 at 30 fps = 2 at 15 fps
-        grey = pixels[:, :, -4:, :8].mean(dim=(0, 2, 3))         # a corner no rectangle covers
+        grey = pixels[:, :, -4:, :8].mean(dim=(0, 2, 3))  # a corner no rectangle covers
         shown = np.round((grey.numpy() - 10) / 4).astype(int)
         assert shown.tolist() == expected.tolist(), key
         assert shown[8] == keyframe
         if meta["timestamp"] == 3:
             assert shown.tolist()[-5:] == [MOVIE_FRAMES - 1] * 5  # beyond the cut's end: its last frame repeats
         if key == "-mov_A1_0001":
-            assert first == 0 and shown[0] == 0                   # before the movie's start: its first frame
+            assert first == 0 and shown[0] == 0  # before the movie's start: its first frame
 
 
 def test_crops_and_flips_follow_the_seed_and_resume_exactly(shards):
@@ -389,13 +448,17 @@ def test_crops_and_flips_follow_the_seed_and_resume_exactly(shards):
     resumed = build_train_loader(cfg, None, 2, 0, 1, seed=4, fields=("boxes",))
     resumed.load_state_dict(state)
     rest, _ = run(resumed)
-    same = lambda a, b: a[0] == b[0] and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+
+    def same(a, b):
+        return a[0] == b[0] and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+
     assert all(map(same, full, again)) and len(rest) == len(full) - 2 and all(map(same, rest, full[2:]))
     other_seed, _ = run(build_train_loader(cfg, None, 2, 0, 1, seed=5, fields=("boxes",)))
     assert not all(map(same, full, other_seed))
 
 
 # ----- bad input ------------------------------------------------------------------------------------------------
+
 
 def rewrite_samples(source: Path, destination: Path, edits: dict) -> None:
     """A copy of the shards with the JSON of the samples named in `edits` changed by `edits[key](meta)`."""
@@ -418,20 +481,32 @@ def rewrite_samples(source: Path, destination: Path, edits: dict) -> None:
     (destination / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m["boxes"][0].__setitem__(2, 1.2), r"'boxes'\[0\] is \[0.25, 0.25, 1.2, 0.75\]: not a box"),
-    (lambda m: m["boxes"][1].__setitem__(0, 0.95),
-     r"'boxes'\[1\] is \[0.95, 0.15, 0.875, 0.5\]: not a box .* x1 <= x2"),
-    (lambda m: m["labels"].pop(), r"'labels' has 1 entries for 2 boxes"),
-    (lambda m: m["labels"][0].append(81), r"'labels'\[0\] is \[12, 81\]: not a list of action ids in 1..80"),
-    (lambda m: m["det_scores"].pop(), r"'det_scores' is .*: not one score per detection \(6 det_boxes\)"),
-    (lambda m: m["det_boxes"][0].__setitem__(1, -0.1), r"'det_boxes'\[0\] is .*: not a box"),
-    (lambda m: m.__setitem__("keyframe_sec", 9.0), r"keyframe_sec=9.0 lies outside the video's \d\.\d+ s"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["boxes"][0].__setitem__(2, 1.2), r"'boxes'\[0\] is \[0.25, 0.25, 1.2, 0.75\]: not a box"),
+        (
+            lambda m: m["boxes"][1].__setitem__(0, 0.95),
+            r"'boxes'\[1\] is \[0.95, 0.15, 0.875, 0.5\]: not a box .* x1 <= x2",
+        ),
+        (lambda m: m["labels"].pop(), r"'labels' has 1 entries for 2 boxes"),
+        (lambda m: m["labels"][0].append(81), r"'labels'\[0\] is \[12, 81\]: not a list of action ids in 1..80"),
+        (lambda m: m["det_scores"].pop(), r"'det_scores' is .*: not one score per detection \(6 det_boxes\)"),
+        (lambda m: m["det_boxes"][0].__setitem__(1, -0.1), r"'det_boxes'\[0\] is .*: not a box"),
+        (lambda m: m.__setitem__("keyframe_sec", 9.0), r"keyframe_sec=9.0 lies outside the video's \d\.\d+ s"),
+    ],
+)
 def test_bad_boxes_are_skipped_counted_and_named_like_undecodable_videos(shards, tmp_path, caplog, edit, message):
     rewrite_samples(shards, tmp_path / "bad", {"-mov_A1_0002": edit})
-    loader = build_train_loader(data_cfg(tmp_path / "bad", max_failure_fraction=0.02, shuffle_buffer=0), None, 1,
-                                0, 1, seed=0, fields=("boxes",))
+    loader = build_train_loader(
+        data_cfg(tmp_path / "bad", max_failure_fraction=0.02, shuffle_buffer=0),
+        None,
+        1,
+        0,
+        1,
+        seed=0,
+        fields=("boxes",),
+    )
     with caplog.at_level(logging.WARNING):
         keys = [k for batch in loader for k in batch["key"]]
     assert "-mov_A1_0002" not in keys and len(keys) == 4  # the slot reads its shard again to fill its quota
@@ -443,8 +518,11 @@ def test_bad_boxes_are_skipped_counted_and_named_like_undecodable_videos(shards,
 
 def test_testing_on_shards_without_detections_names_the_sample_or_uses_ground_truth(tmp_path):
     folder = make_ava_shards(tmp_path / "gt_only", detections=False)
-    with pytest.raises(MissingDetections, match=r"sample '-mov_A1_0002' of shard '.*ava-000000.tar' has no person "
-                                                r"detections .*test on the ground-truth boxes instead"):
+    with pytest.raises(
+        MissingDetections,
+        match=r"sample '-mov_A1_0002' of shard '.*ava-000000.tar' has no person "
+        r"detections .*test on the ground-truth boxes instead",
+    ):
         list(build_test_loader(data_cfg(folder), 4, 0, 1, fields=("boxes",)))
     cfg = data_cfg(folder, detection=DetectionDataConfig(test_boxes="ground_truth"))
     (batch,) = list(build_test_loader(cfg, 4, 0, 1, fields=("boxes",)))
@@ -453,15 +531,25 @@ def test_testing_on_shards_without_detections_names_the_sample_or_uses_ground_tr
 
 
 def test_options_detection_cannot_use_are_refused_by_its_rules_naming_the_key(shards):
-    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "demo_ava_ft.yaml",
-                         [f"data.train={shards}", "data.val=null", "train.eval_every=0", "data.test_clips=10",
-                          "augment.rand_augment=rand-m7-n2", "data.detection.train_short_side=[48,100]",
-                          "model.num_classes=80"])
+    recipe = load_recipe(
+        Path(__file__).parents[1] / "recipes" / "demo_ava_ft.yaml",
+        [
+            f"data.train={shards}",
+            "data.val=null",
+            "train.eval_every=0",
+            "data.test_clips=10",
+            "augment.rand_augment=rand-m7-n2",
+            "data.detection.train_short_side=[48,100]",
+            "model.num_classes=80",
+        ],
+    )
     problems = detect.rules(recipe)
     assert any(p.startswith("data.test_clips=10: detection tests one full-frame clip") for p in problems), problems
     assert any(p.startswith("augment.rand_augment='rand-m7-n2': boxes cannot follow it") for p in problems)
-    assert any(p.startswith("data.detection.train_short_side=[48, 100]: must be [min, max] with data.crop_size=64")
-               for p in problems)
+    assert any(
+        p.startswith("data.detection.train_short_side=[48, 100]: must be [min, max] with data.crop_size=64")
+        for p in problems
+    )
     assert len(problems) == 3
     with pytest.raises(ValueError, match=r"short_side_range must be \[min, max\] with crop size 64 <= min"):
         DetectionTrainTransform(64, [48, 100], flip=True)
@@ -481,6 +569,7 @@ def test_detection_recipe_keys_are_declared_with_their_ranges():
     assert recipe.data.detection == DetectionDataConfig() and recipe.data.detection.train_short_side == [256, 320]
     assert (recipe.data.detection.train_score, recipe.data.detection.test_score) == (0.8, 0.8)
     assert choice_problems(load_recipe(demo, ["data.detection.test_boxes=all"])) == [
-        "key 'data.detection.test_boxes' is 'all'; expected one of detections, ground_truth"]
+        "key 'data.detection.test_boxes' is 'all'; expected one of detections, ground_truth"
+    ]
     with pytest.raises(RecipeError, match=r"key 'data.detection.train_score' is 1.5; expected in \[0, 1\]"):
         load_recipe(demo, ["data.detection.train_score=1.5"])

@@ -20,13 +20,33 @@ from launch_helpers import REPO, deepspeed_command, signal_after_step
 from mfvideo.common.ava_files import read_label_map
 from mfvideo.config import load_recipe
 from mfvideo.engine.monitor import read_metrics
-from training_helpers import (assert_stops_before_any_work, make_shards_command, run_to_success, save_fresh_weights,
-                              script_command, tools_test_command, train_command, train_to_end)
+from training_helpers import (
+    assert_stops_before_any_work,
+    make_shards_command,
+    run_to_success,
+    save_fresh_weights,
+    script_command,
+    tools_test_command,
+    train_command,
+    train_to_end,
+)
 
 # tools/dev.sh demo-ava's dataset: 60 train movies (165 keyframes once the excluded are left out), 30 val movies
-DEMO_AVA = ["--num-movies", "90", "--val-movies", "30", "--seconds", "6", "--width", "96", "--height", "72",
-            "--seed", "0"]
-VAL_KEYFRAMES = 82            # val keyframes with ground truth, the excluded left out
+DEMO_AVA = [
+    "--num-movies",
+    "90",
+    "--val-movies",
+    "30",
+    "--seconds",
+    "6",
+    "--width",
+    "96",
+    "--height",
+    "72",
+    "--seed",
+    "0",
+]
+VAL_KEYFRAMES = 82  # val keyframes with ground truth, the excluded left out
 # Measured with this recipe and data (2 processes, train.seed 0, 1, 2): test mAP 37.6 / 32.9 / 40.9 against 24.3 /
 # 22.6 / 22.5 for each run's untrained model, gains of +13.3 / +10.3 / +18.3. About 60 % of the smallest:
 MIN_MAP_GAIN = 6.0
@@ -40,22 +60,38 @@ def demo_ava(tmp_path_factory) -> Path:
     ava = root / "ava"
     run_to_success(make_shards_command("demo-ava", ava, *DEMO_AVA))
     for split in ("train", "val"):
-        run_to_success(make_shards_command(
-            "ava", root / split, "--action-list", str(ava / "ava_action_list_v2.2.pbtxt"), "--movies",
-            str(ava / "movies"), "--annotations", str(ava / f"ava_{split}_v2.2.csv"), "--excluded",
-            str(ava / f"ava_{split}_excluded_timestamps_v2.2.csv"), "--detections",
-            str(ava / f"ava_{split}_predicted_boxes.csv"), "--max-count", "24", "--no-progress"))
-    (root / "ava.yaml").write_text(textwrap.dedent(f"""
+        run_to_success(
+            make_shards_command(
+                "ava",
+                root / split,
+                "--action-list",
+                str(ava / "ava_action_list_v2.2.pbtxt"),
+                "--movies",
+                str(ava / "movies"),
+                "--annotations",
+                str(ava / f"ava_{split}_v2.2.csv"),
+                "--excluded",
+                str(ava / f"ava_{split}_excluded_timestamps_v2.2.csv"),
+                "--detections",
+                str(ava / f"ava_{split}_predicted_boxes.csv"),
+                "--max-count",
+                "24",
+                "--no-progress",
+            )
+        )
+    (root / "ava.yaml").write_text(
+        textwrap.dedent(f"""
         base: {REPO / "recipes" / "demo_ava_ft.yaml"}
         data:
-          train: "{root / 'train'}"
-          val: "{root / 'val'}"
+          train: "{root / "train"}"
+          val: "{root / "val"}"
           detection:
-            label_map: "{ava / 'ava_action_list_v2.2_for_activitynet_2019.pbtxt'}"
-            val_groundtruth: "{ava / 'ava_val_v2.2.csv'}"
-            val_excluded: "{ava / 'ava_val_excluded_timestamps_v2.2.csv'}"
+            label_map: "{ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"}"
+            val_groundtruth: "{ava / "ava_val_v2.2.csv"}"
+            val_excluded: "{ava / "ava_val_excluded_timestamps_v2.2.csv"}"
         train: {{micro_batch_size: 4}}
-    """))
+    """)
+    )
     return root
 
 
@@ -79,10 +115,12 @@ def test_two_process_training_raises_map_well_above_the_untrained_model(demo_ava
     records = read_metrics(trained)
     assert list(records) == list(range(1, 301))  # 15 epochs of 20 steps
     recipe = load_recipe(trained / "recipe.yaml")
-    save_fresh_weights(recipe.model, recipe.data.num_frames, recipe.data.crop_size, tmp_path / "untrained.pt",
-                       seed=recipe.train.seed)
-    run_to_success(tools_test_command(demo_ava / "ava.yaml", tmp_path / "untrained.pt", tmp_path / "untrained",
-                                      nproc=2))
+    save_fresh_weights(
+        recipe.model, recipe.data.num_frames, recipe.data.crop_size, tmp_path / "untrained.pt", seed=recipe.train.seed
+    )
+    run_to_success(
+        tools_test_command(demo_ava / "ava.yaml", tmp_path / "untrained.pt", tmp_path / "untrained", nproc=2)
+    )
     untrained = json.loads((tmp_path / "untrained" / "test" / "metrics.json").read_text())
     metrics = json.loads((tested / "metrics.json").read_text())
     assert metrics["num_actions"] == untrained["num_actions"] == 6  # the demo's evaluated actions
@@ -97,8 +135,15 @@ def test_detection_training_killed_mid_epoch_resumes_with_identical_losses(demo_
     expected = read_metrics(trained)
     last = min(step for step, record in expected.items() if record["epoch"] == 1)  # epoch 1's first step
     out = tmp_path / "run"
-    cmd = train_command(demo_ava / "ava.yaml", out, "train.checkpoint_every=4", "train.log_every=1",
-                        f"train.max_steps={last}", nproc=2, launcher=deepspeed_command)
+    cmd = train_command(
+        demo_ava / "ava.yaml",
+        out,
+        "train.checkpoint_every=4",
+        "train.log_every=1",
+        f"train.max_steps={last}",
+        nproc=2,
+        launcher=deepspeed_command,
+    )
     job = signal_after_step(cmd, out, 5, signal.SIGKILL)
     job.communicate()
     assert max(read_metrics(out)) < last
@@ -107,8 +152,9 @@ def test_detection_training_killed_mid_epoch_resumes_with_identical_losses(demo_
     assert "resumed from" in resumed.stderr
     got = read_metrics(out)
     assert list(got) == list(range(1, last + 1))
-    assert {s: r["loss"] for s, r in got.items()} == pytest.approx({s: expected[s]["loss"] for s in got},
-                                                                    rel=1e-6, abs=0)
+    assert {s: r["loss"] for s, r in got.items()} == pytest.approx(
+        {s: expected[s]["loss"] for s in got}, rel=1e-6, abs=0
+    )
 
 
 @pytest.mark.slow
@@ -125,10 +171,20 @@ def test_ava_eval_scores_the_written_detections_as_tools_test_did(demo_ava, test
         assert all(len(value.split(".")[1]) == 6 for value in (*box, score))
     assert len({(row[0], row[1]) for row in rows}) > VAL_KEYFRAMES // 2
 
-    proc = run_to_success([sys.executable, "tools/ava_eval.py", "--groundtruth", str(ava / "ava_val_v2.2.csv"),
-                           "--detections", str(tested / "detections.csv"), "--labelmap",
-                           str(ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"), "--exclusions",
-                           str(ava / "ava_val_excluded_timestamps_v2.2.csv")])
+    proc = run_to_success(
+        [
+            sys.executable,
+            "tools/ava_eval.py",
+            "--groundtruth",
+            str(ava / "ava_val_v2.2.csv"),
+            "--detections",
+            str(tested / "detections.csv"),
+            "--labelmap",
+            str(ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
+            "--exclusions",
+            str(ava / "ava_val_excluded_timestamps_v2.2.csv"),
+        ]
+    )
     metrics = json.loads((tested / "metrics.json").read_text())
     assert proc.stdout.strip().splitlines()[-1] == f"mAP@0.5 {metrics['mAP']:.4f}"
 
@@ -151,7 +207,9 @@ def test_values_detection_cannot_use_stop_before_any_work(demo_ava, tmp_path):
     for script in ("tools/train.py", "tools/test.py"):
         assert_stops_before_any_work(
             script_command(script, recipe, f"train.output_dir={out}", f"model.init={tmp_path / 'x.pt'}", *overrides),
-            [phrase for phrases in problems.values() for phrase in phrases], out)
+            [phrase for phrases in problems.values() for phrase in phrases],
+            out,
+        )
 
 
 def test_a_bad_row_of_the_evaluation_files_stops_training_before_any_work(demo_ava, tmp_path):
@@ -162,6 +220,13 @@ def test_a_bad_row_of_the_evaluation_files_stops_training_before_any_work(demo_a
     out = tmp_path / "never"
     for script in ("tools/train.py", "tools/test.py"):
         assert_stops_before_any_work(
-            script_command(script, str(demo_ava / "ava.yaml"), f"train.output_dir={out}",
-                           f"data.detection.val_groundtruth={truth}", f"model.init={tmp_path / 'x.pt'}"),
-            [f"{truth}:{len(rows) + 1}: box"], out)
+            script_command(
+                script,
+                str(demo_ava / "ava.yaml"),
+                f"train.output_dir={out}",
+                f"data.detection.val_groundtruth={truth}",
+                f"model.init={tmp_path / 'x.pt'}",
+            ),
+            [f"{truth}:{len(rows) + 1}: box"],
+            out,
+        )

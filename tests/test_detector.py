@@ -8,7 +8,7 @@ from torch import nn
 
 from mfvideo.models.checkpoint import load_pretrained
 from mfvideo.models.classifier import MViTClassifier
-from mfvideo.models.detector import Detector, DetectionHead
+from mfvideo.models.detector import DetectionHead, Detector
 from mfvideo.models.maskfeat import MaskFeat
 from mfvideo.models.mvit import mvit_tiny
 from mfvideo.models.roi_align import roi_align, roi_align_torch, torchvision_roi_align
@@ -35,16 +35,19 @@ def test_bins_average_their_samples_aligned_or_not():
         torch.testing.assert_close(out[0, 0], expected - 0.5 * (10 + 1))  # pixel centres: every sample −0.5
 
 
-@pytest.mark.parametrize("centre, expected", [
-    ((1.5, 0.5), (2 + 4 + 32 + 64) / 4),      # inside: the four neighbours, a quarter each
-    ((-0.5, 1.0), 16.0),                      # x in [−1, 0]: reads column 0
-    ((-1.5, 1.0), 0.0),                       # x < −1: contributes zero
-    ((0.0, -1.0), 1.0),                       # y = −1 exactly still reads row 0
-    ((3.5, 2.0), 2048.0),                     # x in (W − 1, W]: reads the last column
-    ((4.0, 0.0), 8.0),                        # x = W exactly: still the last column
-    ((4.25, 0.0), 0.0),                       # x > W: zero
-    ((2.25, 2.75), 0.75 * 1024 + 0.25 * 2048),  # y past H − 1: the last row, x interpolated
-])
+@pytest.mark.parametrize(
+    "centre, expected",
+    [
+        ((1.5, 0.5), (2 + 4 + 32 + 64) / 4),  # inside: the four neighbours, a quarter each
+        ((-0.5, 1.0), 16.0),  # x in [−1, 0]: reads column 0
+        ((-1.5, 1.0), 0.0),  # x < −1: contributes zero
+        ((0.0, -1.0), 1.0),  # y = −1 exactly still reads row 0
+        ((3.5, 2.0), 2048.0),  # x in (W − 1, W]: reads the last column
+        ((4.0, 0.0), 8.0),  # x = W exactly: still the last column
+        ((4.25, 0.0), 0.0),  # x > W: zero
+        ((2.25, 2.75), 0.75 * 1024 + 0.25 * 2048),  # y past H − 1: the last row, x interpolated
+    ],
+)
 def test_samples_follow_torchvisions_boundary_rules(centre, expected):
     cx, cy = centre  # one sample per bin, 1×1 output: the sample is the box centre
     out = roi_align_torch(POWERS, rois((cx - 1, cy - 1, cx + 1, cy + 1)), 1, 1.0, sampling_ratio=1, aligned=False)
@@ -80,8 +83,9 @@ def test_box_index_picks_each_boxs_map_and_both_forms_agree():
     box_index = torch.tensor([2, 0, 2])  # clip 2 has two boxes, clip 1 none
     out = roi_align(maps, boxes, (2, 3), 1.0, 0, True, box_index=box_index)
     assert out.shape == (3, 2, 2, 3)
-    torch.testing.assert_close(out, roi_align(maps, torch.cat((box_index[:, None].float(), boxes), 1), (2, 3),
-                                              1.0, 0, True))
+    torch.testing.assert_close(
+        out, roi_align(maps, torch.cat((box_index[:, None].float(), boxes), 1), (2, 3), 1.0, 0, True)
+    )
     for k in range(3):
         alone = roi_align_torch(maps[box_index[k]][None], rois(boxes[k].tolist()), (2, 3), 1.0, 0, True)
         torch.testing.assert_close(out[k], alone[0])
@@ -91,23 +95,27 @@ def test_box_index_picks_each_boxs_map_and_both_forms_agree():
 
 def test_gradients_reach_the_features():
     maps = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
-    boxes = torch.tensor([[0, -1.3, 0.7, 3.2, 4.9], [1, 2.2, 1.1, 7.5, 3.3], [1, 0.3, 0.2, 0.9, 0.6]],
-                         dtype=torch.float64)
+    boxes = torch.tensor(
+        [[0, -1.3, 0.7, 3.2, 4.9], [1, 2.2, 1.1, 7.5, 3.3], [1, 0.3, 0.2, 0.9, 0.6]], dtype=torch.float64
+    )
     for ratio in (0, 2):
         for aligned in (True, False):
             assert torch.autograd.gradcheck(lambda m: roi_align_torch(m, boxes, 3, 1.0, ratio, aligned), (maps,))
 
 
-@pytest.mark.skipif(torchvision_roi_align is None,
-                    reason="torchvision does not import here (not installed, or its ops do not load with this torch "
-                           "build): only the plain-torch RoIAlign exists to compare")
+@pytest.mark.skipif(
+    torchvision_roi_align is None,
+    reason="torchvision does not import here (not installed, or its ops do not load with this torch "
+    "build): only the plain-torch RoIAlign exists to compare",
+)
 def test_plain_torch_roi_align_matches_torchvision():
     g = torch.Generator().manual_seed(0)
     maps = torch.randn(3, 4, 9, 11, generator=g)
     corners = torch.rand(40, 2, generator=g) * torch.tensor([11.0, 9.0]) * 2.4 - 3.0
     sizes = torch.rand(40, 2, generator=g) * torch.tensor([11.0, 9.0]) * 1.6
-    boxes = torch.cat((torch.randint(0, 3, (40, 1), generator=g).float(), corners, corners + sizes), 1) * \
-        torch.tensor([1.0, 2.0, 2.0, 2.0, 2.0])
+    boxes = torch.cat((torch.randint(0, 3, (40, 1), generator=g).float(), corners, corners + sizes), 1) * torch.tensor(
+        [1.0, 2.0, 2.0, 2.0, 2.0]
+    )
     for ratio in (0, 1, 2):
         for aligned in (True, False):
             for size in (7, (2, 3)):
@@ -129,16 +137,18 @@ def tiny_detector(**kwargs) -> Detector:
 
 
 def detection_batch(video, boxes, box_index):
-    return {"video": video, "boxes": torch.as_tensor(boxes, dtype=torch.float32),
-            "box_index": torch.as_tensor(box_index, dtype=torch.int64)}
+    return {
+        "video": video,
+        "boxes": torch.as_tensor(boxes, dtype=torch.float32),
+        "box_index": torch.as_tensor(box_index, dtype=torch.int64),
+    }
 
 
 @pytest.mark.parametrize("height, width", [(64, 64), (64, 96), (96, 64)])
 def test_detector_scores_every_box_on_square_and_non_square_clips(height, width):
     model = tiny_detector()
     video = clip_batch(2, 4, height, width)
-    batch = detection_batch(video, [[4, 8, 40, 60], [0, 0, width, height], [20, 10, width - 1, height - 2]],
-                            [0, 1, 1])
+    batch = detection_batch(video, [[4, 8, 40, 60], [0, 0, width, height], [20, 10, width - 1, height - 2]], [0, 1, 1])
     batch["box_labels"] = torch.tensor([[1.0, 0, 0, 1, 0], [0] * 5, [0, 1, 0, 0, 0]])
     out = model(batch)
     assert out["scores"].shape == out["logits"].shape == (3, NUM_CLASSES)
@@ -177,7 +187,7 @@ def test_a_clips_scores_do_not_depend_on_the_size_of_its_batch_mates():
     """Full test frames of movies of other aspect ratios share a batch, padded to the largest (mfvideo.data.collate);
     with `video_size` the detector sees each clip at its own size rounded up to the stride, as in a batch alone."""
     model = tiny_detector()
-    sizes = [(72, 96), (72, 128), (64, 96)]   # 4:3 and 16:9 frames; 72 is not a multiple of 16
+    sizes = [(72, 96), (72, 128), (64, 96)]  # 4:3 and 16:9 frames; 72 is not a multiple of 16
     clips = [clip_batch(1, 4, h, w)[0] for h, w in sizes]
     boxes, box_index = [[8, 4, 56, 60], [0, 0, 96, 72], [30, 10, 120, 70], [4, 4, 90, 60]], [1, 0, 1, 2]
 
@@ -186,11 +196,15 @@ def test_a_clips_scores_do_not_depend_on_the_size_of_its_batch_mates():
         width = -(-max(clip.shape[-1] for clip in members) // multiple) * multiple
         video = torch.zeros(len(members), 3, 4, height, width)
         for row, clip in zip(video, members):
-            row[:, :, :clip.shape[-2], :clip.shape[-1]] = clip
+            row[:, :, : clip.shape[-2], : clip.shape[-1]] = clip
         return video
 
-    alone = torch.cat([model({**detection_batch(packed([clips[i]]), [box], [0]), "video_size": [sizes[i]]})["scores"]
-                       for box, i in zip(boxes, box_index)])
+    alone = torch.cat(
+        [
+            model({**detection_batch(packed([clips[i]]), [box], [0]), "video_size": [sizes[i]]})["scores"]
+            for box, i in zip(boxes, box_index)
+        ]
+    )
     together = detection_batch(packed(clips), boxes, box_index)
     torch.testing.assert_close(model({**together, "video_size": sizes})["scores"], alone, atol=1e-5, rtol=0)
     # without the sizes the padding to the 128-wide clip reaches the others' every token (attention is global)
@@ -211,8 +225,9 @@ def test_the_head_reads_only_the_features_under_a_box():
     far[:, :, 3:, :] += torch.randn(1, 2, 1, 6, 8)  # nor this row
     torch.testing.assert_close(head(torch.cat((tokens[:, :1], far.flatten(1, 3)), 1), grid, box, index), before)
     reversed_time = grid_tokens.flip(1)  # the head averages over time
-    torch.testing.assert_close(head(torch.cat((tokens[:, :1], reversed_time.flatten(1, 3)), 1), grid, box, index),
-                               before)
+    torch.testing.assert_close(
+        head(torch.cat((tokens[:, :1], reversed_time.flatten(1, 3)), 1), grid, box, index), before
+    )
     near = grid_tokens.clone()
     near[:, 0, 1, 1] += torch.randn(8)
     assert not torch.allclose(head(torch.cat((tokens[:, :1], near.flatten(1, 3)), 1), grid, box, index), before)
@@ -245,8 +260,13 @@ def test_a_maskfeat_checkpoint_leaves_only_the_head_fresh(tmp_path):
     model = tiny_detector()
     report = load_pretrained(model, path, allowed_missing=Detector.fresh_prefixes)
     assert sorted(report.missing) == head_keys(model)
-    assert sorted(report.unexpected) == ["mask_token", "pred_head.norm.bias", "pred_head.norm.weight",
-                                         "pred_head.proj.bias", "pred_head.proj.weight"]
+    assert sorted(report.unexpected) == [
+        "mask_token",
+        "pred_head.norm.bias",
+        "pred_head.norm.weight",
+        "pred_head.proj.bias",
+        "pred_head.proj.weight",
+    ]
     assert_backbone_loaded(model, source)
     with pytest.raises(ValueError, match="roi_head"):
         load_pretrained(tiny_detector(), path)
@@ -288,4 +308,3 @@ def test_bad_detection_batches_are_named():
         model({**detection_batch(video, [[0, 0, 1, 1]], [0]), "box_labels": torch.zeros(1, 80)})
     with pytest.raises(ValueError, match="video_size has 2 sizes for the 1 clips"):
         model({**detection_batch(video, [[0, 0, 1, 1]], [0]), "video_size": [(64, 64), (64, 64)]})
-

@@ -27,13 +27,15 @@ LOSS_RTOL = 1e-3
 
 def tiny_recipe(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         data: {train: synthetic, num_frames: 4, crop_size: 64, num_workers: 0}
         mask: {mode: cube, ratio: 0.4}
         model: {arch: mvit_tiny, task: pretrain}
         optim: {lr: 2.0e-3, warmup_epochs: 0.5, epochs: 2, clip_grad: 0.02}
         train: {global_batch_size: 8, micro_batch_size: 2, zero_stage: 2, checkpoint_every: 100, log_every: 1}
-    """))
+    """)
+    )
     return path
 
 
@@ -76,8 +78,8 @@ def test_exported_weights_are_the_final_fp32_weights_and_load_strictly(single_pr
     import torch
 
     from mfvideo.config import load_recipe
-    from mfvideo.tasks import build_model
     from mfvideo.models.checkpoint import load_pretrained
+    from mfvideo.tasks import build_model
 
     recipe = load_recipe(single_process / "recipe.yaml")
     exported = torch.load(single_process / "model.pt", weights_only=True)["model"]
@@ -94,17 +96,29 @@ def deepspeed_launcher(nproc: int, *args: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher, zero_stage, micro", [(deepspeed_launcher, 2, 2), (torchrun, 3, 4)],
-                         ids=["deepspeed-zero2", "torchrun-zero3"])
+@pytest.mark.parametrize(
+    "launcher, zero_stage, micro",
+    [(deepspeed_launcher, 2, 2), (torchrun, 3, 4)],
+    ids=["deepspeed-zero2", "torchrun-zero3"],
+)
 def test_two_processes_match_one_process(single_process, tmp_path, launcher, zero_stage, micro):
     out = tmp_path / "run"
-    run(launcher(2, str(tiny_recipe(tmp_path)), f"train.output_dir={out}", f"train.zero_stage={zero_stage}",
-                 f"train.micro_batch_size={micro}"))
+    run(
+        launcher(
+            2,
+            str(tiny_recipe(tmp_path)),
+            f"train.output_dir={out}",
+            f"train.zero_stage={zero_stage}",
+            f"train.micro_batch_size={micro}",
+        )
+    )
     assert losses(out) == pytest.approx(losses(single_process), rel=LOSS_RTOL)
     # The exported weights are consolidated over the ZeRO partitions: the same model as the 1-process run's.
     import torch
 
-    ours, reference = (torch.load(run_dir / "model.pt", weights_only=True)["model"] for run_dir in (out, single_process))
+    ours, reference = (
+        torch.load(run_dir / "model.pt", weights_only=True)["model"] for run_dir in (out, single_process)
+    )
     assert ours.keys() == reference.keys()
     assert_same_weights(ours, reference, sum(r["lr"] for r in read_metrics(single_process).values()))
 
@@ -126,11 +140,34 @@ def assert_same_weights(ours: dict, reference: dict, summed_lr: float) -> None:
 @pytest.mark.slow
 def test_two_nodes_on_loopback_match_one_process(single_process, tmp_path):
     out, port, recipe = tmp_path / "run", free_port(), tiny_recipe(tmp_path)
-    nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
-         "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-         str(HARNESS), str(recipe), f"train.output_dir={out}"],
-        env=child_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(rank),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                str(HARNESS),
+                str(recipe),
+                f"train.output_dir={out}",
+            ],
+            env=child_env(),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     logs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert losses(out) == pytest.approx(losses(single_process), rel=LOSS_RTOL)
@@ -139,16 +176,34 @@ def test_two_nodes_on_loopback_match_one_process(single_process, tmp_path):
 @pytest.mark.slow
 def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
     recipe, out = tiny_recipe(tmp_path), tmp_path / "run"
-    skip = run([sys.executable, str(HARNESS), str(recipe), f"train.output_dir={out}", "train.max_steps=4",
-                "harness.nan_steps=[2]"])
+    skip = run(
+        [
+            sys.executable,
+            str(HARNESS),
+            str(recipe),
+            f"train.output_dir={out}",
+            "train.max_steps=4",
+            "harness.nan_steps=[2]",
+        ]
+    )
     records = read_metrics(out)
     assert records[2]["skipped_micro_batches"] == 4 and records[3]["skipped_micro_batches"] == 0
     assert "non-finite loss at step 2" in skip.stderr
     assert all(r["loss"] == r["loss"] for s, r in records.items() if s != 2)  # finite elsewhere
 
     out2 = tmp_path / "run2"
-    proc = run_command([sys.executable, str(HARNESS), str(recipe), f"train.output_dir={out2}",
-                        "train.checkpoint_every=2", "train.max_nonfinite_steps=3", "harness.nan_steps=[3,4,5]"], 300)
+    proc = run_command(
+        [
+            sys.executable,
+            str(HARNESS),
+            str(recipe),
+            f"train.output_dir={out2}",
+            "train.checkpoint_every=2",
+            "train.max_nonfinite_steps=3",
+            "harness.nan_steps=[3,4,5]",
+        ],
+        300,
+    )
     assert proc.returncode != 0
     assert "3 non-finite losses in a row" in proc.stderr and "step_00000002" in proc.stderr
     assert (out2 / "checkpoints" / "latest").read_text() == "step_00000002"
@@ -157,17 +212,26 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
 def test_bad_recipe_stops_before_any_work(tmp_path):
     recipe = tiny_recipe(tmp_path)
     out = tmp_path / "never"
-    proc = run_command([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
-                        "optim.learning_rate=1"])
+    proc = run_command(
+        [sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}", "optim.learning_rate=1"]
+    )
     assert proc.returncode == 2
     assert "optim.learning_rate" in proc.stderr and not out.exists()
-    proc = run_command([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
-                        "train.micro_batch_size=3"])
+    proc = run_command(
+        [sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}", "train.micro_batch_size=3"]
+    )
     assert proc.returncode == 2
     assert "train.global_batch_size=8" in proc.stderr and "train.micro_batch_size=3" in proc.stderr
     assert not out.exists()
-    proc = run_command([sys.executable, "tools/train.py", str(recipe), f"train.output_dir={out}",
-                        f"data.train={tmp_path / 'k400' / 'train'}"])
+    proc = run_command(
+        [
+            sys.executable,
+            "tools/train.py",
+            str(recipe),
+            f"train.output_dir={out}",
+            f"data.train={tmp_path / 'k400' / 'train'}",
+        ]
+    )
     assert proc.returncode == 2
     assert "data.train=" in proc.stderr and "k400/train" in proc.stderr and "make_shards" in proc.stderr
     assert not out.exists()
@@ -177,7 +241,8 @@ def tiny_finetune_recipe(tmp_path: Path) -> Path:
     """The fine-tuning path: classifier, soft targets from mixup/CutMix, random erasing, label smoothing, layer decay,
     clip 5.0. No drop path: its draws differ per rank by design, which 1-vs-2-process equality cannot allow."""
     path = tmp_path / "tiny_ft.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         data: {train: synthetic, num_frames: 4, crop_size: 64, num_workers: 0}
         augment: {erase_prob: 0.25, mixup_alpha: 0.8, cutmix_alpha: 1.0, mix_switch_prob: 0.5,
                   label_smoothing: 0.1}
@@ -185,7 +250,8 @@ def tiny_finetune_recipe(tmp_path: Path) -> Path:
         model: {arch: mvit_tiny, task: classify, num_classes: 5, drop_path: 0.0, dropout: 0.0}
         optim: {lr: 2.0e-3, warmup_epochs: 0.5, epochs: 2, clip_grad: 5.0, layer_decay: 0.75}
         train: {global_batch_size: 8, micro_batch_size: 2, zero_stage: 2, checkpoint_every: 100, log_every: 1}
-    """))
+    """)
+    )
     return path
 
 
@@ -235,8 +301,10 @@ def test_a_mid_epoch_checkpoint_resumed_on_another_world_size_restarts_at_the_ne
     recipe, out = tiny_recipe(tmp_path), tmp_path / "run"
     run(resume_cmd(1, str(recipe), f"train.output_dir={out}", "train.max_steps=4"))
     resumed = run(torchrun(2, str(recipe), f"train.output_dir={out}", "train.max_steps=6"))
-    assert ("written 16 micro-batches per rank into epoch 0: the data stream restarts at the beginning of epoch 1 "
-            "(the rest of epoch 0 is skipped)") in resumed.stderr
+    assert (
+        "written 16 micro-batches per rank into epoch 0: the data stream restarts at the beginning of epoch 1 "
+        "(the rest of epoch 0 is skipped)"
+    ) in resumed.stderr
     records = read_metrics(out)
     assert list(records) == list(range(1, 7))
     assert [records[s]["epoch"] for s in records] == [0, 0, 0, 0, 1, 1]

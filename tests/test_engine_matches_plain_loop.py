@@ -18,16 +18,39 @@ from training_helpers import make_demo_shards, run_to_success, train_to_end
 @pytest.mark.slow
 def test_engine_and_plain_adamw_loop_give_the_same_losses_and_both_fit(tmp_path):
     shards = make_demo_shards(tmp_path / "train", 8, 8)
-    small = [f"data.train={shards}", "data.num_frames=4", "data.num_workers=0", "data.shuffle_buffer=8",
-             "train.global_batch_size=8", "train.micro_batch_size=8", "train.log_every=5", "train.probe_every=0"]
+    small = [
+        f"data.train={shards}",
+        "data.num_frames=4",
+        "data.num_workers=0",
+        "data.shuffle_buffer=8",
+        "train.global_batch_size=8",
+        "train.micro_batch_size=8",
+        "train.log_every=5",
+        "train.probe_every=0",
+    ]
     train_to_end(REPO / "recipes" / "demo_pt.yaml", tmp_path / "pt", *small, "train.max_steps=6")
 
     result = tmp_path / "losses.json"
-    run_to_success([sys.executable, "tests/plain_loop_harness.py", str(REPO / "recipes" / "demo_ft.yaml"),
-                    str(result), *small, "data.val=null", "train.eval_every=0", "model.num_classes=4",
-                    f"model.init={tmp_path / 'pt' / 'model.pt'}", f"train.output_dir={tmp_path / 'ft'}",
-                    "optim.clip_grad=0.0", "optim.layer_decay=1.0", "optim.lr=5e-4", "optim.epochs=60",
-                    "optim.warmup_epochs=4", "train.checkpoint_every=1000"])
+    run_to_success(
+        [
+            sys.executable,
+            "tests/plain_loop_harness.py",
+            str(REPO / "recipes" / "demo_ft.yaml"),
+            str(result),
+            *small,
+            "data.val=null",
+            "train.eval_every=0",
+            "model.num_classes=4",
+            f"model.init={tmp_path / 'pt' / 'model.pt'}",
+            f"train.output_dir={tmp_path / 'ft'}",
+            "optim.clip_grad=0.0",
+            "optim.layer_decay=1.0",
+            "optim.lr=5e-4",
+            "optim.epochs=60",
+            "optim.warmup_epochs=4",
+            "train.checkpoint_every=1000",
+        ]
+    )
     runs = json.loads(result.read_text())
     engine, plain = runs["engine_losses"], runs["plain_losses"]
     assert len(engine) == len(plain) == 60

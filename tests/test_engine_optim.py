@@ -46,12 +46,13 @@ def test_no_weight_decay_on_biases_and_1d_parameters():
 def test_layer_decay_scales_follow_depth():
     model = ThreeLayer()
     groups = by_name(model, param_groups(model, OptimConfig(layer_decay=0.75)))
-    assert groups["embed.weight"]["lr_scale"] == pytest.approx(0.75 ** 3)
-    assert groups["blocks.0.weight"]["lr_scale"] == pytest.approx(0.75 ** 2)
-    assert groups["blocks.1.weight"]["lr_scale"] == pytest.approx(0.75 ** 1)
+    assert groups["embed.weight"]["lr_scale"] == pytest.approx(0.75**3)
+    assert groups["blocks.0.weight"]["lr_scale"] == pytest.approx(0.75**2)
+    assert groups["blocks.1.weight"]["lr_scale"] == pytest.approx(0.75**1)
     assert groups["head.weight"]["lr_scale"] == pytest.approx(1.0)
-    assert sum(len(g["params"]) for g in param_groups(model, OptimConfig(layer_decay=0.75))) == \
-        len(list(model.parameters()))
+    assert sum(len(g["params"]) for g in param_groups(model, OptimConfig(layer_decay=0.75))) == len(
+        list(model.parameters())
+    )
 
 
 def test_schedule_warms_up_linearly_then_follows_a_cosine():
@@ -88,6 +89,6 @@ def test_layer_decay_on_a_real_mvit_follows_the_recipe_formula():
     groups = by_name(model, param_groups(model, OptimConfig(layer_decay=0.75)))
     assert groups["backbone.patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.75 ** (depth + 1))
     assert groups["backbone.cls_token"]["lr_scale"] == pytest.approx(0.75 ** (depth + 1))
-    assert groups["backbone.blocks.0.norm1.weight"]["lr_scale"] == pytest.approx(0.75 ** depth)
+    assert groups["backbone.blocks.0.norm1.weight"]["lr_scale"] == pytest.approx(0.75**depth)
     assert groups[f"backbone.blocks.{depth - 1}.norm1.weight"]["lr_scale"] == pytest.approx(0.75)
     assert groups["head.proj.weight"]["lr_scale"] == pytest.approx(1.0)

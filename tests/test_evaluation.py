@@ -32,12 +32,12 @@ HAND_VIDEOS = [
 HAND_METRICS = {
     "num_videos": 5,
     "num_views": 15,
-    "top1": 40.0,                 # videos 0 and 1
-    "top5": 80.0,                 # all but video 4
+    "top1": 40.0,  # videos 0 and 1
+    "top5": 80.0,  # all but video 4
     # per class: 0 → 1 of 2, 1 → 1 of 1, 2 → 0 of 1, 3 → 0 of 1; classes 4-6 have no video and do not count
     "mean_class_accuracy": 37.5,
-    "top1_views_1": 60.0,         # videos 0, 2 and 3
-    "top1_views_3": 40.0,         # all three views: the same as top1
+    "top1_views_1": 60.0,  # videos 0, 2 and 3
+    "top1_views_3": 40.0,  # all three views: the same as top1
 }
 HAND_TOP5 = [[0, 1, 2, 3, 4], [1, 2, 0, 3, 4], [6, 2, 0, 1, 3], [6, 0, 5, 4, 3], [0, 1, 2, 6, 4]]
 CLASS_NAMES = [f"class_{c}" for c in range(HAND_CLASSES)]
@@ -45,15 +45,22 @@ CLASS_NAMES = [f"class_{c}" for c in range(HAND_CLASSES)]
 
 def hand_records() -> list[tuple[int, int, int, str, list[float]]]:
     """(video_index, view, label, key, logits) per clip; video indices need not start at 0 or be contiguous."""
-    return [(10 + 3 * number, view, label, f"video_{number}", [float(x) for x in logits[view]])
-            for number, (label, logits) in enumerate(HAND_VIDEOS) for view in range(3)]
+    return [
+        (10 + 3 * number, view, label, f"video_{number}", [float(x) for x in logits[view]])
+        for number, (label, logits) in enumerate(HAND_VIDEOS)
+        for view in range(3)
+    ]
 
 
 def feed(aggregator: ViewAggregator, records, batch_size: int) -> None:
     for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        batch = {"video_index": torch.tensor([r[0] for r in chunk]), "view": torch.tensor([r[1] for r in chunk]),
-                 "label": torch.tensor([r[2] for r in chunk]), "key": [r[3] for r in chunk]}
+        chunk = records[start : start + batch_size]
+        batch = {
+            "video_index": torch.tensor([r[0] for r in chunk]),
+            "view": torch.tensor([r[1] for r in chunk]),
+            "label": torch.tensor([r[2] for r in chunk]),
+            "key": [r[3] for r in chunk],
+        }
         aggregator.update(batch, {"logits": torch.tensor([r[4] for r in chunk])})
 
 
@@ -68,8 +75,9 @@ def test_hand_built_set_gives_the_worked_out_metrics_and_predictions():
     feed(aggregator, hand_records(), batch_size=4)
     assert aggregator.compute() == pytest.approx(HAND_METRICS, abs=1e-9)
     rows = aggregator.predictions()
-    assert [(row["key"], row["label"]) for row in rows] == [(f"video_{n}", label)
-                                                             for n, (label, _) in enumerate(HAND_VIDEOS)]
+    assert [(row["key"], row["label"]) for row in rows] == [
+        (f"video_{n}", label) for n, (label, _) in enumerate(HAND_VIDEOS)
+    ]
     for row, top5, (_, logits) in zip(rows, HAND_TOP5, HAND_VIDEOS):
         assert [entry[0] for entry in row["top5"]] == top5
         assert [entry[1] for entry in row["top5"]] == [CLASS_NAMES[c] for c in top5]
@@ -93,8 +101,14 @@ def test_repeated_views_are_counted_once():
     garbage = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 50.0]  # would change every answer if it were counted
     # Repeats of a video still in progress (video 1's view 0 twice before its other views) and of finished videos
     # (all of video 0 again, then video 4's last view), as slots short of data repeat them.
-    repeated = (records[3:4] + [records[3][:4] + (garbage,)] + records[:3] + records[4:]
-                + [r[:4] + (garbage,) for r in records[:3]] + [records[-1][:4] + (garbage,)])
+    repeated = (
+        records[3:4]
+        + [records[3][:4] + (garbage,)]
+        + records[:3]
+        + records[4:]
+        + [r[:4] + (garbage,) for r in records[:3]]
+        + [records[-1][:4] + (garbage,)]
+    )
     aggregator = ViewAggregator(HAND_CLASSES, 3, 1)
     feed(aggregator, repeated, batch_size=5)
     assert aggregator.compute() == pytest.approx(HAND_METRICS, abs=1e-9)
@@ -103,7 +117,12 @@ def test_repeated_views_are_counted_once():
 
 def test_spread_temporal_views_takes_the_view_under_the_centre_of_each_part():
     assert [spread_temporal_views(10, k) for k in (1, 3, 5, 7, 10)] == [
-        [5], [1, 5, 8], [1, 3, 5, 7, 9], [0, 2, 3, 5, 6, 7, 9], list(range(10))]
+        [5],
+        [1, 5, 8],
+        [1, 3, 5, 7, 9],
+        [0, 2, 3, 5, 6, 7, 9],
+        list(range(10)),
+    ]
     assert spread_temporal_views(3, 1) == [1]
     assert spread_temporal_views(1, 1) == [0]
 
@@ -113,8 +132,11 @@ def random_records(num_videos: int, num_temporal: int, num_crops: int, num_class
     generator = np.random.default_rng(seed)
     labels = generator.integers(num_classes, size=num_videos)
     logits = generator.normal(scale=2.0, size=(num_videos, num_temporal * num_crops, num_classes))
-    records = [(video, view, int(labels[video]), f"clip{video:03d}", logits[video, view].tolist())
-               for video in range(num_videos) for view in range(num_temporal * num_crops)]
+    records = [
+        (video, view, int(labels[video]), f"clip{video:03d}", logits[video, view].tolist())
+        for video in range(num_videos)
+        for view in range(num_temporal * num_crops)
+    ]
     return records, labels, logits
 
 
@@ -136,8 +158,9 @@ def test_view_count_metrics_equal_a_direct_computation_over_the_chosen_views_and
     top5 = np.argsort(-total, axis=1)[:, :5]
     expected["top5"] = 100.0 * float(np.mean([label in row for label, row in zip(labels, top5)]))
     present = sorted(set(labels.tolist()))
-    expected["mean_class_accuracy"] = 100.0 * float(np.mean(
-        [np.mean(total[labels == c].argmax(axis=1) == c) for c in present]))
+    expected["mean_class_accuracy"] = 100.0 * float(
+        np.mean([np.mean(total[labels == c].argmax(axis=1) == c) for c in present])
+    )
     assert {key: metrics[key] for key in expected} == pytest.approx(expected, abs=1e-9)
     assert (metrics["num_videos"], metrics["num_views"]) == (40, 40 * temporal * crops)
     # the view subsets really differ from the full sum on this set, so the comparison above says something
@@ -148,9 +171,11 @@ def test_view_counts_above_the_available_temporal_views_are_not_reported():
     records, _, _ = random_records(4, 5, 1, 6, seed=2)
     aggregator = ViewAggregator(6, 5, 1)
     feed(aggregator, records, batch_size=8)
-    assert sorted(k for k in aggregator.compute() if k.startswith("top1_views_")) == ["top1_views_1",
-                                                                                    "top1_views_3",
-                                                                                    "top1_views_5"]
+    assert sorted(k for k in aggregator.compute() if k.startswith("top1_views_")) == [
+        "top1_views_1",
+        "top1_views_3",
+        "top1_views_5",
+    ]
 
 
 def test_top5_with_fewer_than_five_classes_uses_every_class():
@@ -171,15 +196,18 @@ def test_a_video_missing_views_is_an_error_naming_it():
         aggregator.compute()
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("label", 1, r"video_index 10 arrived as 'video_0' \(label 0\) and as 'video_0' \(label 1\)"),
-    ("label", HAND_CLASSES, r"'video_0' has label 7, outside 0..6"),
-    ("view", 3, r"'video_0' has view 3, outside the 3 temporal × 1 crop views"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("label", 1, r"video_index 10 arrived as 'video_0' \(label 0\) and as 'video_0' \(label 1\)"),
+        ("label", HAND_CLASSES, r"'video_0' has label 7, outside 0..6"),
+        ("view", 3, r"'video_0' has view 3, outside the 3 temporal × 1 crop views"),
+    ],
+)
 def test_inconsistent_or_out_of_range_clips_are_errors_naming_the_video(field, value, message):
     records = hand_records()
     position = {"label": 2, "view": 1}[field]
-    records[1] = records[1][:position] + (value,) + records[1][position + 1:]
+    records[1] = records[1][:position] + (value,) + records[1][position + 1 :]
     with pytest.raises(ValueError, match=message):
         feed(ViewAggregator(HAND_CLASSES, 3, 1), records, batch_size=4)
 

@@ -19,18 +19,36 @@ from mfvideo.data.transforms import random_resized_crop_box, resize_box
 from mfvideo.engine.monitor import read_metrics
 from mfvideo.tasks import train_loader
 from stream_helpers import demo_shards
-from training_helpers import (assert_stops_before_any_work, evaluation_outputs, make_demo_shards, relabelled_copy,
-                              run_to_success, save_fresh_weights, shard_labels, tools_test_command, train_command,
-                              train_to_end)
-
+from training_helpers import (
+    assert_stops_before_any_work,
+    evaluation_outputs,
+    make_demo_shards,
+    relabelled_copy,
+    run_to_success,
+    save_fresh_weights,
+    shard_labels,
+    tools_test_command,
+    train_command,
+    train_to_end,
+)
 
 # --------------------------------------------------------------------------------------------- in-process checks
 
 
 def _classify_recipe(pattern: str, *overrides: str):
-    return load_recipe(REPO / "recipes" / "demo_ft.yaml",
-                       [f"data.train={pattern}", f"data.val={pattern}", "data.num_frames=4", "data.num_workers=0",
-                        "data.shuffle_buffer=8", "model.init=null", "model.num_classes=4", *overrides])
+    return load_recipe(
+        REPO / "recipes" / "demo_ft.yaml",
+        [
+            f"data.train={pattern}",
+            f"data.val={pattern}",
+            "data.num_frames=4",
+            "data.num_workers=0",
+            "data.shuffle_buffer=8",
+            "model.init=null",
+            "model.num_classes=4",
+            *overrides,
+        ],
+    )
 
 
 def test_every_label_in_a_batch_is_its_samples_shard_label():
@@ -47,8 +65,10 @@ def test_every_label_in_a_batch_is_its_samples_shard_label():
 
 
 def _transform_of(recipe_name: str):
-    recipe = load_recipe(REPO / "recipes" / recipe_name, [f"data.train={demo_shards()}", "data.num_workers=0",
-                                                         "data.crop_size=32", "augment.rand_augment=''"])
+    recipe = load_recipe(
+        REPO / "recipes" / recipe_name,
+        [f"data.train={demo_shards()}", "data.num_workers=0", "data.crop_size=32", "augment.rand_augment=''"],
+    )
     return recipe, train_loader(recipe, 2, 0, 1).stream.clip_maker.transform
 
 
@@ -61,8 +81,9 @@ def test_only_direction_free_recipes_flip(recipe_name, flips):
     flipped = 0
     for seed in range(64):
         clip = transform(frames, np.random.default_rng(seed))
-        box = random_resized_crop_box(48, 64, recipe.data.train_crop_area, recipe.data.train_crop_aspect,
-                                      np.random.default_rng(seed))
+        box = random_resized_crop_box(
+            48, 64, recipe.data.train_crop_area, recipe.data.train_crop_aspect, np.random.default_rng(seed)
+        )
         unflipped = resize_box(frames, box, 32)
         if not torch.equal(clip, unflipped):
             assert torch.equal(clip, unflipped.flip(-1))
@@ -83,16 +104,18 @@ def demo_splits(tmp_path_factory) -> Path:
     pretrain = load_recipe(REPO / "recipes" / "demo_pt.yaml", [f"data.train={root / 'train'}"])
     save_fresh_weights(pretrain.model, 4, 64, root / "pretrained.pt", seed=0)
     recipe = root / "ft.yaml"
-    recipe.write_text(textwrap.dedent(f"""
+    recipe.write_text(
+        textwrap.dedent(f"""
         base: {REPO / "recipes" / "demo_ft.yaml"}
-        data: {{train: "{root / 'train'}", val: "{root / 'val'}", num_frames: 4, shuffle_buffer: 16, test_clips: 2}}
+        data: {{train: "{root / "train"}", val: "{root / "val"}", num_frames: 4, shuffle_buffer: 16, test_clips: 2}}
         # the Kinetics recipe's augmentation and regularisation, which the demo recipe turns off
         augment: {{rand_augment: rand-m7-n2-mstd0.5-inc1, erase_prob: 0.25, mixup_alpha: 0.8, cutmix_alpha: 1.0}}
-        model: {{init: "{root / 'pretrained.pt'}", num_classes: 4, drop_path: 0.1, dropout: 0.5}}
+        model: {{init: "{root / "pretrained.pt"}", num_classes: 4, drop_path: 0.1, dropout: 0.5}}
         optim: {{epochs: 2, warmup_epochs: 0.5}}
         train: {{global_batch_size: 8, micro_batch_size: 4, checkpoint_every: 2, log_every: 1, keep_last: 1,
                  eval_every: 1}}
-    """))
+    """)
+    )
     return root
 
 
@@ -130,8 +153,9 @@ def test_finetuning_killed_mid_epoch_resumes_with_identical_losses(demo_splits, 
     resumed = run_to_success(command)
     assert "resumed from" in resumed.stderr
     expected, got = read_metrics(finetuned), read_metrics(out)
-    assert {s: r["loss"] for s, r in got.items()} == pytest.approx({s: r["loss"] for s, r in expected.items()},
-                                                                    rel=1e-6, abs=0)
+    assert {s: r["loss"] for s, r in got.items()} == pytest.approx(
+        {s: r["loss"] for s, r in expected.items()}, rel=1e-6, abs=0
+    )
     assert {s: r.get("val_top1") for s, r in got.items()} == {s: r.get("val_top1") for s, r in expected.items()}
 
 
@@ -139,8 +163,9 @@ def test_finetuning_killed_mid_epoch_resumes_with_identical_losses(demo_splits, 
 def test_tools_test_gives_the_same_metrics_on_one_and_two_processes(demo_splits, finetuned, tmp_path):
     results = []
     for nproc in (1, 2):
-        run_to_success(tools_test_command(demo_splits / "ft.yaml", finetuned / "model.pt", tmp_path / f"p{nproc}",
-                                          nproc))
+        run_to_success(
+            tools_test_command(demo_splits / "ft.yaml", finetuned / "model.pt", tmp_path / f"p{nproc}", nproc)
+        )
         results.append(evaluation_outputs(tmp_path / f"p{nproc}" / "test"))
     (one, rows_one), (two, rows_two) = results
     assert one == two
@@ -159,8 +184,13 @@ def test_values_a_task_cannot_use_stop_before_any_work(demo_splits, tmp_path):
     out, finetune = tmp_path / "never", demo_splits / "ft.yaml"
 
     def pretrain(*overrides: str) -> list[str]:
-        return train_command(REPO / "recipes" / "demo_pt.yaml", out, f"data.train={demo_splits / 'train'}",
-                             "train.probe_every=0", *overrides)
+        return train_command(
+            REPO / "recipes" / "demo_pt.yaml",
+            out,
+            f"data.train={demo_splits / 'train'}",
+            "train.probe_every=0",
+            *overrides,
+        )
 
     cases = [
         (pretrain("augment.mixup_alpha=0.8"), ["augment.mixup_alpha=0.8", "pretraining"]),

@@ -34,7 +34,7 @@ def decoded_frames() -> np.ndarray:
         stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
         for t in range(16):
-            crop = np.ascontiguousarray(photo[100:196, 150 + 6 * t:278 + 6 * t])
+            crop = np.ascontiguousarray(photo[100:196, 150 + 6 * t : 278 + 6 * t])
             container.mux(stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")))
         container.mux(stream.encode())
     buffer.seek(0)
@@ -61,7 +61,7 @@ def test_matches_reference_on_photographs(photo):
     ours = HogTarget()(image)
     assert ours.shape == (1, 1, photo.shape[0] // 16, photo.shape[1] // 16, 108)
     torch.testing.assert_close(ours, hog_reference(image), rtol=0, atol=1e-6)
-    assert (ours.abs().sum(-1) > 0).float().mean() > 0.9   # a real image: almost no empty token
+    assert (ours.abs().sum(-1) > 0).float().mean() > 0.9  # a real image: almost no empty token
 
 
 def test_matches_reference_on_decoded_video(decoded_frames):
@@ -79,7 +79,8 @@ def test_exact_on_decoded_frames(decoded_frames):
     """The target of real decoded H.264 frames from their uint8 pixels is the formula's own answer: judged against
     the formula evaluated in float64 (exact gradients), at least 99.99% of the values are within 1e-3 (in fact all
     are, to float32 rounding). The same frames normalised to float32 first, as the model input, miss on several
-    percent (docs/design.md §2: cancelling gradients leave ±1e-8 and flip bins 0 and 8), so this test tells the two apart."""
+    percent (docs/design.md §2: cancelling gradients leave ±1e-8 and flip bins 0 and 8), so this test tells the two
+    apart."""
     video = as_video(decoded_frames)
     exact = hog_reference(video.double())
     within = ((HogTarget()(video).double() - exact).abs() <= 1e-3).double().mean().item()
@@ -118,7 +119,7 @@ def test_gaussian_window_matches_reference(decoded_frames):
     video = as_video(decoded_frames)
     ours = HogTarget(gaussian_window=16)(video)
     torch.testing.assert_close(ours, hog_reference(video, gaussian_window=16), rtol=0, atol=1e-6)
-    assert not torch.allclose(ours, HogTarget()(video), atol=1e-3)   # the window changes the target
+    assert not torch.allclose(ours, HogTarget()(video), atol=1e-3)  # the window changes the target
     window = gaussian_window_weights(16)
     assert math.isclose(window.sum().item(), 1.0, rel_tol=1e-6)
     torch.testing.assert_close(window, window.T)
@@ -151,16 +152,25 @@ def test_matches_skimage_where_the_variants_agree(photo):
     height, width = photo.shape[:2]
     rng = np.random.default_rng(0)
     rows, cols = rng.integers(0, height, 3), rng.integers(0, width, 3)
-    channels = [photo[r, :, c].astype(np.float64)[None, :] + photo[:, k, c].astype(np.float64)[:, None]
-                for c, (r, k) in enumerate(zip(rows, cols))]             # f_c(x) + g_c(y), values 0..510
-    image = torch.from_numpy(np.stack(channels)).float()[None]           # 1×3×H×W
-    ours = HogTarget().cell_histograms(image)[0]                          # 3×9×(H/8)×(W/8)
+    channels = [
+        photo[r, :, c].astype(np.float64)[None, :] + photo[:, k, c].astype(np.float64)[:, None]
+        for c, (r, k) in enumerate(zip(rows, cols))
+    ]  # f_c(x) + g_c(y), values 0..510
+    image = torch.from_numpy(np.stack(channels)).float()[None]  # 1×3×H×W
+    ours = HogTarget().cell_histograms(image)[0]  # 3×9×(H/8)×(W/8)
     for channel, plane in enumerate(channels):
-        theirs = skimage_hog(plane.T, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(1, 1),
-                             block_norm="L2", feature_vector=False, channel_axis=None)
+        theirs = skimage_hog(
+            plane.T,
+            orientations=9,
+            pixels_per_cell=(8, 8),
+            cells_per_block=(1, 1),
+            block_norm="L2",
+            feature_vector=False,
+            channel_axis=None,
+        )
         theirs = torch.from_numpy(theirs[:, :, 0, 0, :].transpose(2, 1, 0)).float()  # 9×(H/8)×(W/8)
         torch.testing.assert_close(ours[channel], theirs, rtol=0, atol=1e-5)
-    assert (ours > 0).sum(1).float().mean() > 2   # cells hold several orientations: a real test
+    assert (ours > 0).sum(1).float().mean() > 2  # cells hold several orientations: a real test
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,17 +182,17 @@ def test_matches_skimage_where_the_variants_agree(photo):
 # bin = floor(phase / π · 9) mod 9:
 RAMPS = [
     # (a, b, bin)  atan2(gx, gy)                         · 9/π      floor  mod 9
-    (0, 1, 0),     # atan2(0, -8)   = π                   9.0        9      0
-    (1, 2, 1),     # atan2(-8, -16) = -(π - atan ½)      -7.67       -8      1
-    (1, 1, 2),     # atan2(-8, -8)  = -3π/4              -6.75       -7      2
-    (2, 1, 3),     # atan2(-16, -8) = -(π - atan 2)      -5.83       -6      3
-    (1, 0, 4),     # atan2(-8, 0)   = -π/2               -4.5        -5      4
-    (2, -1, 5),    # atan2(-16, 8)  = -atan 2            -3.17       -4      5
-    (1, -1, 6),    # atan2(-8, 8)   = -π/4               -2.25       -3      6
-    (1, -2, 7),    # atan2(-8, 16)  = -atan ½            -1.33       -2      7
-    (1, -5, 8),    # atan2(-8, 40)  = -atan ⅕            -0.57       -1      8
-    (-1, -2, 1),   # atan2(8, 16)   = atan ½              1.33        1      1  (opposite of (1, 2))
-    (-1, 0, 4),    # atan2(8, 0)    = π/2                 4.5         4      4  (opposite of (1, 0))
+    (0, 1, 0),  # atan2(0, -8)   = π                   9.0        9      0
+    (1, 2, 1),  # atan2(-8, -16) = -(π - atan ½)      -7.67       -8      1
+    (1, 1, 2),  # atan2(-8, -8)  = -3π/4              -6.75       -7      2
+    (2, 1, 3),  # atan2(-16, -8) = -(π - atan 2)      -5.83       -6      3
+    (1, 0, 4),  # atan2(-8, 0)   = -π/2               -4.5        -5      4
+    (2, -1, 5),  # atan2(-16, 8)  = -atan 2            -3.17       -4      5
+    (1, -1, 6),  # atan2(-8, 8)   = -π/4               -2.25       -3      6
+    (1, -2, 7),  # atan2(-8, 16)  = -atan ½            -1.33       -2      7
+    (1, -5, 8),  # atan2(-8, 40)  = -atan ⅕            -0.57       -1      8
+    (-1, -2, 1),  # atan2(8, 16)   = atan ½              1.33        1      1  (opposite of (1, 2))
+    (-1, 0, 4),  # atan2(8, 0)    = π/2                 4.5         4      4  (opposite of (1, 0))
 ]
 
 
@@ -190,9 +200,9 @@ RAMPS = [
 def test_ramps_land_in_the_derived_bin(a, b, expected_bin):
     y, x = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
     ramp = a * x + b * y
-    image = torch.stack([ramp, 2 * ramp, ramp + 100])[None]     # contrast and offset do not matter
+    image = torch.stack([ramp, 2 * ramp, ramp + 100])[None]  # contrast and offset do not matter
     cells = HogTarget().cell_histograms(image)[0]
-    interior = cells[:, :, 1:-1, 1:-1]                          # border cells see the reflected edge
+    interior = cells[:, :, 1:-1, 1:-1]  # border cells see the reflected edge
     expected = torch.zeros(9)
     expected[expected_bin] = 1.0
     torch.testing.assert_close(interior.permute(0, 2, 3, 1), expected.expand(3, 6, 6, 9), rtol=0, atol=1e-6)
@@ -204,15 +214,15 @@ def test_step_edges(axis, expected_bin):
     # a step along y (horizontal edge) has gx = 0 → atan2(0, gy) = 0 or π → bin 0.
     image = torch.zeros(1, 3, 64, 64)
     index = [slice(None)] * 4
-    index[2 + axis] = slice(29, None)                    # step between pixels 28 and 29: inside cell 3
+    index[2 + axis] = slice(29, None)  # step between pixels 28 and 29: inside cell 3
     image[tuple(index)] = 50.0
-    cells = HogTarget().cell_histograms(image)[0]        # 3×9×8×8
-    along = cells.movedim(2 + axis, 1)                   # the cell axis across the edge first
+    cells = HogTarget().cell_histograms(image)[0]  # 3×9×8×8
+    along = cells.movedim(2 + axis, 1)  # the cell axis across the edge first
     edge_cells, flat_cells = along[:, 3], torch.cat([along[:, :3], along[:, 4:]], 1)
     expected = torch.zeros(9)
     expected[expected_bin] = 1.0
     torch.testing.assert_close(edge_cells.movedim(1, -1), expected.expand(3, 8, 9), rtol=0, atol=1e-6)
-    assert flat_cells.abs().max() == 0                   # no gradient: all-zero cells, no NaN
+    assert flat_cells.abs().max() == 0  # no gradient: all-zero cells, no NaN
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -221,13 +231,17 @@ def test_step_edges(axis, expected_bin):
 
 def test_token_layout_and_frame_selection(decoded_frames):
     video = normalised(as_video(decoded_frames[:4])).repeat(2, 1, 1, 1, 1)
-    video[1] = video[1].flip(-1)                                 # two different clips
+    video[1] = video[1].flip(-1)  # two different clips
     hog = HogTarget()
-    tokens = hog(video)                                          # 2×2×6×8×108
-    for t, frame in enumerate((0, 2)):                           # temporal stride 2: frames 0 and 2
-        cells = hog.cell_histograms(video[:, :, frame])          # 2×3×9×12×16
-        for b, ty, tx, c, k, dy, dx in [(0, 0, 0, 0, 0, 0, 0), (1, 5, 7, 2, 8, 1, 1), (0, 3, 2, 1, 4, 0, 1),
-                                        (1, 1, 6, 0, 7, 1, 0)]:
+    tokens = hog(video)  # 2×2×6×8×108
+    for t, frame in enumerate((0, 2)):  # temporal stride 2: frames 0 and 2
+        cells = hog.cell_histograms(video[:, :, frame])  # 2×3×9×12×16
+        for b, ty, tx, c, k, dy, dx in [
+            (0, 0, 0, 0, 0, 0, 0),
+            (1, 5, 7, 2, 8, 1, 1),
+            (0, 3, 2, 1, 4, 0, 1),
+            (1, 1, 6, 0, 7, 1, 0),
+        ]:
             assert tokens[b, t, ty, tx, (c * 9 + k) * 4 + dy * 2 + dx] == cells[b, c, k, 2 * ty + dy, 2 * tx + dx]
         expected = cells.reshape(2, 27, 6, 2, 8, 2).permute(0, 2, 4, 1, 3, 5).reshape(2, 6, 8, 108)
         torch.testing.assert_close(tokens[:, t], expected, rtol=0, atol=0)
@@ -236,8 +250,8 @@ def test_token_layout_and_frame_selection(decoded_frames):
 def test_shapes_for_clips_and_images():
     hog = HogTarget()
     assert hog(torch.randn(1, 3, 16, 224, 224)).shape == (1, 8, 14, 14, 108)
-    assert hog(torch.randn(2, 3, 1, 224, 224)).shape == (2, 1, 14, 14, 108)     # images: T = 1
-    assert hog(torch.randn(1, 3, 2, 64, 96)).shape == (1, 1, 4, 6, 108)         # non-square
+    assert hog(torch.randn(2, 3, 1, 224, 224)).shape == (2, 1, 14, 14, 108)  # images: T = 1
+    assert hog(torch.randn(1, 3, 2, 64, 96)).shape == (1, 1, 4, 6, 108)  # non-square
 
 
 def test_no_gradient_flows_and_output_is_float32():
@@ -246,8 +260,9 @@ def test_no_gradient_flows_and_output_is_float32():
     assert not out.requires_grad and out.dtype == torch.float32
 
 
-@pytest.mark.parametrize("shape, fault", [((1, 3, 3, 32, 32), "T=3"), ((1, 3, 2, 40, 32), "40×32"),
-                                          ((3, 2, 32, 32), "B×C×T×H×W")])
+@pytest.mark.parametrize(
+    "shape, fault", [((1, 3, 3, 32, 32), "T=3"), ((1, 3, 2, 40, 32), "40×32"), ((3, 2, 32, 32), "B×C×T×H×W")]
+)
 def test_bad_input_is_named(shape, fault):
     with pytest.raises(ValueError, match=fault):
         HogTarget()(torch.zeros(shape))
@@ -266,11 +281,11 @@ def test_bad_settings_are_named():
 
 def test_never_holds_a_full_resolution_bin_tensor():
     video = natural_video(1, 8, 224)
-    full_resolution_bins = 4 * 3 * 9 * 224 * 224 * 4          # 4 target frames × 3 colours × 9 bins, fp32
+    full_resolution_bins = 4 * 3 * 9 * 224 * 224 * 4  # 4 target frames × 3 colours × 9 bins, fp32
     device = torch.device("cpu")
     ours = peak_memory_bytes(lambda: HogTarget()(video), device)
     reference = peak_memory_bytes(lambda: hog_reference(video), device)
-    assert reference >= full_resolution_bins                  # the measurement sees such a tensor
+    assert reference >= full_resolution_bins  # the measurement sees such a tensor
     assert ours < full_resolution_bins / 2, (ours, full_resolution_bins)
 
 

@@ -15,8 +15,19 @@ from launch_helpers import REPO, child_env
 
 PACKAGE = REPO / "mfvideo"
 # Low to high: what a layer may import is itself and everything before it (docs/layout.md says what each holds).
-LAYERS = ("common", "config", "targets", "shards", "data", "models", "evaluation", "engine", "tasks", "app",
-          "benchmarks")
+LAYERS = (
+    "common",
+    "config",
+    "targets",
+    "shards",
+    "data",
+    "models",
+    "evaluation",
+    "engine",
+    "tasks",
+    "app",
+    "benchmarks",
+)
 
 
 def imported_modules(path):
@@ -58,21 +69,27 @@ def test_an_upward_import_is_caught(tmp_path):
     copy = tmp_path / "mfvideo"
     for layer in LAYERS:
         (copy / layer).mkdir(parents=True)
-    (copy / "engine" / "trainer.py").write_text("def default_model(recipe):\n    from mfvideo.tasks import build_model\n")
+    (copy / "engine" / "trainer.py").write_text(
+        "def default_model(recipe):\n    from mfvideo.tasks import build_model\n"
+    )
     (copy / "data" / "loader.py").write_text("from mfvideo.models.mvit import ARCHS\n")
     (copy / "config" / "schema.py").write_text("import mfvideo.data.shardio\n")
-    assert upward_imports(copy) == {"mfvideo/engine/trainer.py: mfvideo.tasks",
-                                    "mfvideo/data/loader.py: mfvideo.models.mvit",
-                                    "mfvideo/config/schema.py: mfvideo.data.shardio"}
+    assert upward_imports(copy) == {
+        "mfvideo/engine/trainer.py: mfvideo.tasks",
+        "mfvideo/data/loader.py: mfvideo.models.mvit",
+        "mfvideo/config/schema.py: mfvideo.data.shardio",
+    }
 
 
 @pytest.mark.parametrize("layer", LAYERS[:-1])
 def test_importing_a_layer_loads_nothing_above_it(layer):
     modules = sorted(_module_name(p) for p in (PACKAGE / layer).rglob("*.py"))
-    above = tuple(f"mfvideo.{name}" for name in LAYERS[LAYERS.index(layer) + 1:])
-    code = ("import sys, importlib\n"
-            f"for name in {modules!r}: importlib.import_module(name)\n"
-            f"print(sorted(m for m in sys.modules if m.startswith({above!r})))")
+    above = tuple(f"mfvideo.{name}" for name in LAYERS[LAYERS.index(layer) + 1 :])
+    code = (
+        "import sys, importlib\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({above!r})))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=child_env(), cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -107,7 +124,7 @@ def test_modules_import_each_other_without_cycles():
         stack.append(name)
         for dep in sorted(graph[name]):
             if state.get(dep) == "open":
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, stack)
         stack.pop()

@@ -26,8 +26,9 @@ def summarise(window: WindowSums, *batches) -> dict:
 def test_the_mean_predictor_explains_nothing_and_a_perfect_one_everything():
     target, weight = masked_batch(0)
     mean = target[weight.bool()].mean(dim=0)
-    assert summarise(WindowSums(), (mean.expand_as(target), target, weight))["explained_variance"] == \
-        pytest.approx(0.0, abs=1e-6)
+    assert summarise(WindowSums(), (mean.expand_as(target), target, weight))["explained_variance"] == pytest.approx(
+        0.0, abs=1e-6
+    )
     assert summarise(WindowSums(), (target.clone(), target, weight))["explained_variance"] == pytest.approx(1.0)
 
 
@@ -61,8 +62,9 @@ def test_micro_batches_add_up_and_a_skipped_one_counts_nothing():
     joined = WindowSums()
     target, weight = torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])
     joined.add(masked_sums(torch.cat([a[0] * 0.9, b[0] * 0.7]), target, weight), torch.tensor(True))
-    assert together.summarise(MaskFeat.log_values)["explained_variance"] == \
-        pytest.approx(joined.summarise(MaskFeat.log_values)["explained_variance"], rel=1e-6)
+    assert together.summarise(MaskFeat.log_values)["explained_variance"] == pytest.approx(
+        joined.summarise(MaskFeat.log_values)["explained_variance"], rel=1e-6
+    )
 
 
 def test_running_totals_survive_a_checkpoint_round_trip():

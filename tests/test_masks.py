@@ -8,7 +8,7 @@ import pytest
 
 from mfvideo.targets.masks import Cube, build_mask_generator, mask_grid
 
-VIDEO_GRID = (8, 7, 7)    # 16×224² clip
+VIDEO_GRID = (8, 7, 7)  # 16×224² clip
 IMAGE_GRID = (1, 14, 14)  # 224² image
 DRAWS = 2000
 
@@ -38,8 +38,10 @@ def test_grid_follows_clip_size():
     assert mask_grid(32, 320) == (16, 10, 10)
 
 
-@pytest.mark.parametrize("frames, crop, fault", [(16, 112, "crop_size=112"), (15, 224, "num_frames=15"),
-                                                 (1, 100, "crop_size=100"), (0, 224, "num_frames=0")])
+@pytest.mark.parametrize(
+    "frames, crop, fault",
+    [(16, 112, "crop_size=112"), (15, 224, "num_frames=15"), (1, 100, "crop_size=100"), (0, 224, "num_frames=0")],
+)
 def test_grid_rejects_sizes_the_model_cannot_tile(frames, crop, fault):
     with pytest.raises(ValueError, match=fault):
         mask_grid(frames, crop)
@@ -72,11 +74,14 @@ def test_cubes_follow_the_shape_rules_and_make_the_mask():
         masked = 0
         for cube in cubes:
             assert 1 <= cube.frames <= grid_t and 0 <= cube.front <= grid_t - cube.frames
-            assert 1 <= cube.height < grid_h and 0 <= cube.top <= grid_h - cube.height     # strict h < 7
-            assert 1 <= cube.width < grid_w and 0 <= cube.left <= grid_w - cube.width      # strict w < 7
+            assert 1 <= cube.height < grid_h and 0 <= cube.top <= grid_h - cube.height  # strict h < 7
+            assert 1 <= cube.width < grid_w and 0 <= cube.left <= grid_w - cube.width  # strict w < 7
             assert face_is_reachable(cube.height, cube.width, 9, 49), cube
-            region = rebuilt[cube.front:cube.front + cube.frames, cube.top:cube.top + cube.height,
-                             cube.left:cube.left + cube.width]
+            region = rebuilt[
+                cube.front : cube.front + cube.frames,
+                cube.top : cube.top + cube.height,
+                cube.left : cube.left + cube.width,
+            ]
             added = region.size - region.sum()
             assert 1 <= added <= 157 - masked, (cube, added, masked)
             region[...] = True
@@ -147,14 +152,17 @@ def test_none_masks_nothing():
     assert not draw_many(build_mask_generator("none", VIDEO_GRID), draws=10).any()
 
 
-@pytest.mark.parametrize("mode, grid, kwargs, fault", [
-    ("spiral", VIDEO_GRID, {}, "spiral"),
-    ("cube", VIDEO_GRID, {"ratio": 1.5}, "ratio 1.5"),
-    ("block", VIDEO_GRID, {}, "single images"),
-    ("frame", IMAGE_GRID, {}, "0 units"),
-    ("cube", (8, 1, 7), {}, "at least 2×2"),
-    ("cube", VIDEO_GRID, {"min_units": 0}, "min_units=0"),
-])
+@pytest.mark.parametrize(
+    "mode, grid, kwargs, fault",
+    [
+        ("spiral", VIDEO_GRID, {}, "spiral"),
+        ("cube", VIDEO_GRID, {"ratio": 1.5}, "ratio 1.5"),
+        ("block", VIDEO_GRID, {}, "single images"),
+        ("frame", IMAGE_GRID, {}, "0 units"),
+        ("cube", (8, 1, 7), {}, "at least 2×2"),
+        ("cube", VIDEO_GRID, {"min_units": 0}, "min_units=0"),
+    ],
+)
 def test_bad_settings_are_named(mode, grid, kwargs, fault):
     with pytest.raises(ValueError, match=fault):
         build_mask_generator(mode, grid, **kwargs)

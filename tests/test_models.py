@@ -5,19 +5,20 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mfvideo.config.schema import ModelConfig
-from mfvideo.tasks import build_model
-from mfvideo.models.checkpoint import load_pretrained, load_state, read_checkpoint
 from mfvideo.benchmarks.complexity import MEASURED, build_on_meta, count_parameters, measure
+from mfvideo.config.schema import ModelConfig
+from mfvideo.models.checkpoint import load_pretrained, load_state, read_checkpoint
 from mfvideo.models.mvit import MViT, mvit_tiny, rel_pos_lookup, resize_rel_pos
+from mfvideo.tasks import build_model
 from models_helpers import num_elements, random_state, torchvision_mvit_v2_s_shapes
 
 TINY_CLASSIFY = ModelConfig(arch="mvit_tiny", task="classify", num_classes=7, dropout=0.0)
 
 
 def test_mvit_v2_s_has_torchvisions_parameter_count():
-    model = build_on_meta(ModelConfig(arch="mvit_s", task="classify", num_classes=400, dim_mul_in_att=True,
-                                      pooling="cls"))
+    model = build_on_meta(
+        ModelConfig(arch="mvit_s", task="classify", num_classes=400, dim_mul_in_att=True, pooling="cls")
+    )
     assert count_parameters(model) == 34_537_744
 
 
@@ -32,9 +33,9 @@ def test_measured_metadata_is_what_the_models_measure(name):
 def test_measured_metadata_matches_published_figures():
     published = {  # (millions of parameters, GMACs), tolerance
         "mvit_s_supervised_classify": ((34.5, 64.224), (0.05, 0.01)),  # torchvision
-        "mvit_s_maskfeat_classify": ((36.0, 71.0), (0.5, 0.5)),         # MaskFeat paper
+        "mvit_s_maskfeat_classify": ((36.0, 71.0), (0.5, 0.5)),  # MaskFeat paper
         "mvit_l_maskfeat_classify": ((218.0, 377.0), (1.0, 0.5)),
-        "mvit_b_supervised_classify": ((51.2, 225.0), (0.1, 1.0)),      # MViTv2 paper, 32×224²
+        "mvit_b_supervised_classify": ((51.2, 225.0), (0.1, 1.0)),  # MViTv2 paper, 32×224²
     }
     for name, ((params_m, gmacs), (tol_p, tol_g)) in published.items():
         meta = MEASURED[name]
@@ -138,20 +139,24 @@ def test_torchvision_layout_loads_strictly_into_mvit_v2_s():
     shapes = torchvision_mvit_v2_s_shapes()
     assert num_elements(shapes) == 34_537_744
     state = random_state(shapes)
-    model = build_model(ModelConfig(arch="mvit_s", task="classify", num_classes=400, dim_mul_in_att=True,
-                                    pooling="cls"), 16, 224)
+    model = build_model(
+        ModelConfig(arch="mvit_s", task="classify", num_classes=400, dim_mul_in_att=True, pooling="cls"), 16, 224
+    )
     report = load_state(model, state, strict=True)
     assert report.source == "torchvision" and not report.missing and not report.unexpected and not report.resized
     assert len(report.loaded) == len(state) == len(model.state_dict())
     own = model.state_dict()
-    pairs = {"conv_proj.weight": "backbone.patch_embed.proj.weight",
-             "blocks.1.attn.pool_q.pool.weight": "backbone.blocks.1.attn.pool_q.weight",
-             "blocks.1.attn.pool_v.norm_act.0.bias": "backbone.blocks.1.attn.norm_v.bias",
-             "blocks.3.project.weight": "backbone.blocks.3.proj.weight",
-             "blocks.7.mlp.3.weight": "backbone.blocks.7.mlp.fc2.weight",
-             "blocks.15.attn.project.0.bias": "backbone.blocks.15.attn.proj.bias",
-             "blocks.2.attn.rel_pos_t": "backbone.blocks.2.attn.rel_pos_t",
-             "norm.weight": "head.norm.weight", "head.1.weight": "head.proj.weight"}
+    pairs = {
+        "conv_proj.weight": "backbone.patch_embed.proj.weight",
+        "blocks.1.attn.pool_q.pool.weight": "backbone.blocks.1.attn.pool_q.weight",
+        "blocks.1.attn.pool_v.norm_act.0.bias": "backbone.blocks.1.attn.norm_v.bias",
+        "blocks.3.project.weight": "backbone.blocks.3.proj.weight",
+        "blocks.7.mlp.3.weight": "backbone.blocks.7.mlp.fc2.weight",
+        "blocks.15.attn.project.0.bias": "backbone.blocks.15.attn.proj.bias",
+        "blocks.2.attn.rel_pos_t": "backbone.blocks.2.attn.rel_pos_t",
+        "norm.weight": "head.norm.weight",
+        "head.1.weight": "head.proj.weight",
+    }
     for theirs, ours in pairs.items():
         assert torch.equal(own[ours], state[theirs]), theirs
     assert torch.equal(own["backbone.cls_token"].flatten(), state["pos_encoding.class_token"])

@@ -27,8 +27,17 @@ def attention_block(grid, stride_q, stride_kv, seed: int = 0) -> MultiScaleBlock
     relative-position tables scaled up so that they move the logits as much as q·k does (at their
     trunc-normal(0.02) init a wrong bias would hide inside a float32 tolerance)."""
     torch.manual_seed(seed)
-    block = MultiScaleBlock(BlockConfig(dim_in=16, dim_out=24, num_heads=2, stride_q=stride_q, stride_kv=stride_kv,
-                                        input_grid=grid, dim_mul_in_att=True)).double()
+    block = MultiScaleBlock(
+        BlockConfig(
+            dim_in=16,
+            dim_out=24,
+            num_heads=2,
+            stride_q=stride_q,
+            stride_kv=stride_kv,
+            input_grid=grid,
+            dim_mul_in_att=True,
+        )
+    ).double()
     with torch.no_grad():
         for table in (block.attn.rel_pos_t, block.attn.rel_pos_h, block.attn.rel_pos_w):
             table.normal_(0.0, 1.0)
@@ -57,12 +66,12 @@ def test_kernel_equals_explicit_attention_forward_and_backward(case, kernel):
     ref, ref_grid, ref_x_grad, ref_grads = run_block(block, "explicit", x, grid)
     assert out_grid == ref_grid
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(out[:, 0], ref[:, 0], rtol=1e-10, atol=1e-10)   # the cls token's own row
+    torch.testing.assert_close(out[:, 0], ref[:, 0], rtol=1e-10, atol=1e-10)  # the cls token's own row
     torch.testing.assert_close(x_grad, ref_x_grad, rtol=1e-9, atol=1e-10)
-    assert x_grad[:, 0].abs().sum() > 0                                           # gradient reaches the cls token
+    assert x_grad[:, 0].abs().sum() > 0  # gradient reaches the cls token
     for name, grad in ref_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-9, atol=1e-10, msg=name)
-    for axis in ("t", "h", "w"):                                                  # the tables really take part
+    for axis in ("t", "h", "w"):  # the tables really take part
         assert ref_grads[f"attn.rel_pos_{axis}"].abs().sum() > 0, axis
 
 
@@ -103,7 +112,7 @@ def test_folded_attention_runs_sdpa_without_a_mask():
         block(torch.randn(1, 1 + grid[0] * grid[1] * grid[2], 16, dtype=torch.float64), grid)
     finally:
         torch.nn.functional.scaled_dot_product_attention = original
-    (mask, q_width, k_width, v_width), = calls
+    ((mask, q_width, k_width, v_width),) = calls
     assert mask is None and q_width == k_width == v_width and q_width % 8 == 0
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from mfvideo.config.schema import ModelConfig
-from mfvideo.tasks import build_model
 from mfvideo.models.checkpoint import load_pretrained
 from mfvideo.models.mvit import resize_rel_pos
 from mfvideo.targets.hog import HogTarget, hog_reference
 from mfvideo.targets.masks import build_mask_generator, mask_grid
+from mfvideo.tasks import build_model
 from models_helpers import clip_batch, normalise, pixel_batch
 
 TINY = ModelConfig(arch="mvit_tiny", task="pretrain")
@@ -149,8 +149,13 @@ def test_classifier_from_a_pretraining_checkpoint_at_another_input_size(tmp_path
     model = build_model(classify, num_frames=8, crop_size=96)
     report = load_pretrained(build_model(replace(classify, init=None), 8, 96), path, allowed_missing=("head.",))
     assert report.source == "mfvideo"
-    assert sorted(report.unexpected) == ["mask_token", "pred_head.norm.bias", "pred_head.norm.weight",
-                                         "pred_head.proj.bias", "pred_head.proj.weight"]
+    assert sorted(report.unexpected) == [
+        "mask_token",
+        "pred_head.norm.bias",
+        "pred_head.norm.weight",
+        "pred_head.proj.bias",
+        "pred_head.proj.weight",
+    ]
     assert sorted(report.missing) == ["head.norm.bias", "head.norm.weight", "head.proj.bias", "head.proj.weight"]
     assert "backbone.blocks.0.attn.rel_pos_t" in report.resized and "backbone.blocks.0.attn.rel_pos_h" in report.resized
     ours, theirs = model.state_dict(), pretrained.state_dict()
@@ -163,13 +168,16 @@ def test_classifier_from_a_pretraining_checkpoint_at_another_input_size(tmp_path
 
 def test_pyslowfast_maskfeat_checkpoint_loads_strictly(tmp_path):
     source = build_model(TINY, 16, 64)
-    names = {"backbone.": "", "pred_head.norm.": "pred_head.transforms.0.0.",
-             "pred_head.proj.": "pred_head.projections.0."}
+    names = {
+        "backbone.": "",
+        "pred_head.norm.": "pred_head.transforms.0.0.",
+        "pred_head.proj.": "pred_head.projections.0.",
+    }
     state = {}
     for key, value in source.state_dict().items():
         for ours, theirs in names.items():
             if key.startswith(ours):
-                key = theirs + key[len(ours):]
+                key = theirs + key[len(ours) :]
                 break
         state[key] = value
     torch.save({"model_state": state, "epoch": 300}, tmp_path / "maskfeat.pyth")
@@ -185,6 +193,9 @@ def test_a_checkpoint_that_fits_almost_nothing_is_refused_naming_what_is_missing
     source = build_model(TINY, 16, 64).state_dict()
     torch.save({"model": {"backbone.cls_token": source["backbone.cls_token"]}}, tmp_path / "stray.pt")
     classify = replace(TINY, task="classify", num_classes=5, init=str(tmp_path / "stray.pt"))
-    with pytest.raises(ValueError, match=r"stray\.pt does not fit the model: \d+ of its \d+ tensors are missing "
-                                         r"\(backbone\.patch_embed\.proj\.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"stray\.pt does not fit the model: \d+ of its \d+ tensors are missing "
+        r"\(backbone\.patch_embed\.proj\.weight",
+    ):
         build_model(classify, 16, 64)

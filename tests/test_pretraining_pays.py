@@ -18,9 +18,15 @@ SHAPES = ["--shapes", "2", "--background", "flat"]
 def test_pretraining_raises_the_knn_probe_well_above_its_start(tmp_path):
     for split, videos, seed in (("pretrain", 480, 0), ("labelled", 96, 0), ("test", 160, 1)):
         make_demo_shards(tmp_path / split, videos, 96, "--workers", "2", *SHAPES, seed=seed)
-    out = train_to_end(REPO / "recipes" / "demo_pt.yaml", tmp_path / "run", f"data.train={tmp_path / 'pretrain'}",
-                       f"data.probe_train={tmp_path / 'labelled'}", f"data.probe_val={tmp_path / 'test'}",
-                       "optim.epochs=13", "train.probe_every=13")
+    out = train_to_end(
+        REPO / "recipes" / "demo_pt.yaml",
+        tmp_path / "run",
+        f"data.train={tmp_path / 'pretrain'}",
+        f"data.probe_train={tmp_path / 'labelled'}",
+        f"data.probe_val={tmp_path / 'test'}",
+        "optim.epochs=13",
+        "train.probe_every=13",
+    )
     records = read_metrics(out)
     probes = {step: record["probe_top1"] for step, record in records.items() if "probe_top1" in record}
     explained = [record["explained_variance"] for record in records.values() if "explained_variance" in record]

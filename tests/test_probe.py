@@ -13,17 +13,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch_helpers import REPO, signal_after_step
-from training_helpers import (assert_stops_before_any_work, linked_shards, losses_by_step, make_demo_shards,
-                              relabelled_copy, run_to_success, shard_labels, train_command, train_to_end)
 
-from mfvideo.config import load_recipe
+from launch_helpers import REPO, signal_after_step
 from loader_helpers import build_test_loader
+from mfvideo.config import load_recipe
 from mfvideo.engine import checkpoint
 from mfvideo.evaluation import probe
 from mfvideo.evaluation.probe import embed_split, knn_scores, topk_accuracy
 from mfvideo.models.classifier import MViTClassifier
 from mfvideo.tasks import build_model
+from training_helpers import (
+    assert_stops_before_any_work,
+    linked_shards,
+    losses_by_step,
+    make_demo_shards,
+    relabelled_copy,
+    run_to_success,
+    shard_labels,
+    train_command,
+    train_to_end,
+)
 
 # ------------------------------------------------------------------------------------------- the weighted k-NN vote
 
@@ -37,8 +46,9 @@ def test_a_hand_computed_vote_gives_its_exact_scores():
     root2 = math.sqrt(2)
     expected_k2 = torch.tensor([[math.exp(2), math.exp(root2), 0.0], [math.exp(0), math.exp(-root2), 0.0]])
     torch.testing.assert_close(knn_scores(train, labels, queries, 3, k=2, temperature=0.5), expected_k2)
-    expected_all = torch.tensor([[math.exp(2), math.exp(root2) + math.exp(0), 0.0],
-                                 [math.exp(0), math.exp(-root2) + math.exp(-2), 0.0]])
+    expected_all = torch.tensor(
+        [[math.exp(2), math.exp(root2) + math.exp(0), 0.0], [math.exp(0), math.exp(-root2) + math.exp(-2), 0.0]]
+    )
     torch.testing.assert_close(knn_scores(train, labels, queries, 3, k=5, temperature=0.5), expected_all)
 
 
@@ -66,11 +76,12 @@ def test_queries_placed_on_another_class_are_the_known_share_of_misses():
     directions = torch.eye(3)
     train = directions.repeat_interleave(4, dim=0)
     train_labels = torch.arange(3).repeat_interleave(4)
-    on = [0, 1, 2, 0, 1, 2, 2, 1, 2, 2]      # the direction each query sits on
+    on = [0, 1, 2, 0, 1, 2, 2, 1, 2, 2]  # the direction each query sits on
     labels = [0, 1, 2, 0, 1, 2, 2, 0, 0, 1]  # the last three are labelled with another class
     scores = knn_scores(train, train_labels, directions[on], 3, k=4, temperature=0.1)
     assert topk_accuracy(scores, torch.tensor(labels), ks=(1, 2, 5)) == pytest.approx(
-        {"top1": 70.0, "top2": 90.0, "top5": 100.0})
+        {"top1": 70.0, "top2": 90.0, "top5": 100.0}
+    )
 
 
 def test_standardised_features_find_clusters_that_the_raw_cosine_misses():
@@ -145,15 +156,24 @@ def test_embed_split_averages_each_videos_views_once_in_eval_mode(shards):
     """Every video once, in pattern order, with its key and label from the shards and the mean of its two views'
     features. Rank 1 of 2 holds 1 of the 3 shards of 8 and repeats its videos to match rank 0's 16: the repeats
     count once. Drop path 0.5 would make the features random in training mode."""
-    recipe = load_recipe(REPO / "recipes" / "demo_pt.yaml", [
-        f"data.train={shards / 'train'}", "data.num_frames=4", "data.crop_size=32", "data.test_short_side=32",
-        "data.num_workers=1", "model.drop_path=0.5"])
+    recipe = load_recipe(
+        REPO / "recipes" / "demo_pt.yaml",
+        [
+            f"data.train={shards / 'train'}",
+            "data.num_frames=4",
+            "data.crop_size=32",
+            "data.test_short_side=32",
+            "data.num_workers=1",
+            "model.drop_path=0.5",
+        ],
+    )
     torch.manual_seed(0)
     model = build_model(recipe.model, 4, 32)
 
     def loader(rank: int, world_size: int):
-        return build_test_loader(recipe.data, 3, rank, world_size, str(shards / "train"), num_clips=2, num_crops=1,
-                                 fields=("label", "view"))
+        return build_test_loader(
+            recipe.data, 3, rank, world_size, str(shards / "train"), num_clips=2, num_crops=1, fields=("label", "view")
+        )
 
     split = embed_split(model, loader(0, 1))
     assert model.training
@@ -165,8 +185,9 @@ def test_embed_split_averages_each_videos_views_once_in_eval_mode(shards):
     views: dict[tuple[int, int], torch.Tensor] = {}
     with torch.no_grad():
         for batch in loader(0, 1):
-            for index, view, feature in zip(batch["video_index"].tolist(), batch["view"].tolist(),
-                                            model.features(batch["video"])):
+            for index, view, feature in zip(
+                batch["video_index"].tolist(), batch["view"].tolist(), model.features(batch["video"])
+            ):
                 views[index, view] = feature
     torch.testing.assert_close(split.features, torch.stack([(views[i, 0] + views[i, 1]) / 2 for i in range(24)]))
 
@@ -187,15 +208,17 @@ def probe_recipe(shards) -> Path:
     """Pretraining of 3 epochs × 3 steps on the train split, probed every epoch (train → val); drop path 0.1 makes
     the losses depend on the torch random stream, and on the training mode, which the probe must both leave."""
     recipe = shards / "pt.yaml"
-    recipe.write_text(textwrap.dedent(f"""
+    recipe.write_text(
+        textwrap.dedent(f"""
         base: {REPO / "recipes" / "demo_pt.yaml"}
-        data: {{train: "{shards / 'train'}", probe_train: "{shards / 'train'}", probe_val: "{shards / 'val'}",
+        data: {{train: "{shards / "train"}", probe_train: "{shards / "train"}", probe_val: "{shards / "val"}",
                 num_frames: 4, crop_size: 64, test_short_side: 64, num_workers: 1, shuffle_buffer: 16}}
         model: {{drop_path: 0.1}}
         optim: {{epochs: 3, warmup_epochs: 0.5}}
         train: {{global_batch_size: 8, micro_batch_size: 4, checkpoint_every: 1000, log_every: 1, keep_last: 1,
                  probe_every: 1}}
-    """))
+    """)
+    )
     return recipe
 
 
@@ -248,7 +271,7 @@ def test_a_probed_run_killed_then_resumed_keeps_its_probe_history(probe_recipe, 
     assert "k-NN probe at step 0," not in resumed.stderr and "k-NN probe at step 3," not in resumed.stderr
     assert _saved_progress(out)["probe_history"] == _saved_progress(probed)["probe_history"]
     lines = _probe_lines(out)
-    assert lines[:len(before)] == before and [line["step"] for line in lines].count(0) == 1
+    assert lines[: len(before)] == before and [line["step"] for line in lines].count(0) == 1
     assert {line["step"] for line in lines} == {0, 3, 6, 9}
     assert losses_by_step(out) == pytest.approx(losses_by_step(probed), rel=1e-6, abs=0)
 
@@ -262,20 +285,31 @@ def test_probe_settings_that_cannot_work_exit_2_naming_key_and_file(shards, tmp_
     no_manifest = linked_shards(shards / "val", tmp_path / "no_manifest")
     unlabelled = relabelled_copy(shards / "val", tmp_path / "unlabelled", [])
     leaf = tmp_path / "leaf.yaml"
-    leaf.write_text(f"base: {REPO / 'recipes' / 'demo_pt.yaml'}\n"
-                    f"data: {{train: '{shards / 'train'}', probe_train: null, probe_val: null}}\n")
+    leaf.write_text(
+        f"base: {REPO / 'recipes' / 'demo_pt.yaml'}\n"
+        f"data: {{train: '{shards / 'train'}', probe_train: null, probe_val: null}}\n"
+    )
     out = tmp_path / "out"
     train, val = f"data.probe_train={shards / 'train'}", f"data.probe_val={shards / 'val'}"
     cases = [
         (["train.probe_every=1", train], ["train.probe_every=1 but data.probe_val is not set"]),
         (["train.probe_every=2"], ["data.probe_train is not set", "data.probe_val is not set"]),
-        (["train.probe_every=1", train, f"data.probe_val={no_manifest}"],
-         [f"data.probe_val='{no_manifest}'", f"cannot read shard manifest '{no_manifest / 'manifest.json'}'"]),
-        (["train.probe_every=1", f"data.probe_train={unlabelled}", val],
-         [f"data.probe_train='{unlabelled}': its manifest lists no classes"]),
-        (["train.probe_every=1", train, f"data.probe_val={shards / 'three'}"],
-         [f"data.probe_train='{shards / 'train'}' lists 4 classes", f"data.probe_val='{shards / 'three'}' lists 3",
-          "same class list"]),
+        (
+            ["train.probe_every=1", train, f"data.probe_val={no_manifest}"],
+            [f"data.probe_val='{no_manifest}'", f"cannot read shard manifest '{no_manifest / 'manifest.json'}'"],
+        ),
+        (
+            ["train.probe_every=1", f"data.probe_train={unlabelled}", val],
+            [f"data.probe_train='{unlabelled}': its manifest lists no classes"],
+        ),
+        (
+            ["train.probe_every=1", train, f"data.probe_val={shards / 'three'}"],
+            [
+                f"data.probe_train='{shards / 'train'}' lists 4 classes",
+                f"data.probe_val='{shards / 'three'}' lists 3",
+                "same class list",
+            ],
+        ),
         (["train.probe_every=-1"], ["'train.probe_every'"]),
         (["train.probe_k=0"], ["'train.probe_k'"]),
         (["train.probe_temperature=0"], ["'train.probe_temperature'"]),
@@ -297,10 +331,18 @@ def test_fine_tuning_refuses_the_pretraining_probe(shards, tmp_path, capsys):
     from mfvideo.app.run import run_training
 
     with pytest.raises(SystemExit) as stop:
-        run_training(str(REPO / "recipes" / "demo_ft.yaml"), [
-            f"data.train={shards / 'train'}", "model.init=null", "model.num_classes=4", "train.probe_every=1",
-            f"data.probe_train={shards / 'train'}", f"data.probe_val={shards / 'val'}",
-            f"train.output_dir={tmp_path / 'out'}"])
+        run_training(
+            str(REPO / "recipes" / "demo_ft.yaml"),
+            [
+                f"data.train={shards / 'train'}",
+                "model.init=null",
+                "model.num_classes=4",
+                "train.probe_every=1",
+                f"data.probe_train={shards / 'train'}",
+                f"data.probe_val={shards / 'val'}",
+                f"train.output_dir={tmp_path / 'out'}",
+            ],
+        )
     assert stop.value.code == 2
     assert "train.probe_every=1: the k-NN probe monitors pretraining" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

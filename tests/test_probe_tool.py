@@ -9,13 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch_helpers import REPO
-from training_helpers import (assert_stops_before_any_work, evaluation_outputs, make_demo_shards, relabelled_copy,
-                              run_to_success, save_fresh_weights, script_command, shard_labels)
 
-from mfvideo.config import load_recipe
+from launch_helpers import REPO
 from mfvideo.app.probe import probe_model
+from mfvideo.config import load_recipe
 from mfvideo.evaluation.linear_probe import fit_linear_probe
+from training_helpers import (
+    assert_stops_before_any_work,
+    evaluation_outputs,
+    make_demo_shards,
+    relabelled_copy,
+    run_to_success,
+    save_fresh_weights,
+    script_command,
+    shard_labels,
+)
 
 # Small clips keep a probe of the tiny MViT at a few seconds on 2 cores.
 CLIP = ["data.num_frames=4", "data.crop_size=32", "data.test_short_side=32"]
@@ -91,10 +99,20 @@ def _pretrain_recipe(root: Path, *overrides: str):
 
 
 def probe_cmd(root: Path, out: Path, *overrides: str, nproc: int = 1) -> list[str]:
-    return script_command("tools/probe.py", str(REPO / "recipes" / "demo_pt.yaml"), f"model.init={root / 'model.pt'}",
-                          f"data.train={root / 'train'}", f"data.val={root / 'val'}", "data.probe_train=null",
-                          "data.probe_val=null", *CLIP, "data.test_clips=2", f"train.output_dir={out}", *overrides,
-                          nproc=nproc)
+    return script_command(
+        "tools/probe.py",
+        str(REPO / "recipes" / "demo_pt.yaml"),
+        f"model.init={root / 'model.pt'}",
+        f"data.train={root / 'train'}",
+        f"data.val={root / 'val'}",
+        "data.probe_train=null",
+        "data.probe_val=null",
+        *CLIP,
+        "data.test_clips=2",
+        f"train.output_dir={out}",
+        *overrides,
+        nproc=nproc,
+    )
 
 
 def test_probe_model_takes_a_bare_backbone_and_names_missing_backbone_tensors(probe_data, tmp_path):
@@ -102,10 +120,19 @@ def test_probe_model_takes_a_bare_backbone_and_names_missing_backbone_tensors(pr
     backbone = {key: value for key, value in state.items() if key.startswith("backbone.")}
     torch.save(backbone, tmp_path / "backbone.pt")
     model, report = probe_model(_pretrain_recipe(probe_data, f"model.init={tmp_path / 'backbone.pt'}"))
-    assert sorted(report.missing) == ["mask_token", "pred_head.norm.bias", "pred_head.norm.weight",
-                                      "pred_head.proj.bias", "pred_head.proj.weight"]
-    torch.testing.assert_close(model.state_dict()["backbone.blocks.1.attn.qkv.weight"],
-                               state["backbone.blocks.1.attn.qkv.weight"], rtol=0, atol=0)
+    assert sorted(report.missing) == [
+        "mask_token",
+        "pred_head.norm.bias",
+        "pred_head.norm.weight",
+        "pred_head.proj.bias",
+        "pred_head.proj.weight",
+    ]
+    torch.testing.assert_close(
+        model.state_dict()["backbone.blocks.1.attn.qkv.weight"],
+        state["backbone.blocks.1.attn.qkv.weight"],
+        rtol=0,
+        atol=0,
+    )
     del backbone["backbone.blocks.1.attn.qkv.weight"]
     torch.save(backbone, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"backbone\.blocks\.1\.attn\.qkv\.weight"):
@@ -118,8 +145,12 @@ def test_probe_model_takes_a_bare_backbone_and_names_missing_backbone_tensors(pr
 @pytest.mark.slow
 def test_probe_gives_the_same_metrics_on_one_and_two_processes(probe_data, tmp_path):
     # data.train names nothing: with data.probe_train and data.probe_val set, the probe never reads it
-    splits = [f"data.train={tmp_path / 'no_such_split'}", f"data.probe_train={probe_data / 'train'}",
-              f"data.probe_val={probe_data / 'val'}", "data.val=null"]
+    splits = [
+        f"data.train={tmp_path / 'no_such_split'}",
+        f"data.probe_train={probe_data / 'train'}",
+        f"data.probe_val={probe_data / 'val'}",
+        "data.val=null",
+    ]
     results = []
     for nproc in (1, 2):
         out = tmp_path / f"p{nproc}"
@@ -128,21 +159,39 @@ def test_probe_gives_the_same_metrics_on_one_and_two_processes(probe_data, tmp_p
         assert (out / "probe" / "recipe.yaml").is_file()
     (one, rows_one), (two, rows_two) = results
     assert one == two
-    assert {key: one[key] for key in ("num_train_videos", "num_val_videos", "num_val_views", "num_classes", "k",
-                                      "temperature", "checkpoint")} == {
-        "num_train_videos": 24, "num_val_videos": 8, "num_val_views": 2, "num_classes": 4, "k": 20,
-        "temperature": 0.07, "checkpoint": str(probe_data / "model.pt")}
+    assert {
+        key: one[key]
+        for key in (
+            "num_train_videos",
+            "num_val_videos",
+            "num_val_views",
+            "num_classes",
+            "k",
+            "temperature",
+            "checkpoint",
+        )
+    } == {
+        "num_train_videos": 24,
+        "num_val_videos": 8,
+        "num_val_views": 2,
+        "num_classes": 4,
+        "k": 20,
+        "temperature": 0.07,
+        "checkpoint": str(probe_data / "model.pt"),
+    }
     assert one["feature_dim"] > 0 and one["linear_train_top1"] == 100.0  # 24 videos in more dimensions than that
     val_truth = shard_labels(str(probe_data / "val"))
     assert len(rows_one) == 8 and {row["key"]: row["label"] for row in rows_one} == val_truth
     classes = json.loads((probe_data / "train" / "manifest.json").read_text())["classes"]
     for scorer in ("linear", "knn"):
-        assert [[c for c, _, _ in row[f"{scorer}_top5"]] for row in rows_one] == \
-               [[c for c, _, _ in row[f"{scorer}_top5"]] for row in rows_two]
+        assert [[c for c, _, _ in row[f"{scorer}_top5"]] for row in rows_one] == [
+            [c for c, _, _ in row[f"{scorer}_top5"]] for row in rows_two
+        ]
         for row in rows_one:
             top = row[f"{scorer}_top5"]
-            assert sorted(c for c, _, _ in top) == [0, 1, 2, 3] and [name for _, name, _ in top] == \
-                   [classes[c] for c, _, _ in top]
+            assert sorted(c for c, _, _ in top) == [0, 1, 2, 3] and [name for _, name, _ in top] == [
+                classes[c] for c, _, _ in top
+            ]
             assert sum(score for _, _, score in top) == pytest.approx(1.0)
         correct = sum(row[f"{scorer}_top5"][0][0] == row["label"] for row in rows_one)
         assert one[f"{scorer}_top1"] == pytest.approx(100 * correct / 8)
@@ -155,20 +204,33 @@ def test_probe_gives_the_same_metrics_on_one_and_two_processes(probe_data, tmp_p
 def test_weights_and_splits_that_cannot_be_probed_stop_before_any_work(probe_data, tmp_path):
     out = tmp_path / "never"
     state = torch.load(probe_data / "model.pt", weights_only=True)["model"]
-    torch.save({"model": {k: v for k, v in state.items() if not k.startswith("backbone.blocks.1.")}},
-               tmp_path / "partial.pt")
+    torch.save(
+        {"model": {k: v for k, v in state.items() if not k.startswith("backbone.blocks.1.")}}, tmp_path / "partial.pt"
+    )
     classes = json.loads((probe_data / "train" / "manifest.json").read_text())["classes"]
     unlabelled = relabelled_copy(probe_data / "val", tmp_path / "unlabelled", [])
     reordered = relabelled_copy(probe_data / "val", tmp_path / "reordered", classes[::-1])
     cases = [
         ([f"model.init={tmp_path / 'partial.pt'}"], ["model.init", "partial.pt", "backbone.blocks.1.attn.qkv.weight"]),
         ([f"data.val={unlabelled}"], ["data.val=", str(unlabelled / "manifest.json"), "no classes"]),
-        ([f"data.probe_val={reordered}"], ["data.probe_val=", str(reordered / "manifest.json"),
-                                           str(probe_data / "train" / "manifest.json"), repr(classes[-1])]),
+        (
+            [f"data.probe_val={reordered}"],
+            [
+                "data.probe_val=",
+                str(reordered / "manifest.json"),
+                str(probe_data / "train" / "manifest.json"),
+                repr(classes[-1]),
+            ],
+        ),
         # problems of the recipe alone are reported together
-        ([f"data.probe_train={tmp_path / 'absent'}", "data.val=null", "model.init=null"],
-         [f"data.probe_train={str(tmp_path / 'absent')!r}", "data.probe_val (or data.val) is not set",
-          "model.init is not set"]),
+        (
+            [f"data.probe_train={tmp_path / 'absent'}", "data.val=null", "model.init=null"],
+            [
+                f"data.probe_train={str(tmp_path / 'absent')!r}",
+                "data.probe_val (or data.val) is not set",
+                "model.init is not set",
+            ],
+        ),
     ]
     for overrides, phrases in cases:
         assert_stops_before_any_work(probe_cmd(probe_data, out, *overrides), phrases, out)

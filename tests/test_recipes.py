@@ -22,35 +22,52 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture
 def chain(tmp_path):
     """grand (root) <- parent (in a sub-folder) <- child: two levels of inheritance."""
-    write(tmp_path / "common" / "grand.yaml", """
+    write(
+        tmp_path / "common" / "grand.yaml",
+        """
         data: {train: "shards/a-{000000..000003}.tar", num_frames: 16}
         optim: {lr: 8.0e-4, epochs: 300}
         train: {global_batch_size: 256, micro_batch_size: 4}
-    """)
-    write(tmp_path / "common" / "parent.yaml", """
+    """,
+    )
+    write(
+        tmp_path / "common" / "parent.yaml",
+        """
         base: grand.yaml
         optim: {lr: 6.0e-4}
         model: {arch: mvit_l}
-    """)
-    return write(tmp_path / "child.yaml", """
+    """,
+    )
+    return write(
+        tmp_path / "child.yaml",
+        """
         base: common/parent.yaml
         optim: {epochs: 75}
-    """)
+    """,
+    )
 
 
 def test_two_levels_of_inheritance(chain):
     recipe = load_recipe(chain)
     assert isinstance(recipe, Recipe)
     assert recipe.data.train == "shards/a-{000000..000003}.tar"  # from the root
-    assert recipe.optim.lr == pytest.approx(6e-4)                 # parent overrides root
-    assert recipe.optim.epochs == 75                              # child overrides root
-    assert recipe.model.arch == "mvit_l"                          # parent only
-    assert recipe.optim.weight_decay == pytest.approx(0.05)       # schema default untouched
+    assert recipe.optim.lr == pytest.approx(6e-4)  # parent overrides root
+    assert recipe.optim.epochs == 75  # child overrides root
+    assert recipe.model.arch == "mvit_l"  # parent only
+    assert recipe.optim.weight_decay == pytest.approx(0.05)  # schema default untouched
 
 
 def test_command_line_overrides_win_and_are_typed(chain):
-    recipe = load_recipe(chain, ["optim.lr=1e-3", "train.micro_batch_size=8", "data.flip=false",
-                                 "data.train_crop_area=[0.08, 1.0]", "model.init=/ckpt/pt.pt"])
+    recipe = load_recipe(
+        chain,
+        [
+            "optim.lr=1e-3",
+            "train.micro_batch_size=8",
+            "data.flip=false",
+            "data.train_crop_area=[0.08, 1.0]",
+            "model.init=/ckpt/pt.pt",
+        ],
+    )
     assert recipe.optim.lr == pytest.approx(1e-3)
     assert recipe.train.micro_batch_size == 8
     assert recipe.data.flip is False
@@ -65,16 +82,19 @@ def test_resolved_recipe_round_trips(chain, tmp_path):
     assert load_recipe(saved) == recipe
 
 
-@pytest.mark.parametrize("text, overrides, expect", [
-    ("data: {train: x, num_framez: 8}", [], ["num_framez", "leaf.yaml"]),
-    ("data: {train: x, num_frames: sixteen}", [], ["data.num_frames", "leaf.yaml"]),
-    ("data: {num_frames: 8}", [], ["data.train", "leaf.yaml"]),
-    ("colour: {x: 1}", [], ["colour", "leaf.yaml"]),
-    ("data: {train: x}", ["optim.lrr=1"], ["optim.lrr", "command-line override"]),
-    ("data: {train: x}", ["train.micro_batch_size=four"], ["train.micro_batch_size", "command-line override"]),
-    ("data: {train: x}", ["optim.lr"], ["optim.lr", "section.key=value"]),
-    ("base: nowhere.yaml\ndata: {train: x}", [], ["nowhere.yaml", "leaf.yaml"]),
-])
+@pytest.mark.parametrize(
+    "text, overrides, expect",
+    [
+        ("data: {train: x, num_framez: 8}", [], ["num_framez", "leaf.yaml"]),
+        ("data: {train: x, num_frames: sixteen}", [], ["data.num_frames", "leaf.yaml"]),
+        ("data: {num_frames: 8}", [], ["data.train", "leaf.yaml"]),
+        ("colour: {x: 1}", [], ["colour", "leaf.yaml"]),
+        ("data: {train: x}", ["optim.lrr=1"], ["optim.lrr", "command-line override"]),
+        ("data: {train: x}", ["train.micro_batch_size=four"], ["train.micro_batch_size", "command-line override"]),
+        ("data: {train: x}", ["optim.lr"], ["optim.lr", "section.key=value"]),
+        ("base: nowhere.yaml\ndata: {train: x}", [], ["nowhere.yaml", "leaf.yaml"]),
+    ],
+)
 def test_errors_name_key_and_file(tmp_path, text, overrides, expect):
     leaf = write(tmp_path / "leaf.yaml", text)
     with pytest.raises(RecipeError) as err:
@@ -136,8 +156,8 @@ def test_k400_pretraining_recipes_carry_the_paper_values():
         assert recipe.optim.warmup_start_lr == pytest.approx(1e-6) and recipe.optim.min_lr == pytest.approx(1e-6)
 
 
-# Values the schema's ranges or the allowed sets reject: each stops tools/train.py and tools/test.py with exit code 2 naming
-# the key and the recipe file, before any process group, model or output folder exists.
+# Values the schema's ranges or the allowed sets reject: each stops tools/train.py and tools/test.py with exit code 2
+# naming the key and the recipe file, before any process group, model or output folder exists.
 OUT_OF_RANGE = [
     ("optim.lr=-1.0e-3", "optim.lr"),
     ("optim.warmup_start_lr=-1.0e-4", "optim.warmup_start_lr"),
@@ -154,7 +174,7 @@ OUT_OF_RANGE = [
     ("augment.mix_switch_prob=2", "augment.mix_switch_prob"),
     ("optim.betas=[0.9,1.5]", "optim.betas"),
     ("data.test_crops=2", "data.test_crops"),
-    ("mask.mode=blob", "mask.mode"),           # outside the allowed set its stage declares (mfvideo.tasks.rules)
+    ("mask.mode=blob", "mask.mode"),  # outside the allowed set its stage declares (mfvideo.tasks.rules)
     ("model.arch=mvit_xl", "model.arch"),
     ("train.zero_stage=4", "train.zero_stage"),
 ]
@@ -178,9 +198,12 @@ def test_out_of_range_value_exits_2_naming_the_key_before_any_work(tmp_path, cap
 def test_range_checks_stop_the_command_line_tools(tmp_path):
     leaf = write(tmp_path / "leaf.yaml", f"base: {REPO / 'recipes' / 'demo_pt.yaml'}\n")
     for tool in ("tools/train.py", "tools/test.py"):
-        proc = subprocess.run([sys.executable, tool, str(leaf), "optim.warmup_start_lr=-1e-4",
-                               f"train.output_dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, tool, str(leaf), "optim.warmup_start_lr=-1e-4", f"train.output_dir={tmp_path / 'out'}"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
         assert proc.returncode == 2, proc.stderr
         assert "'optim.warmup_start_lr'" in proc.stderr and "leaf.yaml" in proc.stderr
     assert not (tmp_path / "out").exists()
-

@@ -55,7 +55,7 @@ class FaultyServer:
                     self.wfile.write(data[start:])
                     return
                 kind, count = fault
-                self.wfile.write(data[start:start + count])
+                self.wfile.write(data[start : start + count])
                 self.wfile.flush()
                 if kind == "stall":
                     server.release.wait(60)
@@ -102,8 +102,10 @@ def _samples(pattern: str, start: int, policy: ReadPolicy, manifest: str | None 
     """(position, key, parts) for one cycle of all the pattern's shards, from `start` on."""
     plan = SlotPlan(tuple(list_shards(pattern, manifest, policy)), quota_clips=0)
     stream = samples_from(plan, start, policy)
-    out = [(position, sample.key, sample.parts)
-           for position, sample in (next(stream) for _ in range(plan.cycle_samples - start))]
+    out = [
+        (position, sample.key, sample.parts)
+        for position, sample in (next(stream) for _ in range(plan.cycle_samples - start))
+    ]
     stream.close()
     return out
 
@@ -127,8 +129,7 @@ def test_stalled_server_fails_after_bounded_retries_naming_the_shard(shards, ser
 
 
 @pytest.mark.parametrize("honour_range", [True, False])
-def test_server_back_within_the_retry_window_gives_the_samples_of_an_uninterrupted_read(shards, serve,
-                                                                                         honour_range):
+def test_server_back_within_the_retry_window_gives_the_samples_of_an_uninterrupted_read(shards, serve, honour_range):
     # request 0 is the manifest; reading from position 10 starts in the second shard (request 1), whose
     # connection drops after 20000 bytes, then is accepted and left silent once, then served again
     server = serve(shards, faults={1: ("cut", 20000), 2: "silent"}, honour_range=honour_range)
@@ -143,12 +144,15 @@ def test_truncated_remote_shard_is_an_error_naming_its_size(shards, serve, tmp_p
     copy = tmp_path / "demo"
     shutil.copytree(shards, copy)
     data = (copy / "demo-000002.tar").read_bytes()
-    (copy / "demo-000002.tar").write_bytes(data[:len(data) // 2 // 512 * 512])  # whole tar blocks, no end marker
+    (copy / "demo-000002.tar").write_bytes(data[: len(data) // 2 // 512 * 512])  # whole tar blocks, no end marker
     server = serve(copy)
     policy = ReadPolicy(timeout=1.0, retries=1, backoff=0.0)
     (shard,) = [s for s in list_shards(_http_pattern(server, copy), None, policy) if s.url.endswith("000002.tar")]
-    with pytest.raises(ShardReadError, match=rf"demo-000002.tar' at byte {len(data) // 2 // 512 * 512} of "
-                                             rf"{len(data)}: 2 attempt\(s\).*the {len(data)} the manifest lists"):
+    with pytest.raises(
+        ShardReadError,
+        match=rf"demo-000002.tar' at byte {len(data) // 2 // 512 * 512} of "
+        rf"{len(data)}: 2 attempt\(s\).*the {len(data)} the manifest lists",
+    ):
         list(iter_shard(shard.url, policy, shard.bytes))
 
 
@@ -162,7 +166,7 @@ def test_missing_remote_shard_fails_at_once(shards, serve):
 def test_pipe_command_that_fails_once_is_rerun_and_skips_what_was_read(shards, tmp_path):
     flag = tmp_path / "failed-once"
     shard = shards / "demo-000003.tar"
-    command = (f"pipe:if [ -e {flag} ]; then cat {shard}; else touch {flag}; head -c 30000 {shard}; exit 1; fi")
+    command = f"pipe:if [ -e {flag} ]; then cat {shard}; else touch {flag}; head -c 30000 {shard}; exit 1; fi"
     assert list(iter_shard(command, QUICK)) == list(iter_shard(str(shard), QUICK))
     assert flag.exists()
     started = time.monotonic()
@@ -181,17 +185,23 @@ def test_local_shard_of_another_size_than_its_manifest_is_an_error_at_start(shar
     with pytest.raises(ValueError, match=message):
         list_shards(str(copy))
     with pytest.raises(ValueError, match=message):
-        build_train_loader(data_cfg(str(copy / "demo-{000000..000008}.tar")), mask_cfg(), 4, 0, 1, seed=0, fields=("label", "mask"))
+        build_train_loader(
+            data_cfg(str(copy / "demo-{000000..000008}.tar")), mask_cfg(), 4, 0, 1, seed=0, fields=("label", "mask")
+        )
 
 
 def test_read_policy_from_the_environment():
     assert ReadPolicy.from_env({}) == ReadPolicy(timeout=60.0, retries=6, backoff=1.0)
     assert ReadPolicy.from_env({"MFVIDEO_READ_TIMEOUT": "2.5", "MFVIDEO_READ_RETRIES": "0"}) == ReadPolicy(
-        timeout=2.5, retries=0, backoff=1.0)
+        timeout=2.5, retries=0, backoff=1.0
+    )
     with pytest.raises(ValueError, match="MFVIDEO_READ_RETRIES='two' is not a int"):
         ReadPolicy.from_env({"MFVIDEO_READ_RETRIES": "two"})
-    with pytest.raises(ValueError, match=r"timeout must be > 0 seconds, got 0.0 \(set in the environment: "
-                                         r"MFVIDEO_READ_TIMEOUT\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"timeout must be > 0 seconds, got 0.0 \(set in the environment: "
+        r"MFVIDEO_READ_TIMEOUT\)",
+    ):
         ReadPolicy.from_env({"MFVIDEO_READ_TIMEOUT": "0"})
 
 
@@ -214,8 +224,11 @@ def test_training_batches_over_a_flaky_server_equal_those_from_local_files(shard
     server = serve(shards, faults={4: ("cut", 30000), 5: "silent", 8: ("cut", 1000)})
     quick = dict(read_timeout=0.5, read_backoff=0.1, read_retries=2)
     local = list(build_train_loader(data_cfg(demo_shards()), mask_cfg(), 4, 0, 1, seed=0, fields=("label", "mask")))
-    remote = list(build_train_loader(data_cfg(_http_pattern(server, shards), **quick), mask_cfg(), 4, 0, 1, seed=0,
-                                     fields=("label", "mask")))
+    remote = list(
+        build_train_loader(
+            data_cfg(_http_pattern(server, shards), **quick), mask_cfg(), 4, 0, 1, seed=0, fields=("label", "mask")
+        )
+    )
     assert len(remote) == len(local) == 53 // 4
     for ours, theirs in zip(remote, local):
         assert ours["key"] == theirs["key"]

@@ -25,11 +25,14 @@ def _kinetics_args(data: dict, *extra: str) -> list[str]:
     return ["kinetics", "--videos", str(data["videos"]), "--csv", str(data["csv"]), "--no-progress", *extra]
 
 
-@pytest.mark.parametrize("limits, parts, order", [
-    (["--max-count", "2"], 2, [1, 0]),                       # 3 blocks of 2 inputs, with 2 rejects among them
-    (["--max-count", "2"], 4, [3, 0, 2, 1]),                 # more parts than blocks: one part is empty
-    (["--max-count", "3", "--max-size", "1"], 2, [0, 1]),    # every sample alone: shards renumbered at the merge
-])
+@pytest.mark.parametrize(
+    "limits, parts, order",
+    [
+        (["--max-count", "2"], 2, [1, 0]),  # 3 blocks of 2 inputs, with 2 rejects among them
+        (["--max-count", "2"], 4, [3, 0, 2, 1]),  # more parts than blocks: one part is empty
+        (["--max-count", "3", "--max-size", "1"], 2, [0, 1]),  # every sample alone: shards renumbered at the merge
+    ],
+)
 def test_parts_merged_are_byte_identical_to_one_machine_run(tmp_path, limits, parts, order):
     data = make_kinetics(tmp_path / "k700")
     whole, split = tmp_path / "whole" / "train", tmp_path / "split" / "train"
@@ -98,8 +101,22 @@ def _verify(out: Path) -> int:
 @pytest.mark.slow
 def test_second_job_into_a_folder_being_written_exits_2_naming_the_holder(tmp_path):
     out = tmp_path / "train"
-    command = [sys.executable, str(REPO / "tools" / "make_shards.py"), "demo", "--num-videos", "40", "--width", "48",
-               "--height", "48", "--max-count", "4", "--no-progress", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(REPO / "tools" / "make_shards.py"),
+        "demo",
+        "--num-videos",
+        "40",
+        "--width",
+        "48",
+        "--height",
+        "48",
+        "--max-count",
+        "4",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     first = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

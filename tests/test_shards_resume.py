@@ -20,8 +20,13 @@ DEMO_ARGS = ["demo", "--num-videos", "160", "--width", "48", "--height", "48", "
 
 
 def _run(out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tools" / "make_shards.py"), *DEMO_ARGS, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, check=True)
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / "make_shards.py"), *DEMO_ARGS, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
 
 
 @pytest.mark.slow
@@ -31,8 +36,11 @@ def test_kill_then_rerun_resumes_to_identical_shards(tmp_path):
 
     out = tmp_path / "killed" / "train"
     first_shard = out / "train-000000.tar"
-    process = subprocess.Popen([sys.executable, str(REPO / "tools" / "make_shards.py"), *DEMO_ARGS, "--out", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "tools" / "make_shards.py"), *DEMO_ARGS, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not first_shard.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)

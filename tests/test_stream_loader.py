@@ -1,19 +1,20 @@
 """The loaders end to end on shards made by make_shards: batch contract, masks, images, ranks, resume, bad samples."""
 
-from pathlib import Path
 import copy
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mfvideo.config.schema import DataConfig, MaskConfig
 from loader_helpers import build_test_loader, build_train_loader
+from mfvideo.config.schema import DataConfig, MaskConfig
+from mfvideo.data.shardlist import expand_pattern
 from mfvideo.data.stream import TooManyFailures
 from mfvideo.data.tarstream import iter_shard
-from mfvideo.data.shardlist import expand_pattern
-from stream_helpers import demo_shards, image_shards as make_image_shards, shard_counts, truncated_copy
+from stream_helpers import demo_shards, shard_counts, truncated_copy
+from stream_helpers import image_shards as make_image_shards
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,18 @@ def image_shards():
 
 
 def data_cfg(pattern, **overrides):
-    values = dict(train=pattern, val=pattern, num_frames=4, sampling_rate=2, crop_size=64, num_workers=0,
-                  shuffle_buffer=6, test_short_side=64, test_clips=2, test_crops=1)
+    values = dict(
+        train=pattern,
+        val=pattern,
+        num_frames=4,
+        sampling_rate=2,
+        crop_size=64,
+        num_workers=0,
+        shuffle_buffer=6,
+        test_short_side=64,
+        test_clips=2,
+        test_crops=1,
+    )
     values.update(overrides)
     return OmegaConf.structured(DataConfig(**values))
 
@@ -155,8 +166,8 @@ def test_resume_mid_epoch_gives_the_remaining_samples(uneven_shards, stop_after)
     resumed = train_loader(cfg, mask_cfg(), 4, 0, 1, seed=5)
     resumed.load_state_dict(state)
     rest = list(resumed)
-    assert [b["key"] for b in rest] == keys[stop_after + 1:]
-    assert all(torch.equal(b["video"], v) for b, v in zip(rest, videos[stop_after + 1:]))
+    assert [b["key"] for b in rest] == keys[stop_after + 1 :]
+    assert all(torch.equal(b["video"], v) for b, v in zip(rest, videos[stop_after + 1 :]))
     resumed.set_epoch(2)  # the next epoch starts from its beginning, exactly as a fresh loader's epoch 2
     next_epoch = [b["key"] for b in resumed]
     assert len(next_epoch) == len(resumed)
@@ -179,6 +190,7 @@ def test_resume_restores_the_shuffle_buffer_without_decoding_consumed_samples(un
     expected = [b["key"] for b in batches]
 
     import mfvideo.data.stream as stream_module
+
     opened = []
     real_open = stream_module.open_media
     monkeypatch.setattr(stream_module, "open_media", lambda *a: opened.append(1) or real_open(*a))
@@ -200,8 +212,9 @@ def test_corrupt_sample_is_skipped_counted_and_logged(uneven_shards, tmp_path, c
 
 def test_too_many_failures_stop_the_run(uneven_shards, tmp_path):
     pattern, _ = truncated_copy(uneven_shards, tmp_path / "broken", broken=[1, 2])
-    loader = train_loader(data_cfg(pattern, shuffle_buffer=0, max_failure_fraction=0.01), mask_cfg("none"),
-                                2, 0, 1, seed=0)
+    loader = train_loader(
+        data_cfg(pattern, shuffle_buffer=0, max_failure_fraction=0.01), mask_cfg("none"), 2, 0, 1, seed=0
+    )
     with pytest.raises(TooManyFailures, match=r"2 of \d+ samples failed.*allowed failure fraction 0.01"):
         list(loader)
 

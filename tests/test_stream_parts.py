@@ -7,8 +7,15 @@ import torch
 from mfvideo.data import sampling
 from mfvideo.data.clips import EvalClips, TemporalSampling, TrainClips
 from mfvideo.data.decode import DecodeError, open_media
-from mfvideo.data.transforms import (EvalTransform, Normalise, TrainTransform, eval_crop_boxes, pack_clips,
-                                     random_resized_crop_box, resize_box)
+from mfvideo.data.transforms import (
+    EvalTransform,
+    Normalise,
+    TrainTransform,
+    eval_crop_boxes,
+    pack_clips,
+    random_resized_crop_box,
+    resize_box,
+)
 from stream_helpers import decode_all, encode_jpg, encode_video, frames_in_order, textured_video
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.225, 0.225, 0.225]
@@ -23,6 +30,7 @@ def video_file(tmp_path_factory):
 
 
 # ----- sampling -------------------------------------------------------------------------------------------------
+
 
 def test_stride_scales_with_fps():
     assert sampling.clip_stride(4, 30.0, 30.0) == 4
@@ -86,6 +94,7 @@ def test_frame_union_maps_every_clip_back():
 
 # ----- decoding -------------------------------------------------------------------------------------------------
 
+
 def test_decoded_frames_are_the_frames_the_indices_name(video_file):
     data, _ = video_file
     media = open_media(data, "mp4", 70)
@@ -132,12 +141,12 @@ def test_unrequested_non_reference_frames_are_skipped(shard_video):
     nothing else (give or take what its reordering delay holds back or lets through); one of B-frames adds just its
     own frames. Decoding all from the keyframe would produce 29 frames for either."""
     data, _ = shard_video
-    for keyframe in (0, 30, 60):                                 # the decode starts at the clip's own keyframe
+    for keyframe in (0, 30, 60):  # the decode starts at the clip's own keyframe
         on_references = open_media(data, "mp4", 100)
-        on_references.frames(keyframe + np.arange(0, 29, 4))     # the 8 reference frames of that GOP
+        on_references.frames(keyframe + np.arange(0, 29, 4))  # the 8 reference frames of that GOP
         assert 8 <= on_references.frames_decoded <= 8 + 2, keyframe
     on_b_frames = open_media(data, "mp4", 100)
-    on_b_frames.frames(np.arange(1, 29, 4))                      # 7 B-frames between references 0, 4, …, 28
+    on_b_frames.frames(np.arange(1, 29, 4))  # 7 B-frames between references 0, 4, …, 28
     assert 7 + 7 <= on_b_frames.frames_decoded <= 8 + 7 + 2
     everything = open_media(data, "mp4", 100)
     everything.frames(np.arange(100))
@@ -169,6 +178,7 @@ def test_image_is_a_one_frame_video():
 
 
 # ----- transforms -----------------------------------------------------------------------------------------------
+
 
 def test_random_resized_crop_box_obeys_area_and_aspect():
     rng = np.random.default_rng(0)
@@ -210,7 +220,9 @@ def test_clips_pack_into_b_c_t_h_w_and_normalise_with_recipe_statistics():
     batch = Normalise(MEAN, STD)(packed)
     assert batch.shape == (2, 3, 4, 5, 5) and batch.dtype == torch.float32
     low, high = -0.45 / 0.225, (1 - 0.45) / 0.225
-    assert torch.allclose(batch[0, 1, 2], torch.full((5, 5), high)) and torch.allclose(batch[0, 0, 2], torch.full((5, 5), low))
+    assert torch.allclose(batch[0, 1, 2], torch.full((5, 5), high)) and torch.allclose(
+        batch[0, 0, 2], torch.full((5, 5), low)
+    )
     assert torch.allclose(batch[1], torch.full_like(batch[1], high))
     per_channel = Normalise([0.0, 0.5, 1.0], [1.0, 0.5, 0.25])(torch.full((1, 3, 1, 1, 1), 255, dtype=torch.uint8))
     assert torch.allclose(per_channel.flatten(), torch.tensor([1.0, 1.0, 0.0]), atol=1e-6)
@@ -243,6 +255,7 @@ def test_flip_off_never_flips():
 
 # ----- a video's clips ------------------------------------------------------------------------------------------
 
+
 def test_test_views_show_the_frames_at_their_indices(video_file):
     data, _ = video_file
     temporal = TemporalSampling(8, 4, 30.0, "random")
@@ -255,7 +268,7 @@ def test_test_views_show_the_frames_at_their_indices(video_file):
         assert np.array_equal(clip.frame_indices, expected_indices)
         frames = truth[expected_indices]
         left = [0, 8, 16][clip.view % 3]
-        assert torch.equal(clip.video, frames[:, :, left:left + 48].permute(0, 3, 1, 2))
+        assert torch.equal(clip.video, frames[:, :, left : left + 48].permute(0, 3, 1, 2))
 
 
 def test_repeated_sampling_draws_independent_clips_from_one_decode(video_file, monkeypatch):
@@ -264,7 +277,9 @@ def test_repeated_sampling_draws_independent_clips_from_one_decode(video_file, m
     calls = []
     original = media.frames
     monkeypatch.setattr(media, "frames", lambda idx: calls.append(idx) or original(idx))
-    maker = TrainClips(TemporalSampling(8, 2, 30.0, "random"), TrainTransform(32, (0.5, 1), (0.75, 4 / 3), flip=True), 4, None)
+    maker = TrainClips(
+        TemporalSampling(8, 2, 30.0, "random"), TrainTransform(32, (0.5, 1), (0.75, 4 / 3), flip=True), 4, None
+    )
     clips = maker(media, np.random.default_rng(3))
     assert len(calls) == 1 and len(clips) == 4
     assert len({int(c.frame_indices[0]) for c in clips}) > 1

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from launch_helpers import REPO, child_env, run_command, signal_after_step
+from mfvideo.common.preemption import REQUEUE_EXIT_CODE
 from mfvideo.engine import checkpoint
 from mfvideo.engine.distributed import free_port
 from mfvideo.engine.monitor import read_metrics
-from mfvideo.common.preemption import REQUEUE_EXIT_CODE
 from training_helpers import losses_by_step, make_demo_shards, run_to_success, train_command, train_to_end
 
 
@@ -27,13 +27,15 @@ def demo_recipe(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     make_demo_shards(root / "train", 64, 16)
     recipe = root / "demo.yaml"
-    recipe.write_text(textwrap.dedent(f"""
+    recipe.write_text(
+        textwrap.dedent(f"""
         base: {REPO / "recipes" / "demo_pt.yaml"}
-        data: {{train: "{root / 'train'}", num_frames: 4, crop_size: 64, num_workers: 1, shuffle_buffer: 16}}
+        data: {{train: "{root / "train"}", num_frames: 4, crop_size: 64, num_workers: 1, shuffle_buffer: 16}}
         optim: {{epochs: 2, warmup_epochs: 0.5}}
         train: {{global_batch_size: 8, micro_batch_size: 4, checkpoint_every: 3, log_every: 1, keep_last: 2,
                  probe_every: 0}}
-    """))
+    """)
+    )
     return recipe
 
 
@@ -102,12 +104,16 @@ def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("change, env, expect", [
-    (["train.micro_batch_size=2"], {}, "train.micro_batch_size is 2 but checkpoint {} was written with 4"),
-    (["data.num_workers=2"], {}, "data.num_workers is 2 but checkpoint {} was written with 1"),
-])
-def test_resume_with_another_layout_is_refused_before_any_work_naming_both_values(demo_recipe, uninterrupted, change,
-                                                                                  env, expect):
+@pytest.mark.parametrize(
+    "change, env, expect",
+    [
+        (["train.micro_batch_size=2"], {}, "train.micro_batch_size is 2 but checkpoint {} was written with 4"),
+        (["data.num_workers=2"], {}, "data.num_workers is 2 but checkpoint {} was written with 1"),
+    ],
+)
+def test_resume_with_another_layout_is_refused_before_any_work_naming_both_values(
+    demo_recipe, uninterrupted, change, env, expect
+):
     before = {path: path.stat().st_mtime_ns for path in uninterrupted.rglob("*")}
     proc = run_command(train_command(demo_recipe, uninterrupted, *change), 300, extra_env=env)
     assert proc.returncode == 2, proc.stderr[-4000:]
@@ -116,8 +122,9 @@ def test_resume_with_another_layout_is_refused_before_any_work_naming_both_value
 
 
 @pytest.mark.slow
-def test_a_resume_on_two_processes_passes_the_checks_and_loads_the_universal_checkpoint(demo_recipe, uninterrupted,
-                                                                                        tmp_path):
+def test_a_resume_on_two_processes_passes_the_checks_and_loads_the_universal_checkpoint(
+    demo_recipe, uninterrupted, tmp_path
+):
     """tools/train.py under torchrun on a copy of the finished 1-process run: the world size change is not refused,
     rank 0 converts its step-16 checkpoint, both ranks load it, and no step is left to train."""
     out = tmp_path / "run"
@@ -133,10 +140,24 @@ def test_sigusr1_to_one_rank_of_two_stops_both_after_the_same_step(demo_recipe, 
     """Two processes started as `srun` starts them (RANK/WORLD_SIZE set, no launcher); SIGUSR1 reaches only rank 1.
     The flag travels on the step's all-reduce, so both finish that step, write one checkpoint together and exit 75."""
     out, port = tmp_path / "run", free_port()
-    ranks = [subprocess.Popen(train_command(demo_recipe, out, "train.checkpoint_every=1000"), cwd=REPO,
-                              env={**child_env(), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    ranks = [
+        subprocess.Popen(
+            train_command(demo_recipe, out, "train.checkpoint_every=1000"),
+            cwd=REPO,
+            env={
+                **child_env(),
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     try:
         deadline = time.monotonic() + 300
         while max(read_metrics(out), default=0) < 2:

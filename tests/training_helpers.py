@@ -16,8 +16,9 @@ from launch_helpers import run_command, torchrun_command
 # ------------------------------------------------------------------------------------------------ commands
 
 
-def script_command(script: str | Path, *args: str, nproc: int = 1,
-                   launcher: Callable[..., list[str]] = torchrun_command) -> list[str]:
+def script_command(
+    script: str | Path, *args: str, nproc: int = 1, launcher: Callable[..., list[str]] = torchrun_command
+) -> list[str]:
     """`script` with `args`: run by this Python when `nproc` is 1, else by `launcher(nproc, script, *args)`
     (launch_helpers' torchrun_command or deepspeed_command)."""
     return [sys.executable, str(script), *args] if nproc == 1 else launcher(nproc, str(script), *args)
@@ -28,19 +29,20 @@ def make_shards_command(source: str, out: Path, *args: str) -> list[str]:
     return script_command("tools/make_shards.py", source, "--out", str(out), *args)
 
 
-def train_command(recipe: Path, out: Path, *overrides: str, nproc: int = 1,
-                  launcher: Callable[..., list[str]] = torchrun_command) -> list[str]:
+def train_command(
+    recipe: Path, out: Path, *overrides: str, nproc: int = 1, launcher: Callable[..., list[str]] = torchrun_command
+) -> list[str]:
     """tools/train.py on `recipe` writing to `out`, with `overrides` after it; `nproc` processes (see
     script_command)."""
-    return script_command("tools/train.py", str(recipe), f"train.output_dir={out}", *overrides, nproc=nproc,
-                          launcher=launcher)
+    return script_command(
+        "tools/train.py", str(recipe), f"train.output_dir={out}", *overrides, nproc=nproc, launcher=launcher
+    )
 
 
 def tools_test_command(recipe: Path, weights: Path, out: Path, nproc: int = 1) -> list[str]:
     """tools/test.py on `recipe` with `weights` as model.init, writing to `out`/test; `nproc` processes under
     torchrun. (Not named test_*: pytest would collect it in every module that imports it.)"""
-    return script_command("tools/test.py", str(recipe), f"model.init={weights}", f"train.output_dir={out}",
-                          nproc=nproc)
+    return script_command("tools/test.py", str(recipe), f"model.init={weights}", f"train.output_dir={out}", nproc=nproc)
 
 
 # --------------------------------------------------------------------------------------------- running them
@@ -67,8 +69,23 @@ def make_demo_shards(out: Path, num_videos: int, max_count: int, *args: str, see
     """`tools/make_shards.py demo`: `num_videos` 64×64 videos in shards of at most `max_count`, made with `seed`
     (the tool's default, 0, when None) and the other options `args`; returns `out`."""
     seeded = ["--seed", str(seed)] if seed is not None else []
-    run_to_success(make_shards_command("demo", out, "--num-videos", str(num_videos), "--width", "64", "--height",
-                                       "64", "--max-count", str(max_count), *seeded, *args, "--no-progress"))
+    run_to_success(
+        make_shards_command(
+            "demo",
+            out,
+            "--num-videos",
+            str(num_videos),
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--max-count",
+            str(max_count),
+            *seeded,
+            *args,
+            "--no-progress",
+        )
+    )
     return out
 
 
@@ -101,8 +118,11 @@ def shard_labels(pattern: str) -> dict[str, int]:
     from mfvideo.data.shardlist import list_shards
     from mfvideo.data.tarstream import iter_shard
 
-    return {key: json.loads(parts["json"])["label"] for shard in list_shards(pattern)
-            for key, parts in iter_shard(shard.url)}
+    return {
+        key: json.loads(parts["json"])["label"]
+        for shard in list_shards(pattern)
+        for key, parts in iter_shard(shard.url)
+    }
 
 
 # ------------------------------------------------------------------------------------------ inputs made here

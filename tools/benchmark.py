@@ -15,34 +15,56 @@ def main() -> None:
     shards.add_argument("--frames", type=int, default=90)
     shards.add_argument("--short-side", type=int, default=320)
 
-    data = sub.add_parser("data", help="worker CPU time per clip before/after, decoders side by side, repeated sampling")
+    data = sub.add_parser(
+        "data", help="worker CPU time per clip before/after, decoders side by side, repeated sampling"
+    )
     data.add_argument("--videos", type=int, default=32)
     data.add_argument("--seconds", type=float, default=10.0)
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--rounds", type=int, default=3)
-    data.add_argument("--decord-site", nargs="*", default=[], metavar="DIR",
-                      help="folders holding other decord builds to compare, e.g. made by "
-                           "`pip install --no-deps --target DIR decord2` (decord and decord2 share the import name)")
+    data.add_argument(
+        "--decord-site",
+        nargs="*",
+        default=[],
+        metavar="DIR",
+        help="folders holding other decord builds to compare, e.g. made by "
+        "`pip install --no-deps --target DIR decord2` (decord and decord2 share the import name)",
+    )
 
     model = sub.add_parser("model", help="HOG target and its exactness, attention kernels, MaskFeat training step")
     model.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
-    model.add_argument("--threads", type=int, default=0,
-                       help="torch CPU threads (default: torch's); 1 is steadier on a machine shared with other jobs")
+    model.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (default: torch's); 1 is steadier on a machine shared with other jobs",
+    )
 
     finetune = sub.add_parser("finetune", help="fine-tuning step time per clip (augmentation, step) and test clips/s")
     finetune.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per measurement")
     finetune.add_argument("--batch", type=int, default=4, help="micro-batch")
-    finetune.add_argument("--size", dest="sizes", nargs=3, action="append", metavar=("ARCH", "FRAMES", "CROP"),
-                          help="model and clip size, repeatable (default: mvit_s 8 112 on CPU, mvit_s 16 224 on GPU)")
+    finetune.add_argument(
+        "--size",
+        dest="sizes",
+        nargs=3,
+        action="append",
+        metavar=("ARCH", "FRAMES", "CROP"),
+        help="model and clip size, repeatable (default: mvit_s 8 112 on CPU, mvit_s 16 224 on GPU)",
+    )
 
     detect = sub.add_parser("detect", help="detection step time per clip, full-frame test clips/s, RoIAlign")
     detect.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per measurement")
     detect.add_argument("--batch", type=int, default=4, help="micro-batch")
     detect.add_argument("--rois", type=int, default=4, help="boxes per clip")
-    detect.add_argument("--size", dest="sizes", nargs=4, action="append",
-                        metavar=("ARCH", "FRAMES", "CROP", "TEST_SHORT_SIDE"),
-                        help="model, training clip size and test short side, repeatable (default: mvit_s 8 112 112 "
-                             "on CPU, mvit_s 16 224 256 on GPU)")
+    detect.add_argument(
+        "--size",
+        dest="sizes",
+        nargs=4,
+        action="append",
+        metavar=("ARCH", "FRAMES", "CROP", "TEST_SHORT_SIDE"),
+        help="model, training clip size and test short side, repeatable (default: mvit_s 8 112 112 "
+        "on CPU, mvit_s 16 224 256 on GPU)",
+    )
 
     args = parser.parse_args()
     # Imported after parsing so `--help` stays instant and each benchmark loads only its own stage.

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train (pretrain or fine-tune) with a recipe: `deepspeed tools/train.py RECIPE [section.key=value ...]` (or torchrun, or plain python).
+"""Train (pretrain or fine-tune) with a recipe: `deepspeed tools/train.py RECIPE [section.key=value ...]` (or
+torchrun, or plain python).
 
 Re-running with the same output folder resumes from its latest checkpoint.
 """

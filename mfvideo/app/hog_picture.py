@@ -20,8 +20,9 @@ def recipe_hog_picture(recipe: Recipe, out: str | Path, clip: int = 0, max_steps
     """The picture for clip `clip` of the first batch of `recipe`'s training loader, predicted by the MaskFeat weights
     `model.init` (all of them: a missing tensor is an error), in eval mode on the GPU when there is one."""
     if task_of(recipe) is not pretrain.TASK:
-        raise ValueError(f"model.task={recipe.model.task!r}: a HOG picture needs a pretraining recipe "
-                         f"(model.task=pretrain)")
+        raise ValueError(
+            f"model.task={recipe.model.task!r}: a HOG picture needs a pretraining recipe (model.task=pretrain)"
+        )
     if not recipe.model.init:
         raise ValueError("model.init is not set: name the MaskFeat weights to draw predictions of")
     if clip < 0:
@@ -32,8 +33,11 @@ def recipe_hog_picture(recipe: Recipe, out: str | Path, clip: int = 0, max_steps
     batch = next(iter(train_loader(recipe, clip + 1, 0, 1)))
     panels = hog_panels(model, batch, recipe.data.mean, recipe.data.std, clip=clip, max_steps=max_steps)
     weights = Path(recipe.model.init)
-    return draw_hog_picture(panels, out, title=f"MaskFeat {recipe.model.arch}, weights {weights.parent.name}/"
-                                               f"{weights.name}, clip {batch['key'][clip]}")
+    return draw_hog_picture(
+        panels,
+        out,
+        title=f"MaskFeat {recipe.model.arch}, weights {weights.parent.name}/{weights.name}, clip {batch['key'][clip]}",
+    )
 
 
 def run_hog_picture(recipe_path: str, overrides: Sequence[str], out: str, clip: int, max_steps: int) -> Path:

@@ -64,9 +64,9 @@ PROBED_TASKS = ("pretrain", "classify")
 class ProbeSplit:
     """One labelled split of the probe, with the recipe key that named it (for messages)."""
 
-    key: str                     # data.probe_train, data.train, data.probe_val or data.val
+    key: str  # data.probe_train, data.train, data.probe_val or data.val
     pattern: str
-    manifest: str | None         # the explicit manifest key's value; None: beside the shards
+    manifest: str | None  # the explicit manifest key's value; None: beside the shards
 
     def manifest_file(self) -> str:
         """Where its manifest is read from, as `mfvideo.data.shardlist` finds it."""
@@ -102,33 +102,47 @@ def probe_split_problems(recipe: Recipe) -> list[str]:
     for split in (train, val) if val else (train,):
         try:
             list_shards(split.pattern, split.manifest, read_policy(recipe.data))
-            classes[split.key] = list(read_split_manifest(split.pattern, split.manifest,
-                                                          read_policy(recipe.data)).get("classes") or [])
+            classes[split.key] = list(
+                read_split_manifest(split.pattern, split.manifest, read_policy(recipe.data)).get("classes") or []
+            )
         except (OSError, ValueError) as err:
             problems.append(f"{split.key}={split.pattern!r}: {err}")
             continue
         if not any(classes[split.key]):
-            problems.append(f"{split.key}={split.pattern!r}: its manifest {split.manifest_file()!r} lists no "
-                            f"classes: the shards carry no labels to probe with")
+            problems.append(
+                f"{split.key}={split.pattern!r}: its manifest {split.manifest_file()!r} lists no "
+                f"classes: the shards carry no labels to probe with"
+            )
         elif len(classes[split.key]) < 2:
-            problems.append(f"{split.key}={split.pattern!r}: its manifest {split.manifest_file()!r} lists "
-                            f"{len(classes[split.key])} class: a probe needs at least 2")
+            problems.append(
+                f"{split.key}={split.pattern!r}: its manifest {split.manifest_file()!r} lists "
+                f"{len(classes[split.key])} class: a probe needs at least 2"
+            )
     if val and all(classes.get(split.key) for split in (train, val)):
         ours, theirs = classes[train.key], classes[val.key]
         if ours != theirs:
             first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-            problems.append(f"{val.key}={val.pattern!r}: its manifest {val.manifest_file()!r} lists other classes "
-                            f"than {train.key}'s {train.manifest_file()!r} ({len(theirs)} and {len(ours)} classes; "
-                            f"first difference at index {first}: "
-                            f"{theirs[first] if first < len(theirs) else None!r} and "
-                            f"{ours[first] if first < len(ours) else None!r}); both splits must label alike")
+            problems.append(
+                f"{val.key}={val.pattern!r}: its manifest {val.manifest_file()!r} lists other classes "
+                f"than {train.key}'s {train.manifest_file()!r} ({len(theirs)} and {len(ours)} classes; "
+                f"first difference at index {first}: "
+                f"{theirs[first] if first < len(theirs) else None!r} and "
+                f"{ours[first] if first < len(ours) else None!r}); both splits must label alike"
+            )
     return problems
 
 
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
     """The state-dict prefixes of everything outside the backbone (heads, MaskFeat's mask token)."""
-    return tuple(sorted({key.split(".")[0] + ("." if "." in key else "") for key in model.state_dict()
-                         if not key.startswith("backbone.")}))
+    return tuple(
+        sorted(
+            {
+                key.split(".")[0] + ("." if "." in key else "")
+                for key in model.state_dict()
+                if not key.startswith("backbone.")
+            }
+        )
+    )
 
 
 def probe_model(recipe: Recipe) -> tuple[nn.Module, LoadReport]:
@@ -150,8 +164,10 @@ def _top_classes(scores: torch.Tensor, class_names: list[str]) -> list[list[list
     best first; among equal scores the lower class index first (as `topk_accuracy` ranks them)."""
     top = min(TOP_K, scores.shape[1])
     ordered = torch.sort(scores.cpu(), dim=1, descending=True, stable=True)
-    return [[[c, class_names[c], s] for c, s in zip(classes[:top], values[:top])]
-            for classes, values in zip(ordered.indices.tolist(), ordered.values.tolist())]
+    return [
+        [[c, class_names[c], s] for c, s in zip(classes[:top], values[:top])]
+        for classes, values in zip(ordered.indices.tolist(), ordered.values.tolist())
+    ]
 
 
 def _embed(model: nn.Module, loader, autocast_dtype: torch.dtype | None) -> EmbeddedSplit:
@@ -175,32 +191,50 @@ def run_linear_and_knn_probe(recipe: Recipe, local_rank: int | None = None) -> d
     model.to(info.device)
     train_split, val_split = probe_splits(recipe)
     assert val_split is not None, "tools/probe.py checks that a val split is set before the run"
-    class_names = list(read_split_manifest(train_split.pattern, train_split.manifest,
-                                           read_policy(recipe.data))["classes"])
+    class_names = list(
+        read_split_manifest(train_split.pattern, train_split.manifest, read_policy(recipe.data))["classes"]
+    )
     num_classes = len(class_names)
     micro = recipe.train.micro_batch_size
     autocast_dtype = torch.bfloat16 if uses_bf16(recipe) else None
-    log.info("probing %s: %s=%s (1 view per video) → %s=%s (%d temporal view(s) per video), %d classes, "
-             "%d process(es)", recipe.model.init, train_split.key, train_split.pattern, val_split.key,
-             val_split.pattern, recipe.data.test_clips, num_classes, info.world_size)
+    log.info(
+        "probing %s: %s=%s (1 view per video) → %s=%s (%d temporal view(s) per video), %d classes, %d process(es)",
+        recipe.model.init,
+        train_split.key,
+        train_split.pattern,
+        val_split.key,
+        val_split.pattern,
+        recipe.data.test_clips,
+        num_classes,
+        info.world_size,
+    )
     # The train split's single view is the middle clip, centre crop: the neighbours and the linear probe's training
     # set see one clip per video, as k-NN monitors of self-supervised models do; the val views follow tools/test.py.
     placement = Placement(info.rank, info.world_size, recipe.data.num_workers)
-    train, val = (_embed(model, build_test_loader(recipe.data, ShardSplit(split.pattern, split.manifest,
-                                                                          read_policy(recipe.data)),
-                                                  classify.eval_batching(recipe, Views(clips, 1)), micro, placement),
-                         autocast_dtype)
-                  for split, clips in ((train_split, 1), (val_split, recipe.data.test_clips)))
-    log.info("embedded %d train and %d val videos into %d features", len(train.keys), len(val.keys),
-             train.features.shape[1])
+    train, val = (
+        _embed(
+            model,
+            build_test_loader(
+                recipe.data,
+                ShardSplit(split.pattern, split.manifest, read_policy(recipe.data)),
+                classify.eval_batching(recipe, Views(clips, 1)),
+                micro,
+                placement,
+            ),
+            autocast_dtype,
+        )
+        for split, clips in ((train_split, 1), (val_split, recipe.data.test_clips))
+    )
+    log.info(
+        "embedded %d train and %d val videos into %d features", len(train.keys), len(val.keys), train.features.shape[1]
+    )
 
     k, temperature = recipe.train.probe_k, recipe.train.probe_temperature
     train_features, val_features = standardised(train.features, val.features.to(info.device))
     knn = knn_scores(train_features, train.labels, val_features, num_classes, k, temperature)
     knn = knn / knn.sum(dim=1, keepdim=True)  # shares of the vote: the same ranking, a readable score
     linear_probe = fit_linear_probe(train.features, train.labels, num_classes, device=info.device)
-    log.info("linear probe: %d L-BFGS iteration(s), objective %.4g", linear_probe.iterations,
-             linear_probe.train_loss)
+    log.info("linear probe: %d L-BFGS iteration(s), objective %.4g", linear_probe.iterations, linear_probe.train_loss)
     linear = linear_probe.scores(val.features)
     metrics: dict[str, Any] = {
         **{f"knn_{name}": value for name, value in topk_accuracy(knn, val.labels).items()},
@@ -218,13 +252,21 @@ def run_linear_and_knn_probe(recipe: Recipe, local_rank: int | None = None) -> d
         "checkpoint": recipe.model.init,
     }
     if info.is_main:
-        predictions = [{"key": key, "label": label, "linear_top5": linear_top, "knn_top5": knn_top}
-                       for key, label, linear_top, knn_top in zip(val.keys, val.labels.tolist(),
-                                                                  _top_classes(linear, class_names),
-                                                                  _top_classes(knn, class_names))]
+        predictions = [
+            {"key": key, "label": label, "linear_top5": linear_top, "knn_top5": knn_top}
+            for key, label, linear_top, knn_top in zip(
+                val.keys, val.labels.tolist(), _top_classes(linear, class_names), _top_classes(knn, class_names)
+            )
+        ]
         write_results(out_dir, metrics, predictions)
-        log.info("probe metrics (%s): knn top1 %.2f top5 %.2f, linear top1 %.2f top5 %.2f", out_dir / "metrics.json",
-                 metrics["knn_top1"], metrics["knn_top5"], metrics["linear_top1"], metrics["linear_top5"])
+        log.info(
+            "probe metrics (%s): knn top1 %.2f top5 %.2f, linear top1 %.2f top5 %.2f",
+            out_dir / "metrics.json",
+            metrics["knn_top1"],
+            metrics["knn_top5"],
+            metrics["linear_top1"],
+            metrics["linear_top5"],
+        )
     dist.barrier()
     return metrics
 
@@ -236,8 +278,10 @@ def run_probe(recipe_path: str, overrides: Sequence[str], local_rank: int | None
     recipe = load_recipe_or_exit(recipe_path, overrides)
     problems = choice_problems(recipe)
     if recipe.model.task not in PROBED_TASKS:
-        problems.append(f"model.task={recipe.model.task!r}: the probe scores video features; use a pretraining or "
-                        f"classification recipe ({', '.join(PROBED_TASKS)})")
+        problems.append(
+            f"model.task={recipe.model.task!r}: the probe scores video features; use a pretraining or "
+            f"classification recipe ({', '.join(PROBED_TASKS)})"
+        )
     if not recipe.model.init:
         problems.append("model.init is not set: name the weights to probe (e.g. model.init=outputs/run/model.pt)")
     elif not Path(recipe.model.init).is_file():

@@ -47,17 +47,20 @@ def training_parts(recipe: Recipe) -> TrainingParts:
     """The model (loading `model.init`), training loader, validation pass every `train.eval_every` epochs
     (`data.val_clips` temporal views, centre crop) and k-NN probe every `train.probe_every` epochs of `recipe`'s
     task."""
+
     def validation(micro_batch_size: int, info: DistInfo):
         if not recipe.train.eval_every:
             return None
-        return eval_loader_and_evaluator(recipe, Views(recipe.data.val_clips, 1), micro_batch_size, info.rank,
-                                         info.world_size)
+        return eval_loader_and_evaluator(
+            recipe, Views(recipe.data.val_clips, 1), micro_batch_size, info.rank, info.world_size
+        )
 
     return TrainingParts(
         model=lambda: build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size),
         loader=lambda micro_batch_size, info: train_loader(recipe, micro_batch_size, info.rank, info.world_size),
         validation=validation,
-        probe=lambda micro_batch_size, info: knn_probe_of(recipe, micro_batch_size, info.rank, info.world_size))
+        probe=lambda micro_batch_size, info: knn_probe_of(recipe, micro_batch_size, info.rank, info.world_size),
+    )
 
 
 def test_parts(recipe: Recipe) -> TestParts:
@@ -65,8 +68,10 @@ def test_parts(recipe: Recipe) -> TestParts:
     views = Views(recipe.data.test_clips, recipe.data.test_crops)
     return TestParts(
         model=lambda: build_model(recipe.model, recipe.data.num_frames, recipe.data.crop_size, strict_init=True),
-        evaluation=lambda micro_batch_size, info: eval_loader_and_evaluator(recipe, views, micro_batch_size,
-                                                                            info.rank, info.world_size))
+        evaluation=lambda micro_batch_size, info: eval_loader_and_evaluator(
+            recipe, views, micro_batch_size, info.rank, info.world_size
+        ),
+    )
 
 
 def run_training(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
@@ -75,8 +80,7 @@ def run_training(recipe_path: str, overrides: Sequence[str], local_rank: int | N
     try:
         train(recipe, training_parts(recipe), local_rank)
     except Preempted as stop:
-        print(f"{stop}: exiting with {REQUEUE_EXIT_CODE} (requeue me); run the same command to resume",
-              file=sys.stderr)
+        print(f"{stop}: exiting with {REQUEUE_EXIT_CODE} (requeue me); run the same command to resume", file=sys.stderr)
         raise SystemExit(REQUEUE_EXIT_CODE) from None
 
 

@@ -24,8 +24,8 @@ from mfvideo.tasks import build_model
 class ModelMeta:
     model: ModelConfig
     num_params: int
-    gmacs: float          # one clip of num_frames × 224²
-    reference: str        # the published figure this corresponds to
+    gmacs: float  # one clip of num_frames × 224²
+    reference: str  # the published figure this corresponds to
     num_frames: int = 16
 
 
@@ -37,18 +37,31 @@ def _cfg(arch: str, task: str, dim_mul_in_att: bool = False, pooling: str = "mea
 # are those of its fine-tuning models (MaskFeat layout, last-stage Q stride kept). The pretraining graph keeps the
 # 14×14 resolution in the last stage and therefore costs more.
 MEASURED: Dict[str, ModelMeta] = {
-    "mvit_s_supervised_classify": ModelMeta(_cfg("mvit_s", "classify", True, "cls"), 34_537_744, 64.2238,
-                                            "torchvision mvit_v2_s: 34,537,744 params, 64.224 GFLOPS (MACs)"),
-    "mvit_s_maskfeat_classify": ModelMeta(_cfg("mvit_s", "classify"), 36_475_120, 71.1621,
-                                          "MaskFeat MViT-S 16×4: 36M params, 71 GFLOPs (MACs)"),
-    "mvit_s_maskfeat_pretrain": ModelMeta(_cfg("mvit_s", "pretrain"), 36_253_356, 86.6035,
-                                          "pretraining graph, 8×14×14 output (no published figure)"),
-    "mvit_l_maskfeat_classify": ModelMeta(_cfg("mvit_l", "classify"), 217_578_064, 376.8223,
-                                          "MaskFeat MViT-L 16×4: 218M params, 377 GFLOPs (MACs)"),
-    "mvit_l_maskfeat_pretrain": ModelMeta(_cfg("mvit_l", "pretrain"), 217_247_580, 450.6279,
-                                          "pretraining graph, 8×14×14 output (no published figure)"),
-    "mvit_b_supervised_classify": ModelMeta(_cfg("mvit_b", "classify", True, "cls"), 51_230_128, 224.4728,
-                                            "MViTv2-B 32×3: 51.2M params, 225 GFLOPs (MACs)", num_frames=32),
+    "mvit_s_supervised_classify": ModelMeta(
+        _cfg("mvit_s", "classify", True, "cls"),
+        34_537_744,
+        64.2238,
+        "torchvision mvit_v2_s: 34,537,744 params, 64.224 GFLOPS (MACs)",
+    ),
+    "mvit_s_maskfeat_classify": ModelMeta(
+        _cfg("mvit_s", "classify"), 36_475_120, 71.1621, "MaskFeat MViT-S 16×4: 36M params, 71 GFLOPs (MACs)"
+    ),
+    "mvit_s_maskfeat_pretrain": ModelMeta(
+        _cfg("mvit_s", "pretrain"), 36_253_356, 86.6035, "pretraining graph, 8×14×14 output (no published figure)"
+    ),
+    "mvit_l_maskfeat_classify": ModelMeta(
+        _cfg("mvit_l", "classify"), 217_578_064, 376.8223, "MaskFeat MViT-L 16×4: 218M params, 377 GFLOPs (MACs)"
+    ),
+    "mvit_l_maskfeat_pretrain": ModelMeta(
+        _cfg("mvit_l", "pretrain"), 217_247_580, 450.6279, "pretraining graph, 8×14×14 output (no published figure)"
+    ),
+    "mvit_b_supervised_classify": ModelMeta(
+        _cfg("mvit_b", "classify", True, "cls"),
+        51_230_128,
+        224.4728,
+        "MViTv2-B 32×3: 51.2M params, 225 GFLOPs (MACs)",
+        num_frames=32,
+    ),
 }
 
 

@@ -41,8 +41,10 @@ from mfvideo.config.schema import DataConfig, MaskConfig
 TARGET_GPU_CLIPS_PER_S = 600
 WIDTH, HEIGHT, FPS = 426, 320, 30
 NUM_FRAMES, SAMPLING_RATE = 16, 4
-ENCODINGS = {"before": "shards as written before (x264 adaptive B-frames, B-pyramid)",
-             "now": "shards as written now (3 non-reference B-frames)"}
+ENCODINGS = {
+    "before": "shards as written before (x264 adaptive B-frames, B-pyramid)",
+    "now": "shards as written now (3 non-reference B-frames)",
+}
 # make_shards' x264 parameters before it fixed the frame types (its keyframe settings at 30 fps, mb-tree off).
 ADAPTIVE_B_FRAMES_PARAMS = "keyint=30:min-keyint=30:scenecut=0:mbtree=0"
 BEFORE = "(b) before: decord, shards as written before"
@@ -59,7 +61,7 @@ def _textured_frames(rng: np.random.Generator, frames: int, width: int, height: 
     velocity = rng.uniform(-3, 3, 2)
     for index in range(frames):
         y, x = (np.array([side // 4, side // 4]) + velocity * index).astype(int) % (side - height, side - width)
-        frame = texture[y:y + height, x:x + width].copy()
+        frame = texture[y : y + height, x : x + width].copy()
         frame += rng.normal(0, 6, frame.shape).astype(np.float32)
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
@@ -88,8 +90,10 @@ class _FilesSource:
     def list_items(self):
         from mfvideo.shards import Item, ItemList
 
-        return ItemList([Item(id=Path(p).stem, kind="video", label=0, label_name="synthetic", path=p)
-                         for p in self.paths], classes=["synthetic"])
+        return ItemList(
+            [Item(id=Path(p).stem, kind="video", label=0, label_name="synthetic", path=p) for p in self.paths],
+            classes=["synthetic"],
+        )
 
 
 def make_benchmark_videos(directory: Path, num_videos: int, seconds: float, seed: int) -> dict[str, list[bytes]]:
@@ -122,8 +126,12 @@ def first_clips(num_videos: int, seconds: float, seed: int) -> list[list[int]]:
     from mfvideo.data import sampling
 
     stride = sampling.clip_stride(SAMPLING_RATE, FPS, FPS)
-    return [sampling.random_clip(int(round(FPS * seconds)), NUM_FRAMES, stride,
-                                 np.random.default_rng([seed, 0, index, 0])).tolist() for index in range(num_videos)]
+    return [
+        sampling.random_clip(
+            int(round(FPS * seconds)), NUM_FRAMES, stride, np.random.default_rng([seed, 0, index, 0])
+        ).tolist()
+        for index in range(num_videos)
+    ]
 
 
 # --------------------------------------------------------------------------------------------------- (a) decode only
@@ -131,9 +139,9 @@ def first_clips(num_videos: int, seconds: float, seed: int) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class DecodeRun:
-    decoder: str           # distribution and version, e.g. "decord 0.6.0"
-    cpu_seconds: float     # over all clips
-    frames_digest: str     # sha256 of every clip's frames, to compare decoders
+    decoder: str  # distribution and version, e.g. "decord 0.6.0"
+    cpu_seconds: float  # over all clips
+    frames_digest: str  # sha256 of every clip's frames, to compare decoders
     frames_decoded: float  # per clip, where the decoder reports it (VideoMedia), else nan
 
 
@@ -191,8 +199,10 @@ def decode_with_decord(site: Optional[str], payload: Path) -> Optional[DecodeRun
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if site:
         env["PYTHONPATH"] = os.pathsep.join([site, *filter(None, [env.get("PYTHONPATH")])])
-    code = "import sys; from pathlib import Path; from mfvideo.benchmarks.data import decode_with_decord_here; " \
-           "decode_with_decord_here(Path(sys.argv[1]))"
+    code = (
+        "import sys; from pathlib import Path; from mfvideo.benchmarks.data import decode_with_decord_here; "
+        "decode_with_decord_here(Path(sys.argv[1]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(payload)], env=env, capture_output=True, text=True)
     if proc.returncode:
         if site is None and "No module named 'decord'" in proc.stderr:
@@ -230,7 +240,7 @@ def _open_with_decord(data: bytes, extension: str, recorded_num_frames: int = 0)
 @dataclass(frozen=True)
 class Rate:
     clips: int
-    cpu_seconds: float   # of the loader worker
+    cpu_seconds: float  # of the loader worker
     wall_seconds: float
 
     @property
@@ -243,9 +253,17 @@ class Rate:
 
 
 def _data_cfg(pattern: str, repeats: int) -> DataConfig:
-    return OmegaConf.structured(DataConfig(train=pattern, num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE,
-                                           crop_size=224, repeated_sampling=repeats, num_workers=1,
-                                           shuffle_buffer=4))
+    return OmegaConf.structured(
+        DataConfig(
+            train=pattern,
+            num_frames=NUM_FRAMES,
+            sampling_rate=SAMPLING_RATE,
+            crop_size=224,
+            repeated_sampling=repeats,
+            num_workers=1,
+            shuffle_buffer=4,
+        )
+    )
 
 
 def _process_cpu_seconds(pid: int) -> float:
@@ -277,8 +295,7 @@ def pipeline_rate(pattern: str, repeats: int, seed: int, batch_size: int, with_d
         raw = StatefulDataLoader.__iter__(loader)  # the workers' uint8 batches, before normalisation
         arrivals = []
         for batch in raw:
-            arrivals.append((batch["video"].shape[0], _process_cpu_seconds(raw._workers[0].pid),
-                             time.perf_counter()))
+            arrivals.append((batch["video"].shape[0], _process_cpu_seconds(raw._workers[0].pid), time.perf_counter()))
             last = batch["video"]
     finally:
         stream.open_media = open_media
@@ -344,11 +361,16 @@ def _report(args, decode, pipeline, normalise_ms, load_before) -> str:
     for key in decoders:
         runs = [decode.get((key, encoding)) for encoding in ENCODINGS]
         name = next(run.decoder for run in runs if run)
-        label = f"{name} `VideoMedia` (unrequested non-reference frames skipped)" if key == "VideoMedia" else \
-            f"{name} `get_batch`"
+        label = (
+            f"{name} `VideoMedia` (unrequested non-reference frames skipped)"
+            if key == "VideoMedia"
+            else f"{name} `get_batch`"
+        )
         rows.append(f"| {label} | " + " | ".join(f"{1e3 * run.cpu_seconds / n:.1f}" for run in runs) + " |")
-    identical = all(len({run.frames_digest for (_, other), run in decode.items() if other == encoding}) == 1
-                    for encoding in ENCODINGS)
+    identical = all(
+        len({run.frames_digest for (_, other), run in decode.items() if other == encoding}) == 1
+        for encoding in ENCODINGS
+    )
     video_media = {encoding: decode[("VideoMedia", encoding)] for encoding in ENCODINGS}
     decord_before = decode.get(("decord:None", "before"))
     lines = [
@@ -370,13 +392,22 @@ def _report(args, decode, pipeline, normalise_ms, load_before) -> str:
     ]
     if decord_before is not None:
         ratio = decord_before.cpu_seconds / video_media["now"].cpu_seconds
-        lines.append(f"Decode: {ratio:.2f}× fewer CPU seconds per clip now ({decord_before.decoder} on the shards "
-                     "as written before → `VideoMedia` on the shards as written now).")
+        lines.append(
+            f"Decode: {ratio:.2f}× fewer CPU seconds per clip now ({decord_before.decoder} on the shards "
+            "as written before → `VideoMedia` on the shards as written now)."
+        )
     if args.decord_site:
-        lines.append("decord builds other than the environment's were installed with `pip install --no-deps --target "
-                     "DIR <name>` and measured from DIR (`--decord-site DIR`).")
-    lines += ["", "(b), (c) Training pipeline, one worker process:", "",
-              "| measurement | worker CPU ms per clip | clips/s per worker core | clips |", "|---|---|---|---|"]
+        lines.append(
+            "decord builds other than the environment's were installed with `pip install --no-deps --target "
+            "DIR <name>` and measured from DIR (`--decord-site DIR`)."
+        )
+    lines += [
+        "",
+        "(b), (c) Training pipeline, one worker process:",
+        "",
+        "| measurement | worker CPU ms per clip | clips/s per worker core | clips |",
+        "|---|---|---|---|",
+    ]
     for name, rate in pipeline.items():
         lines.append(f"| {name} | {rate.cpu_ms_per_clip:.1f} | {rate.per_cpu_second:.1f} | {rate.clips} |")
     now = pipeline[NOW].per_cpu_second
@@ -385,8 +416,10 @@ def _report(args, decode, pipeline, normalise_ms, load_before) -> str:
     lines.append("")
     if before is not None:
         ratio = now / before.per_cpu_second
-        lines.append(f"Worker CPU seconds per clip: {ratio:.2f}× fewer now than before (target ≥ 1.5: "
-                     f"{'met' if ratio >= 1.5 else 'NOT met'}).")
+        lines.append(
+            f"Worker CPU seconds per clip: {ratio:.2f}× fewer now than before (target ≥ 1.5: "
+            f"{'met' if ratio >= 1.5 else 'NOT met'})."
+        )
     else:
         lines.append("decord is not installed: no before figures (`pip install decord==0.6.0` to measure them).")
     lines += [

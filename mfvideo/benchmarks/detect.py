@@ -30,13 +30,14 @@ from mfvideo.tasks import build_model
 from mfvideo.tasks.detect import TEST_PAD_MULTIPLE
 
 NUM_ACTIONS = 80
-FRAME_ASPECT = 16 / 9          # AVA's movies are mostly 16:9; test frames keep it (short side = height)
-STRIDE = 16                    # model.detection_stride of the AVA recipes
+FRAME_ASPECT = 16 / 9  # AVA's movies are mostly 16:9; test frames keep it (short side = height)
+STRIDE = 16  # model.detection_stride of the AVA recipes
 AVA_MICRO_BATCH, AVA_CROP = 8, 224  # train.micro_batch_size and data.crop_size of recipes/ava_mvit_s_ft.yaml
 
 
-def person_boxes(clips: int, height: int, width: int, rois: int, rng: np.random.Generator,
-                 device: torch.device) -> dict:
+def person_boxes(
+    clips: int, height: int, width: int, rois: int, rng: np.random.Generator, device: torch.device
+) -> dict:
     """`rois` person-sized boxes per clip in pixels (a fifth to a half of the frame wide, a third to all of it high),
     their clips, and multi-hot labels with one pose and about one more action per box."""
     count = clips * rois
@@ -45,27 +46,37 @@ def person_boxes(clips: int, height: int, width: int, rois: int, rng: np.random.
     x1, y1 = rng.uniform(0, width - w), rng.uniform(0, height - h)
     labels = rng.uniform(size=(count, NUM_ACTIONS)) < 1 / NUM_ACTIONS
     labels[np.arange(count), rng.integers(0, 14, count)] = True  # AVA's pose ids are 1..14
-    return {"boxes": torch.tensor(np.stack([x1, y1, x1 + w, y1 + h], axis=1), dtype=torch.float32, device=device),
-            "box_index": torch.arange(clips, device=device).repeat_interleave(rois),
-            "box_labels": torch.tensor(labels, dtype=torch.float32, device=device)}
+    return {
+        "boxes": torch.tensor(np.stack([x1, y1, x1 + w, y1 + h], axis=1), dtype=torch.float32, device=device),
+        "box_index": torch.arange(clips, device=device).repeat_interleave(rois),
+        "box_labels": torch.tensor(labels, dtype=torch.float32, device=device),
+    }
 
 
-def detection_batch(clips: int, frames: int, height: int, width: int, rois: int, rng: np.random.Generator,
-                    device: torch.device) -> dict:
-    return {"video": torch.randn(clips, 3, frames, height, width, device=device),
-            **person_boxes(clips, height, width, rois, rng, device)}
+def detection_batch(
+    clips: int, frames: int, height: int, width: int, rois: int, rng: np.random.Generator, device: torch.device
+) -> dict:
+    return {
+        "video": torch.randn(clips, 3, frames, height, width, device=device),
+        **person_boxes(clips, height, width, rois, rng, device),
+    }
 
 
 def padded(length: int) -> int:
     return math.ceil(length / TEST_PAD_MULTIPLE) * TEST_PAD_MULTIPLE
 
 
-def measure_model(arch: str, frames: int, crop: int, test_short_side: int, batch: int, rois: int, repeats: int,
-                  device: torch.device) -> dict:
+def measure_model(
+    arch: str, frames: int, crop: int, test_short_side: int, batch: int, rois: int, repeats: int, device: torch.device
+) -> dict:
     """Seconds per training step and per test forward of `batch` clips; the padded test frame; the head's width."""
     rng = np.random.default_rng(0)
-    model_cfg = replace(ModelConfig(arch=arch, task="detect", num_classes=NUM_ACTIONS), drop_path=0.2, dropout=0.5,
-                        detection_stride=STRIDE)
+    model_cfg = replace(
+        ModelConfig(arch=arch, task="detect", num_classes=NUM_ACTIONS),
+        drop_path=0.2,
+        dropout=0.5,
+        detection_stride=STRIDE,
+    )
     model = build_model(model_cfg, frames, crop).to(device)
     train_batch = detection_batch(batch, frames, crop, crop, rois, rng, device)
     frame = [test_short_side, round(test_short_side * FRAME_ASPECT)]
@@ -74,13 +85,18 @@ def measure_model(arch: str, frames: int, crop: int, test_short_side: int, batch
     del test_batch["box_labels"]
     test_batch["video_size"] = [frame] * batch  # as the test collate gives them: the model crops to its stride
 
-    best = best_seconds(train_and_test_jobs(model, train_batch, test_batch, device), repeats, device,
-                        before=lambda name: model.train(name == "train"))
+    best = best_seconds(
+        train_and_test_jobs(model, train_batch, test_batch, device),
+        repeats,
+        device,
+        before=lambda name: model.train(name == "train"),
+    )
     return dict(best, test_size=(test_height, test_width), channels=model.backbone.dim_out)
 
 
-def measure_roi_align(clips: int, channels: int, height: int, width: int, rois: int, repeats: int,
-                      device: torch.device) -> dict:
+def measure_roi_align(
+    clips: int, channels: int, height: int, width: int, rois: int, repeats: int, device: torch.device
+) -> dict:
     """Seconds of RoIAlign 7×7 (as the RoI head calls it) of `rois` boxes per clip on a clips×channels×height×width
     map, forward and forward + backward, per implementation: plain torch, and torchvision's where it imports."""
     rng = np.random.default_rng(0)
@@ -95,12 +111,14 @@ def measure_roi_align(clips: int, channels: int, height: int, width: int, rois: 
         @torch.no_grad()
         def run():
             fn(features, rois_rows, ROI_SIZE, 1 / STRIDE, SAMPLING_RATIO, True)
+
         return run
 
     def forward_backward(fn):
         def run():
             fn(features, rois_rows, ROI_SIZE, 1 / STRIDE, SAMPLING_RATIO, True).amax(dim=(2, 3)).sum().backward()
             features.grad = None
+
         return run
 
     jobs = {}
@@ -117,31 +135,41 @@ def run(args) -> None:
         frames, crop, short_side = int(frames), int(crop), int(short_side)
         t = measure_model(arch, frames, crop, short_side, args.batch, args.rois, args.repeats, device)
         test_h, test_w = t["test_size"]
-        rows.append(f"| {arch} | {frames}×{crop}² | {args.batch} × {args.rois} | {1e3 * t['train'] / args.batch:.0f} "
-                    f"| {frames}×{test_h}×{test_w} | {args.batch / t['test']:.1f} |")
+        rows.append(
+            f"| {arch} | {frames}×{crop}² | {args.batch} × {args.rois} | {1e3 * t['train'] / args.batch:.0f} "
+            f"| {frames}×{test_h}×{test_w} | {args.batch / t['test']:.1f} |"
+        )
         print(rows[-1], flush=True)
         # the head's map at this training size, and at the AVA recipes' (micro-batch 8 of 224² crops)
         for clips, side in ((args.batch, crop // STRIDE), (AVA_MICRO_BATCH, AVA_CROP // STRIDE)):
             r = measure_roi_align(clips, t["channels"], side, side, args.rois, args.repeats, device)
             for name in sorted({name for name, _ in r}):
-                roi_rows.append(f"| {name} | {clips}×{t['channels']}×{side}×{side} | {clips * args.rois} | "
-                                f"{1e3 * r[name, 'fwd']:.2f} | {1e3 * r[name, 'fwdbwd']:.2f} |")
+                roi_rows.append(
+                    f"| {name} | {clips}×{t['channels']}×{side}×{side} | {clips * args.rois} | "
+                    f"{1e3 * r[name, 'fwd']:.2f} | {1e3 * r[name, 'fwdbwd']:.2f} |"
+                )
                 print(roi_rows[-1], flush=True)
     load = max(load, os.getloadavg()[0])
-    where = ("GPU, bf16 autocast" if device.type == "cuda" else
-             f"CPU, fp32, {torch.get_num_threads()} threads; no GPU on this machine")
-    body = (f"{where}. Load average while it ran: up to {load:.1f} on {os.cpu_count()} cores. Best of "
-            f"{args.repeats} interleaved rounds. Synthetic batches as the detection loaders make them, "
-            f"{args.rois} person-sized boxes per clip. The training step is forward + binary cross-entropy + backward "
-            "+ AdamW of the detector (1/16 grid, RoIAlign 7×7, drop path 0.2, dropout 0.5, 80 actions); test is the "
-            "eval-mode forward on full 16:9 frames at the short side given, padded as the test collate pads them, "
-            "the model seeing each at the frame's size rounded up to 16 (`video_size`).\n\n"
-            "| model | train clip | clips × boxes | train step ms/clip | test clip (padded) | test clips/s |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows) +
-            "\n\nRoIAlign 7×7 (aligned, adaptive sampling, as the RoI head calls it) of every box of a batch on the "
-            "head's feature map, at the training size above and at the AVA recipes' (micro-batch 8 of 224² crops), "
-            "ms per batch"
-            + ("" if torchvision_roi_align is not None else " (torchvision does not import here: plain torch only)")
-            + ":\n\n| implementation | feature map | boxes | forward ms | forward + backward ms |\n"
-            "|---|---|---|---|---|\n" + "\n".join(roi_rows))
+    where = (
+        "GPU, bf16 autocast"
+        if device.type == "cuda"
+        else f"CPU, fp32, {torch.get_num_threads()} threads; no GPU on this machine"
+    )
+    body = (
+        f"{where}. Load average while it ran: up to {load:.1f} on {os.cpu_count()} cores. Best of "
+        f"{args.repeats} interleaved rounds. Synthetic batches as the detection loaders make them, "
+        f"{args.rois} person-sized boxes per clip. The training step is forward + binary cross-entropy + backward "
+        "+ AdamW of the detector (1/16 grid, RoIAlign 7×7, drop path 0.2, dropout 0.5, 80 actions); test is the "
+        "eval-mode forward on full 16:9 frames at the short side given, padded as the test collate pads them, "
+        "the model seeing each at the frame's size rounded up to 16 (`video_size`).\n\n"
+        "| model | train clip | clips × boxes | train step ms/clip | test clip (padded) | test clips/s |\n"
+        "|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n\nRoIAlign 7×7 (aligned, adaptive sampling, as the RoI head calls it) of every box of a batch on the "
+        "head's feature map, at the training size above and at the AVA recipes' (micro-batch 8 of 224² crops), "
+        "ms per batch"
+        + ("" if torchvision_roi_align is not None else " (torchvision does not import here: plain torch only)")
+        + ":\n\n| implementation | feature map | boxes | forward ms | forward + backward ms |\n"
+        "|---|---|---|---|---|\n" + "\n".join(roi_rows)
+    )
     write_section("Detection" + (" (GPU)" if device.type == "cuda" else ""), body)

@@ -38,13 +38,17 @@ def measure(arch: str, frames: int, crop: int, batch: int, repeats: int, device:
     def batch_ops():
         mixing(erasing(video.clone(), rng), labels, rng)
 
-    model = build_model(replace(ModelConfig(arch=arch, task="classify", num_classes=NUM_CLASSES), drop_path=0.1),
-                        frames, crop).to(device)
+    model = build_model(
+        replace(ModelConfig(arch=arch, task="classify", num_classes=NUM_CLASSES), drop_path=0.1), frames, crop
+    ).to(device)
     train_batch = {"video": video, "label": labels}
     train_batch["video"], train_batch["target"] = mixing(video.clone(), labels, rng)
 
-    jobs = {"rand_augment": lambda: [rand_augment(clip, rng) for _ in range(8)], "batch_ops": batch_ops,
-            **train_and_test_jobs(model, train_batch, {"video": video}, device)}
+    jobs = {
+        "rand_augment": lambda: [rand_augment(clip, rng) for _ in range(8)],
+        "batch_ops": batch_ops,
+        **train_and_test_jobs(model, train_batch, {"video": video}, device),
+    }
     best = best_seconds(jobs, repeats, device, before=lambda name: model.train(name == "train"))
     per_clip = {name: best[name] / batch for name in ("batch_ops", "train", "test")}
     return {"rand_augment": best["rand_augment"] / 8, **per_clip}
@@ -57,14 +61,19 @@ def run(args) -> None:
     for arch, frames, crop in sizes:
         frames, crop = int(frames), int(crop)
         t = measure(arch, frames, crop, args.batch, args.repeats, device)
-        rows.append(f"| {arch} | {frames}×{crop}² | {args.batch} | {1e3 * t['rand_augment']:.1f} | "
-                    f"{1e3 * t['batch_ops']:.2f} | {1e3 * t['train']:.0f} | {1 / t['test']:.1f} |")
+        rows.append(
+            f"| {arch} | {frames}×{crop}² | {args.batch} | {1e3 * t['rand_augment']:.1f} | "
+            f"{1e3 * t['batch_ops']:.2f} | {1e3 * t['train']:.0f} | {1 / t['test']:.1f} |"
+        )
         print(rows[-1], flush=True)
     load = max(load, os.getloadavg()[0])
-    body = (f"Load average while it ran: up to {load:.1f} on {os.cpu_count()} cores. Per clip, best of interleaved "
-            "rounds. RandAugment runs in a loader worker on the uint8 clip; erasing + mixup/CutMix on the batch where it is consumed; the training step is forward + soft-target loss + "
-            "backward + AdamW of the classifier (drop path 0.1; bf16 autocast on a GPU); test is the eval-mode forward "
-            "of multi-view testing.\n\n"
-            "| model | clip | micro-batch | RandAugment ms/clip (worker) | erasing + mixup ms/clip | train step ms/clip "
-            "| test clips/s |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    body = (
+        f"Load average while it ran: up to {load:.1f} on {os.cpu_count()} cores. Per clip, best of interleaved "
+        "rounds. RandAugment runs in a loader worker on the uint8 clip; erasing + mixup/CutMix on the batch where it "
+        "is consumed; the training step is forward + soft-target loss + "
+        "backward + AdamW of the classifier (drop path 0.1; bf16 autocast on a GPU); test is the eval-mode forward "
+        "of multi-view testing.\n\n"
+        "| model | clip | micro-batch | RandAugment ms/clip (worker) | erasing + mixup ms/clip | train step ms/clip "
+        "| test clips/s |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
     write_section("Fine-tuning and testing" + (" (GPU)" if device.type == "cuda" else ""), body)

@@ -47,11 +47,13 @@ def _h264_round_trip(frames: np.ndarray) -> np.ndarray:
 def natural_video(batch: int, frames: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """B×3×T×size² uint8 clips of a real photograph panning sideways, each H.264-encoded and decoded: the pixels
     the loader ships."""
-    photo = skimage_data.astronaut()                                 # 512×512×3 uint8
+    photo = skimage_data.astronaut()  # 512×512×3 uint8
     reps = -(-size // photo.shape[0])
     photo = np.tile(photo, (reps, reps + 1, 1))
-    clips = [_h264_round_trip(np.stack([photo[:size, 3 * t + 5 * b:3 * t + 5 * b + size] for t in range(frames)]))
-             for b in range(batch)]
+    clips = [
+        _h264_round_trip(np.stack([photo[:size, 3 * t + 5 * b : 3 * t + 5 * b + size] for t in range(frames)]))
+        for b in range(batch)
+    ]
     return torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).contiguous().to(device)
 
 
@@ -79,20 +81,23 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # Allocations are charged to the operator that made them, releases appear as "[memory]" events.
-    changes = sorted((event.time_range.start, event.cpu_memory_usage if event.name == "[memory]"
-                      else event.self_cpu_memory_usage) for event in prof.events())
+    changes = sorted(
+        (event.time_range.start, event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage)
+        for event in prof.events()
+    )
     return max(itertools.accumulate((change for _, change in changes), initial=0))
 
 
-def benchmark_hog(batch: int = 2, frames: int = 16, size: int = 224, repeats: int = 5,
-                  device: str = "cpu") -> dict:
+def benchmark_hog(batch: int = 2, frames: int = 16, size: int = 224, repeats: int = 5, device: str = "cpu") -> dict:
     """Time and peak memory of HogTarget and hog_reference on the same decoded clip batch, and the share of
     inexact target values from its pixels and from it normalised."""
     dev = torch.device(device)
     video = natural_video(batch, frames, size, dev)
     target = HogTarget().to(dev)
-    inexact = {"pixels": inexact_fraction(target(video), video),
-               "normalised": inexact_fraction(target(normalise(video)), video)}
+    inexact = {
+        "pixels": inexact_fraction(target(video), video),
+        "normalised": inexact_fraction(target(normalise(video)), video),
+    }
     fns = {"hog": lambda: target(video), "reference": lambda: hog_reference(video)}
     seconds = best_seconds(fns, repeats, dev)
     peaks = {name: peak_memory_bytes(fn, dev) for name, fn in fns.items()}
@@ -118,26 +123,28 @@ def format_hog_benchmark(result: dict) -> str:
     """Markdown table of a `benchmark_hog` result, with the ≤ 0.5× time target."""
     shape = "×".join(str(n) for n in result["video_shape"])
     verdict = "met" if result["time_ratio"] <= 0.5 else "NOT met"
-    return "\n".join([
-        f"HOG target on a {shape} uint8 clip batch of a real photograph panning sideways, H.264-encoded and "
-        f"decoded ({result['device']}, best of {result['repeats']} interleaved runs):",
-        "",
-        "| | time (ms) | peak tensor memory (MiB) |",
-        "|---|---|---|",
-        f"| `HogTarget` (scatter into cells) | {result['hog_ms']:.1f} | {result['hog_peak_mib']:.1f} |",
-        f"| `hog_reference` (full-resolution one-hot) | {result['reference_ms']:.1f} | "
-        f"{result['reference_peak_mib']:.1f} |",
-        f"| ratio | {result['time_ratio']:.3f} (target ≤ 0.5: {verdict}) | {result['memory_ratio']:.3f} |",
-        "",
-        f"A full-resolution 9-bin tensor for this batch alone is {result['full_resolution_bins_mib']:.1f} MiB.",
-        "",
-        "Exactness on these decoded frames, values more than 1e-3 from the formula evaluated in float64 on the pixel "
-        "values:",
-        "",
-        "| target computed from | values off by > 1e-3 |",
-        "|---|---|",
-        f"| uint8 pixels (`MaskFeat`: `batch['pixels']`) | {100 * result['inexact_from_pixels']:.4f}% "
-        f"(target ≤ 0.01%: {'met' if result['inexact_from_pixels'] <= 1e-4 else 'NOT met'}) |",
-        f"| the normalised float32 clip (before; the official release) | "
-        f"{100 * result['inexact_from_normalised']:.2f}% |",
-    ])
+    return "\n".join(
+        [
+            f"HOG target on a {shape} uint8 clip batch of a real photograph panning sideways, H.264-encoded and "
+            f"decoded ({result['device']}, best of {result['repeats']} interleaved runs):",
+            "",
+            "| | time (ms) | peak tensor memory (MiB) |",
+            "|---|---|---|",
+            f"| `HogTarget` (scatter into cells) | {result['hog_ms']:.1f} | {result['hog_peak_mib']:.1f} |",
+            f"| `hog_reference` (full-resolution one-hot) | {result['reference_ms']:.1f} | "
+            f"{result['reference_peak_mib']:.1f} |",
+            f"| ratio | {result['time_ratio']:.3f} (target ≤ 0.5: {verdict}) | {result['memory_ratio']:.3f} |",
+            "",
+            f"A full-resolution 9-bin tensor for this batch alone is {result['full_resolution_bins_mib']:.1f} MiB.",
+            "",
+            "Exactness on these decoded frames, values more than 1e-3 from the formula evaluated in float64 on the "
+            "pixel values:",
+            "",
+            "| target computed from | values off by > 1e-3 |",
+            "|---|---|",
+            f"| uint8 pixels (`MaskFeat`: `batch['pixels']`) | {100 * result['inexact_from_pixels']:.4f}% "
+            f"(target ≤ 0.01%: {'met' if result['inexact_from_pixels'] <= 1e-4 else 'NOT met'}) |",
+            f"| the normalised float32 clip (before; the official release) | "
+            f"{100 * result['inexact_from_normalised']:.2f}% |",
+        ]
+    )

@@ -14,17 +14,16 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
+from mfvideo.benchmarks.complexity import build_on_meta, count_macs
 from mfvideo.benchmarks.hog import benchmark_hog, format_hog_benchmark, normalise
 from mfvideo.benchmarks.report import write_section
 from mfvideo.config.schema import ModelConfig
-from mfvideo.tasks import build_model
-from mfvideo.benchmarks.complexity import build_on_meta, count_macs
 from mfvideo.models.mvit import ATTENTION_KERNELS, MultiScaleBlock, block_configs, mvit_s
 from mfvideo.targets.masks import build_mask_generator, mask_grid
+from mfvideo.tasks import build_model
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, for model-FLOPs utilisation.
-PEAK_BF16_FLOPS = {"H100 SXM": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12, "H200": 989.4e12,
-                   "A100": 312.0e12}
+PEAK_BF16_FLOPS = {"H100 SXM": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12, "H200": 989.4e12, "A100": 312.0e12}
 
 
 def synchronize(device: torch.device) -> None:
@@ -64,14 +63,14 @@ def attention_benchmark(repeats: int, device: torch.device) -> str:
         q, k, v, q_grid, k_grid = attn.pooled_qkv(block.norm1(x), cfg.input_grid)
     q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
     bf16 = device.type == "cuda"
-    parts = {"attention": lambda: attn.attend(q, k, v, q_grid, k_grid),
-             "block": lambda: block(x, cfg.input_grid)[0]}
+    parts = {"attention": lambda: attn.attend(q, k, v, q_grid, k_grid), "block": lambda: block(x, cfg.input_grid)[0]}
 
     def forward(kernel: str, part: str) -> Callable[[], object]:
         def run() -> object:
             attn.set_kernel(kernel)
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 return parts[part]()
+
         return run
 
     def training(kernel: str, part: str) -> Callable[[], object]:
@@ -80,43 +79,61 @@ def attention_benchmark(repeats: int, device: torch.device) -> str:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = parts[part]()
             out.float().square().mean().backward()
+
         return run
 
     passes = {"fwd": forward, "fwd+bwd": training}
-    ms = best_ms({f"{kernel} {part} {name}": make(kernel, part) for part in parts for name, make in passes.items()
-                  for kernel in ATTENTION_KERNELS}, repeats, device)
+    ms = best_ms(
+        {
+            f"{kernel} {part} {name}": make(kernel, part)
+            for part in parts
+            for name, make in passes.items()
+            for kernel in ATTENTION_KERNELS
+        },
+        repeats,
+        device,
+    )
     rows = []
     for part in parts:
         for name in passes:
             explicit = ms[f"explicit {part} {name}"]
-            cells = [f"{ms[f'{kernel} {part} {name}']:.1f} ({ms[f'{kernel} {part} {name}'] / explicit:.2f}×)"
-                     for kernel in ATTENTION_KERNELS]
+            cells = [
+                f"{ms[f'{kernel} {part} {name}']:.1f} ({ms[f'{kernel} {part} {name}'] / explicit:.2f}×)"
+                for kernel in ATTENTION_KERNELS
+            ]
             rows.append(f"| {part} | {name} | " + " | ".join(cells) + " |")
     folded_training = ms["folded attention fwd+bwd"] / ms["explicit attention fwd+bwd"]
-    return "\n".join([
-        f"Attention of MaskFeat MViT-S block 0 ({q.shape[2]} queries, {k.shape[2]} keys, head width "
-        f"{attn.head_dim}, batch 1, {device.type}, {'bf16 autocast' if bf16 else 'fp32'}, "
-        f"{torch.get_num_threads()} threads, best of {repeats} interleaved runs), the three exact kernels of "
-        "`MultiScaleAttention` in ms, and the ratio to explicit. \"attention\" is the attention itself (the block's "
-        "pooled q, k, v → output, relative positions included; backward into q, k, v and the tables), \"block\" the "
-        "whole MultiScaleBlock (QKV projection, pooling, MLP):",
-        "",
-        "| part | pass | " + " | ".join(f"`{kernel}`" for kernel in ATTENTION_KERNELS) + " |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-        f"`folded` (the default) attention fwd+bwd = {folded_training:.2f}× explicit"
-        + ("" if bf16 else f" (target ≤ 0.6 on CPU: {'met' if folded_training <= 0.6 else 'NOT met'})")
-        + ". `folded` puts the relative positions into q and k and calls `scaled_dot_product_attention` without "
-        "a mask (the fused flash kernels, on CPU too); `bias_mask` passes the bias as an additive float mask, which "
-        "keeps SDPA on its math kernel whenever the bias needs a gradient; `explicit` writes out matmul, softmax, "
-        "matmul.",
-        *([] if bf16 else [
+    return "\n".join(
+        [
+            f"Attention of MaskFeat MViT-S block 0 ({q.shape[2]} queries, {k.shape[2]} keys, head width "
+            f"{attn.head_dim}, batch 1, {device.type}, {'bf16 autocast' if bf16 else 'fp32'}, "
+            f"{torch.get_num_threads()} threads, best of {repeats} interleaved runs), the three exact kernels of "
+            '`MultiScaleAttention` in ms, and the ratio to explicit. "attention" is the attention itself (the block\'s '
+            'pooled q, k, v → output, relative positions included; backward into q, k, v and the tables), "block" the '
+            "whole MultiScaleBlock (QKV projection, pooling, MLP):",
             "",
-            "On a CPU shared with other jobs the flash kernel's multi-threaded backward slows down several-fold "
-            "whenever another process holds a core, so CPU costs are "
-            "compared per core at one thread (`--threads 1`)."]),
-    ])
+            "| part | pass | " + " | ".join(f"`{kernel}`" for kernel in ATTENTION_KERNELS) + " |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            f"`folded` (the default) attention fwd+bwd = {folded_training:.2f}× explicit"
+            + ("" if bf16 else f" (target ≤ 0.6 on CPU: {'met' if folded_training <= 0.6 else 'NOT met'})")
+            + ". `folded` puts the relative positions into q and k and calls `scaled_dot_product_attention` without "
+            "a mask (the fused flash kernels, on CPU too); `bias_mask` passes the bias as an additive float mask, "
+            "which keeps SDPA on its math kernel whenever the bias needs a gradient; `explicit` writes out matmul, "
+            "softmax, matmul.",
+            *(
+                []
+                if bf16
+                else [
+                    "",
+                    "On a CPU shared with other jobs the flash kernel's multi-threaded backward slows down "
+                    "several-fold whenever another process holds a core, so CPU costs are "
+                    "compared per core at one thread (`--threads 1`).",
+                ]
+            ),
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------------- training step
@@ -131,8 +148,9 @@ def pretrain_batch(batch: int, num_frames: int, crop: int, device: torch.device)
     return {"video": normalise(pixels), "pixels": pixels, "mask": masks.to(device)}
 
 
-def step_ms(model: torch.nn.Module, batch: Dict[str, torch.Tensor], repeats: int, device: torch.device,
-            bf16: bool) -> float:
+def step_ms(
+    model: torch.nn.Module, batch: Dict[str, torch.Tensor], repeats: int, device: torch.device, bf16: bool
+) -> float:
     """Best ms of forward + backward of one batch (no optimizer step)."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
@@ -149,8 +167,10 @@ def cpu_step_benchmark(repeats: int) -> str:
     device = torch.device("cpu")
     model = build_model(ModelConfig(arch="mvit_s", task="pretrain"), frames, crop).train()
     ms = step_ms(model, pretrain_batch(batch_size, frames, crop, device), repeats, device, bf16=False)
-    return (f"MaskFeat MViT-S pretraining step on CPU, fp32, {batch_size} clip of {frames}×{crop}²: forward + "
-            f"backward {ms / batch_size:.0f} ms per clip (best of {repeats}, {torch.get_num_threads()} threads).")
+    return (
+        f"MaskFeat MViT-S pretraining step on CPU, fp32, {batch_size} clip of {frames}×{crop}²: forward + "
+        f"backward {ms / batch_size:.0f} ms per clip (best of {repeats}, {torch.get_num_threads()} threads)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------- GPU
@@ -172,8 +192,10 @@ def gpu_row(arch: str, batch_size: int, repeats: int, device: torch.device, peak
     hog_ms = best_ms({"hog": lambda: model.hog(batch["pixels"])}, repeats, device)["hog"]
     clips_per_s = batch_size / (ms / 1e3)
     mfu = f"{100 * train_flops * clips_per_s / peak:.1f}%" if peak else "peak unknown"
-    return (f"| MaskFeat {arch} | {batch_size} | {ms:.0f} | {clips_per_s:.1f} | {mfu} | "
-            f"{100 * hog_ms / ms:.2f}% ({'met' if hog_ms / ms < 0.03 else 'NOT met'}) |")
+    return (
+        f"| MaskFeat {arch} | {batch_size} | {ms:.0f} | {clips_per_s:.1f} | {mfu} | "
+        f"{100 * hog_ms / ms:.2f}% ({'met' if hog_ms / ms < 0.03 else 'NOT met'}) |"
+    )
 
 
 def gpu_benchmark(repeats: int) -> str:
@@ -183,14 +205,16 @@ def gpu_benchmark(repeats: int) -> str:
     for arch, batch_size in (("mvit_s", 8), ("mvit_l", 2)):
         rows.append(gpu_row(arch, batch_size, repeats, device, peak_bf16_flops(name)))
         torch.cuda.empty_cache()
-    return "\n".join([
-        f"GPU ({name}), bf16 autocast, 16×224², forward + backward (no optimizer step), best of {repeats}. "
-        "MFU = 3 × forward FLOPs (meta-device count) × clips/s / dense bf16 peak.",
-        "",
-        "| model | clips/step | step (ms) | clips/s | MFU | HOG share of a step (target < 3%) |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ])
+    return "\n".join(
+        [
+            f"GPU ({name}), bf16 autocast, 16×224², forward + backward (no optimizer step), best of {repeats}. "
+            "MFU = 3 × forward FLOPs (meta-device count) × clips/s / dense bf16 peak.",
+            "",
+            "| model | clips/step | step (ms) | clips/s | MFU | HOG share of a step (target < 3%) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -200,15 +224,20 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     hog = benchmark_hog(batch=2, frames=16, size=224, repeats=args.repeats)
-    sections = [format_hog_benchmark(hog), attention_benchmark(args.repeats, torch.device("cpu")),
-                cpu_step_benchmark(args.repeats)]
+    sections = [
+        format_hog_benchmark(hog),
+        attention_benchmark(args.repeats, torch.device("cpu")),
+        cpu_step_benchmark(args.repeats),
+    ]
     if torch.cuda.is_available():
         sections += [attention_benchmark(args.repeats, torch.device("cuda")), gpu_benchmark(args.repeats)]
     else:
         sections.append("GPU: no GPU on this machine.")
-    sections.append(f"CPU load average (1 min) at start / end of the run: {load_before:.1f} / "
-                    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs share the machine: CPU times "
-                    "are best-of-N and still vary between runs).")
+    sections.append(
+        f"CPU load average (1 min) at start / end of the run: {load_before:.1f} / "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs share the machine: CPU times "
+        "are best-of-N and still vary between runs)."
+    )
     body = "\n\n".join(sections)
     print(body)
     write_section("model", body)

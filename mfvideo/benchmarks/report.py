@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 DEFAULT_REPORT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
-_HEADER = "# Benchmarks\n\nEach section is rewritten by the command it names; figures are from one run on the machine it names.\n"
+_HEADER = (
+    "# Benchmarks\n\nEach section is rewritten by the command it names; figures are from one run on the machine it "
+    "names.\n"
+)
 
 
 def machine_description() -> str:
@@ -41,13 +44,16 @@ def command_line() -> str:
 def write_section(name: str, body: str, report: Path = DEFAULT_REPORT) -> None:
     """Replace (or append) the section delimited by markers for `name`."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=report.parent.parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=report.parent.parent
+        ).stdout.strip()
     except OSError:
         commit = ""
-    block = (f"<!-- {name}:begin -->\n## {name}\n\n"
-             f"Command: `{command_line()}`  \nMachine: {machine_description()}"
-             f"{f'  ' + chr(10) + 'Commit: ' + commit if commit else ''}\n\n{body.strip()}\n<!-- {name}:end -->")
+    block = (
+        f"<!-- {name}:begin -->\n## {name}\n\n"
+        f"Command: `{command_line()}`  \nMachine: {machine_description()}"
+        f"{'  ' + chr(10) + 'Commit: ' + commit if commit else ''}\n\n{body.strip()}\n<!-- {name}:end -->"
+    )
     text = report.read_text() if report.exists() else _HEADER
     pattern = re.compile(rf"<!-- {re.escape(name)}:begin -->.*?<!-- {re.escape(name)}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"

@@ -26,22 +26,30 @@ def _timed(source, options: ShardOptions) -> float:
 def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        demo = DemoSource(num_videos=args.videos, width=args.width, height=args.height,
-                          min_frames=args.frames, max_frames=args.frames, seed=1)
+        demo = DemoSource(
+            num_videos=args.videos,
+            width=args.width,
+            height=args.height,
+            min_frames=args.frames,
+            max_frames=args.frames,
+            seed=1,
+        )
         generate = _timed(demo, ShardOptions(out=root / "input", progress=False))
         listing = _extract_inputs(root / "input", root / "videos")
         source = KineticsSource(videos=str(root / "videos"), list_file=str(listing))
         copy = _timed(source, ShardOptions(out=root / "copy", progress=False))
         reencode = _timed(source, ShardOptions(out=root / "reencode", short_side=args.short_side, progress=False))
     n = args.videos
-    body = (f"{n} synthetic H.264 videos of {args.width}×{args.height}, {args.frames} frames at 30 fps "
-            f"({args.frames / 30:.1f} s), one worker process (throughput scales with `--workers` up to the cores).\n\n"
-            "| mode | videos/s per worker | s per video |\n|---|---|---|\n"
-            f"| copy (probe + tar) | {n / copy:.1f} | {copy / n:.3f} |\n"
-            f"| re-encode `--short-side {args.short_side}` (decode, scale, x264 veryfast) | {n / reencode:.2f} | "
-            f"{reencode / n:.3f} |\n"
-            f"| demo generation (render + encode at this size) | {n / generate:.2f} | {generate / n:.3f} |\n\n"
-            f"Re-encode costs {reencode / copy:.0f}× copy in this run.")
+    body = (
+        f"{n} synthetic H.264 videos of {args.width}×{args.height}, {args.frames} frames at 30 fps "
+        f"({args.frames / 30:.1f} s), one worker process (throughput scales with `--workers` up to the cores).\n\n"
+        "| mode | videos/s per worker | s per video |\n|---|---|---|\n"
+        f"| copy (probe + tar) | {n / copy:.1f} | {copy / n:.3f} |\n"
+        f"| re-encode `--short-side {args.short_side}` (decode, scale, x264 veryfast) | {n / reencode:.2f} | "
+        f"{reencode / n:.3f} |\n"
+        f"| demo generation (render + encode at this size) | {n / generate:.2f} | {generate / n:.3f} |\n\n"
+        f"Re-encode costs {reencode / copy:.0f}× copy in this run."
+    )
     write_section("shards", body)
     print(body)
 

@@ -10,8 +10,12 @@ from typing import Callable
 import torch
 
 
-def best_seconds(jobs: dict[str, Callable[[], object]], repeats: int, device: torch.device,
-                 before: Callable[[str], None] = lambda name: None) -> dict[str, float]:
+def best_seconds(
+    jobs: dict[str, Callable[[], object]],
+    repeats: int,
+    device: torch.device,
+    before: Callable[[str], None] = lambda name: None,
+) -> dict[str, float]:
     """Best wall time of each job over `repeats` interleaved rounds, after one untimed warm-up run each (allocations,
     kernel choices). `before(name)` runs untimed before each run of a job (a model switched to train or eval mode).
     On a GPU the device is synchronised before and after each timed run."""
@@ -32,8 +36,9 @@ def best_seconds(jobs: dict[str, Callable[[], object]], repeats: int, device: to
     return best
 
 
-def train_and_test_jobs(model: torch.nn.Module, train_batch: dict, test_batch: dict,
-                        device: torch.device) -> dict[str, Callable[[], None]]:
+def train_and_test_jobs(
+    model: torch.nn.Module, train_batch: dict, test_batch: dict, device: torch.device
+) -> dict[str, Callable[[], None]]:
     """The two jobs of a fine-tuning benchmark: "train", forward + the model's loss + backward + an AdamW step on
     `train_batch`; "test", the no-grad forward on `test_batch`. bf16 autocast on a GPU, fp32 on a CPU. Time them
     with `best_seconds(..., before=lambda name: model.train(name == "train"))`."""

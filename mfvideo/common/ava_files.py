@@ -27,8 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
-Keyframe = tuple[str, int]                 # (video_id, second)
-Box = tuple[float, float, float, float]    # x1, y1, x2, y2 normalised to the frame
+Keyframe = tuple[str, int]  # (video_id, second)
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 normalised to the frame
 
 # AVA's three action groups, named after the pbtxt's label_type values.
 GROUPS = {"PERSON_MOVEMENT": "pose", "OBJECT_MANIPULATION": "object", "PERSON_INTERACTION": "interaction"}
@@ -50,8 +50,8 @@ class AvaFormatError(ValueError):
 class LabelMap:
     """The actions of an action list, in ascending id order."""
 
-    names: dict[int, str]    # action id -> name
-    groups: dict[int, str]   # action id -> group (a value of GROUPS), for the actions that have one
+    names: dict[int, str]  # action id -> name
+    groups: dict[int, str]  # action id -> group (a value of GROUPS), for the actions that have one
 
     @property
     def known_actions(self) -> range:
@@ -90,17 +90,21 @@ def _decoded_lines(path: str) -> Iterator[str]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, 1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise AvaFormatError(f"{path}:{number}: byte {raw[err.start]:#04x} at column {err.start + 1} is not "
-                                     f"UTF-8; save the file as UTF-8") from None
+                raise AvaFormatError(
+                    f"{path}:{number}: byte {raw[err.start]:#04x} at column {err.start + 1} is not "
+                    f"UTF-8; save the file as UTF-8"
+                ) from None
 
 
 # ----- label map --------------------------------------------------------------------------------------------------
-_TOKEN = re.compile(r'(?P<space>[ \t\r\n]+|#[^\n]*)|(?P<string>"(?:[^"\\\n]|\\.)*")|(?P<word>[A-Za-z_][A-Za-z0-9_]*)'
-                    r'|(?P<number>-?[0-9]+)|(?P<punct>[{}:])')
+_TOKEN = re.compile(
+    r'(?P<space>[ \t\r\n]+|#[^\n]*)|(?P<string>"(?:[^"\\\n]|\\.)*")|(?P<word>[A-Za-z_][A-Za-z0-9_]*)'
+    r"|(?P<number>-?[0-9]+)|(?P<punct>[{}:])"
+)
 _BLOCKS = ("item", "label")
 _ID_FIELDS = ("id", "label_id")
 _FIELDS = ("name", "display_name", "label_type") + _ID_FIELDS
@@ -177,8 +181,7 @@ def read_label_map(path: str) -> LabelMap:
         if "label_type" in fields:
             type_line, _, label_type = fields["label_type"]
             if label_type not in GROUPS:
-                raise AvaFormatError(f"{path}:{type_line}: label_type {label_type!r} is not one of "
-                                     f"{', '.join(GROUPS)}")
+                raise AvaFormatError(f"{path}:{type_line}: label_type {label_type!r} is not one of {', '.join(GROUPS)}")
             groups[action] = GROUPS[label_type]
         else:
             groups.update((action, group) for group, ids in GROUP_ID_RANGES.items() if action in ids)
@@ -259,8 +262,7 @@ def _score(value: str) -> float:
 def _annotation(row: list[str], known: range | None) -> Annotation:
     if len(row) != 8:
         raise _BadValue("expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,person_id")
-    return Annotation(_keyframe(row[0], row[1]), _box(row[2:6]), _action(row[6], known),
-                      _integer(row[7], "person_id"))
+    return Annotation(_keyframe(row[0], row[1]), _box(row[2:6]), _action(row[6], known), _integer(row[7], "person_id"))
 
 
 def _excluded(row: list[str]) -> Keyframe:
@@ -277,8 +279,10 @@ def _person_detection(row: list[str]) -> PersonDetection:
 
 def _action_detection(row: list[str], known: range | None) -> ActionDetection:
     if len(row) != 8:
-        raise _BadValue("expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,score"
-                        + (" (no score column?)" if len(row) == 7 else ""))
+        raise _BadValue(
+            "expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,score"
+            + (" (no score column?)" if len(row) == 7 else "")
+        )
     return ActionDetection(_keyframe(row[0], row[1]), _box(row[2:6]), _action(row[6], known), _score(row[7]))
 
 
@@ -301,8 +305,9 @@ def _parsed(path: str, parse, *args, on_bad_row: BadRow | None = None) -> Iterat
         yield value
 
 
-def read_annotations(path: str, known_actions: range | None = None,
-                     on_bad_row: BadRow | None = None) -> Iterator[Annotation]:
+def read_annotations(
+    path: str, known_actions: range | None = None, on_bad_row: BadRow | None = None
+) -> Iterator[Annotation]:
     """The rows of a ground-truth CSV, in file order; with `known_actions`, other action ids are bad values."""
     return _parsed(path, _annotation, known_actions, on_bad_row=on_bad_row)
 

@@ -58,8 +58,10 @@ def hold_lock(path: Path, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LockHeld(f"{what} is being written by another job ({_holder(path)}; lock file {path}): wait for "
-                           f"it to end or stop it") from None
+            raise LockHeld(
+                f"{what} is being written by another job ({_holder(path)}; lock file {path}): wait for "
+                f"it to end or stop it"
+            ) from None
         try:
             same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -68,8 +70,11 @@ def hold_lock(path: Path, what: str) -> Iterator[None]:
             break
         os.close(fd)  # the holder we waited on removed the file as it finished: lock the new one
     try:
-        holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(holder).encode() + b"\n")
         yield

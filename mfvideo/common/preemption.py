@@ -57,8 +57,9 @@ def leave_preemption_to_parent(worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # Blocked here, before any other thread starts, so SIGTERM reaches only the thread that waits for it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), name="sigterm-from-parent",
-                     daemon=True).start()
+    threading.Thread(
+        target=_exit_on_sigterm_from, args=(os.getppid(),), name="sigterm-from-parent", daemon=True
+    ).start()
 
 
 def _exit_on_sigterm_from(parent: int) -> None:

@@ -12,12 +12,15 @@ MAX_BACKOFF = 60.0  # seconds: the longest wait between two attempts
 
 @dataclass(frozen=True)
 class ReadPolicy:
-    timeout: float = 60.0   # seconds without a byte before a read counts as failed
-    retries: int = 6        # failed attempts in a row (without progress) that are retried before giving up
-    backoff: float = 1.0    # seconds before the first retry; doubles with each further one, up to MAX_BACKOFF
+    timeout: float = 60.0  # seconds without a byte before a read counts as failed
+    retries: int = 6  # failed attempts in a row (without progress) that are retried before giving up
+    backoff: float = 1.0  # seconds before the first retry; doubles with each further one, up to MAX_BACKOFF
 
-    ENVIRONMENT = {"timeout": "MFVIDEO_READ_TIMEOUT", "retries": "MFVIDEO_READ_RETRIES",
-                   "backoff": "MFVIDEO_READ_BACKOFF"}
+    ENVIRONMENT = {
+        "timeout": "MFVIDEO_READ_TIMEOUT",
+        "retries": "MFVIDEO_READ_RETRIES",
+        "backoff": "MFVIDEO_READ_BACKOFF",
+    }
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:

@@ -19,6 +19,7 @@ from mfvideo.config.schema import Recipe, range_problems
 
 BASE_KEY = "base"
 
+
 class RecipeError(Exception):
     """A recipe problem found before any work starts; the message names the key or file at fault."""
 

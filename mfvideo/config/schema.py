@@ -25,7 +25,7 @@ RANGE = "range"  # the metadata key of a field's Range
 class Range:
     low: float = -math.inf
     high: float = math.inf
-    low_open: bool = False   # the bound itself is outside the range
+    low_open: bool = False  # the bound itself is outside the range
     high_open: bool = False
 
     def contains(self, value: float) -> bool:
@@ -47,8 +47,9 @@ def above(low: float, default: Any = MISSING, factory=None):
     return _ranged(Range(low, low_open=True), default, factory)
 
 
-def within(low: float, high: float, default: Any = MISSING, factory=None, low_open: bool = False,
-           high_open: bool = False):
+def within(
+    low: float, high: float, default: Any = MISSING, factory=None, low_open: bool = False, high_open: bool = False
+):
     return _ranged(Range(low, high, low_open, high_open), default, factory)
 
 
@@ -84,28 +85,28 @@ class DetectionDataConfig:
 
 @dataclass
 class DataConfig:
-    train: str = MISSING                  # shard pattern or URL, e.g. shards/k400/train/train-{000000..000099}.tar
+    train: str = MISSING  # shard pattern or URL, e.g. shards/k400/train/train-{000000..000099}.tar
     val: Optional[str] = None
     train_manifest: Optional[str] = None  # manifest.json of the train shards; default: beside them (needed for pipe:)
-    val_manifest: Optional[str] = None    # same for data.val
+    val_manifest: Optional[str] = None  # same for data.val
     # Labelled splits of the k-NN probe during pretraining (train.probe_every): its neighbours and its queries,
     # e.g. a few thousand train and val videos of the fine-tuning dataset; both manifests must list the same classes.
     probe_train: Optional[str] = None
     probe_val: Optional[str] = None
     probe_train_manifest: Optional[str] = None  # manifest.json of data.probe_train; default: beside its shards
-    probe_val_manifest: Optional[str] = None    # same for data.probe_val
+    probe_val_manifest: Optional[str] = None  # same for data.probe_val
     num_frames: int = at_least(1, default=16)  # T of a clip (1 for images)
     sampling_rate: int = at_least(1, default=4)  # frame stride at `reference_fps`; scaled by the video's real fps
     reference_fps: float = above(0, default=30.0)
-    sampling: str = "random"              # clips at sampling_rate; SSv2 takes segments
+    sampling: str = "random"  # clips at sampling_rate; SSv2 takes segments
     crop_size: int = at_least(1, default=224)
     train_crop_area: List[float] = within(0, 1, factory=lambda: [0.5, 1.0], low_open=True)
     train_crop_aspect: List[float] = above(0, factory=lambda: [0.75, 4.0 / 3.0])
     test_short_side: int = at_least(1, default=256)
     test_clips: int = at_least(1, default=10)  # temporal views at test time (tools/test.py)
-    test_crops: int = 1                   # spatial crops per temporal view
+    test_crops: int = 1  # spatial crops per temporal view
     val_clips: int = at_least(1, default=1)  # temporal views of the validation pass during training (centre crop)
-    flip: bool = True                     # off for SSv2: its labels are directional
+    flip: bool = True  # off for SSv2: its labels are directional
     mean: List[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
     std: List[float] = above(0, factory=lambda: [0.225, 0.225, 0.225])
     repeated_sampling: int = at_least(1, default=1)  # clips drawn from one decoded video
@@ -126,7 +127,7 @@ class AugmentConfig:
     """Fine-tuning augmentation (all off for pretraining). RandAugment runs in the loader workers on each clip;
     random erasing and mixup/CutMix run on the batch where it is consumed (the GPU when there is one)."""
 
-    rand_augment: str = ""                # timm-style spec, e.g. rand-m7-n2-mstd0.5-inc1; "" = off
+    rand_augment: str = ""  # timm-style spec, e.g. rand-m7-n2-mstd0.5-inc1; "" = off
     # random erasing: one cube per clip (same box on every frame), pixel mode
     erase_prob: float = within(0, 1, default=0.0)
     mixup_alpha: float = at_least(0, default=0.0)  # 0 = no mixup
@@ -138,7 +139,7 @@ class AugmentConfig:
 
 @dataclass
 class MaskConfig:
-    mode: str = "cube"                    # block for images, none for fine-tuning and detection
+    mode: str = "cube"  # block for images, none for fine-tuning and detection
     ratio: float = within(0, 1, default=0.4, low_open=True, high_open=True)
     min_units: int = at_least(1, default=9)  # smallest cube face in mask units (49 // 5); 15 for 2-D blocks
     max_tries: int = at_least(1, default=100)
@@ -158,13 +159,13 @@ class ModelConfig:
     num_classes: int = at_least(1, default=400)
     drop_path: float = within(0, 1, default=0.0, high_open=True)
     dropout: float = within(0, 1, default=0.5, high_open=True)
-    init: Optional[str] = None            # checkpoint to start from (mfvideo, PySlowFast or torchvision layout)
+    init: Optional[str] = None  # checkpoint to start from (mfvideo, PySlowFast or torchvision layout)
     activation_checkpointing: bool = False
     hog: HogConfig = field(default_factory=HogConfig)
     # models: where a stage's channels grow — false: in the MLP (MaskFeat checkpoints), true: in the attention
     # (supervised MViTv2, torchvision's mvit_v2_s); the two checkpoint layouts differ.
     dim_mul_in_att: bool = False
-    pooling: str = "mean"                 # classify: mean (MaskFeat fine-tuning); torchvision mvit_v2_s uses cls
+    pooling: str = "mean"  # classify: mean (MaskFeat fine-tuning); torchvision mvit_v2_s uses cls
     # detect: pixels per token of the grid the RoI head reads; 16 removes the last Q stride, as in MaskFeat
     # pretraining and MaskFeat's AVA setting
     detection_stride: int = 16
@@ -172,7 +173,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = above(0, default=8e-4)    # global: for the whole global batch
+    lr: float = above(0, default=8e-4)  # global: for the whole global batch
     warmup_start_lr: float = at_least(0, default=1e-6)
     min_lr: float = at_least(0, default=1e-6)
     weight_decay: float = at_least(0, default=0.05)
@@ -189,7 +190,7 @@ class TrainConfig:
     global_batch_size: int = at_least(1, default=256)  # clips per optimizer step, all devices of all nodes
     micro_batch_size: int = at_least(1, default=4)  # clips per device per forward
     zero_stage: int = 2
-    precision: str = "auto"               # auto: bf16 on GPU, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     seed: int = at_least(0, default=0)
     output_dir: str = "outputs/run"
     checkpoint_every: int = at_least(1, default=1000)  # steps; also at every epoch end
@@ -216,7 +217,7 @@ class Recipe:
 
 
 def range_problems(section: Any, prefix: str = "") -> list[str]:
-    """"key 'section.key' is VALUE; expected RANGE" for every value of `section` (a Recipe or one of its sections)
+    """ "key 'section.key' is VALUE; expected RANGE" for every value of `section` (a Recipe or one of its sections)
     outside the range declared beside its key."""
     problems = []
     for spec in dataclasses.fields(section):
@@ -226,8 +227,9 @@ def range_problems(section: Any, prefix: str = "") -> list[str]:
         elif RANGE in spec.metadata:
             allowed = spec.metadata[RANGE]
             if not all(allowed.contains(item) for item in (value if isinstance(value, list) else [value])):
-                problems.append(f"key '{key}' is {value!r}; expected {'each ' if isinstance(value, list) else ''}"
-                                f"{allowed}")
+                problems.append(
+                    f"key '{key}' is {value!r}; expected {'each ' if isinstance(value, list) else ''}{allowed}"
+                )
     return problems
 
 
@@ -245,10 +247,10 @@ def derive_batch_split(train: TrainConfig, world_size: int) -> BatchSplit:
     if train.micro_batch_size <= 0 or train.global_batch_size <= 0:
         raise ValueError("train.global_batch_size and train.micro_batch_size must be positive")
     if train.global_batch_size % per_step:
+        per_process = train.global_batch_size // world_size if train.global_batch_size % world_size == 0 else "it"
         raise ValueError(
             f"train.global_batch_size={train.global_batch_size} is not a multiple of "
             f"train.micro_batch_size={train.micro_batch_size} × world size {world_size} = {per_step}; "
-            f"choose a micro-batch that divides {train.global_batch_size // world_size if train.global_batch_size % world_size == 0 else 'it'}"
+            f"choose a micro-batch that divides {per_process}"
         )
-    return BatchSplit(train.global_batch_size, train.micro_batch_size, world_size,
-                      train.global_batch_size // per_step)
+    return BatchSplit(train.global_batch_size, train.micro_batch_size, world_size, train.global_batch_size // per_step)

@@ -180,8 +180,7 @@ def _affine(clip: torch.Tensor, matrix: tuple[float, float, float, float, float,
     inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
     grid = torch.stack((source_x * (2.0 / width) - 1.0, source_y * (2.0 / height) - 1.0), dim=-1)
     grid = grid.to(torch.float32).expand(frames, height, width, 2)
-    warped = F.grid_sample(clip.to(torch.float32), grid, mode="bilinear", padding_mode="border",
-                           align_corners=False)
+    warped = F.grid_sample(clip.to(torch.float32), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return torch.where(inside, warped.round_(), float(FILL)).to(torch.uint8)
 
 
@@ -292,11 +291,40 @@ OPS: dict[str, Op] = {
 }
 
 # timm's _RAND_TRANSFORMS and _RAND_INCREASING_TRANSFORMS.
-PLAIN_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-             "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-INCREASING_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
-                  "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
-                  "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+PLAIN_OPS = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
+INCREASING_OPS = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
 
 
 class DrawnOp(NamedTuple):
@@ -343,8 +371,10 @@ class RandAugment:
         for part in parts[1:]:
             match = _SECTION.fullmatch(part)
             if match is None or match.group(1) not in ("m", "n", "p", "mstd", "mmax", "inc"):
-                raise ValueError(f"RandAugment spec {spec!r}: unknown section {part!r} "
-                                 "(known: m<int>, n<int>, p<float>, mstd<float>, mmax<int>, inc<0|1>)")
+                raise ValueError(
+                    f"RandAugment spec {spec!r}: unknown section {part!r} "
+                    "(known: m<int>, n<int>, p<float>, mstd<float>, mmax<int>, inc<0|1>)"
+                )
             key, value = match.groups()
             if key in values:
                 raise ValueError(f"RandAugment spec {spec!r}: section {key!r} given twice")
@@ -358,8 +388,10 @@ class RandAugment:
             except ValueError:
                 parsed = None
             if parsed is None or not low <= parsed <= high:
-                raise ValueError(f"RandAugment spec {spec!r}: section {key + values[key]!r} needs "
-                                 f"{'an integer' if kind is int else 'a number'} in [{low}, {high}]")
+                raise ValueError(
+                    f"RandAugment spec {spec!r}: section {key + values[key]!r} needs "
+                    f"{'an integer' if kind is int else 'a number'} in [{low}, {high}]"
+                )
             return parsed
 
         magnitude_std = number("mstd", float, 0.0, 0.0)

@@ -38,8 +38,15 @@ class MixupCutmix:
     the partner's by λ, float32 `B×num_classes`, each row summing to 1. With both alphas 0 only the labels are
     smoothed."""
 
-    def __init__(self, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
-                 switch_prob: float = 0.5, label_smoothing: float = 0.1, prob: float = 1.0):
+    def __init__(
+        self,
+        num_classes: int,
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 1.0,
+        switch_prob: float = 0.5,
+        label_smoothing: float = 0.1,
+        prob: float = 1.0,
+    ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         if mixup_alpha < 0 or cutmix_alpha < 0:
@@ -82,8 +89,9 @@ class MixupCutmix:
         targets = torch.full((labels.shape[0], self.num_classes), off, dtype=torch.float32, device=labels.device)
         return targets.scatter_(1, labels.view(-1, 1), on)
 
-    def __call__(self, video: torch.Tensor, labels: torch.Tensor,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, video: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if video.shape[0] != labels.shape[0]:
             raise ValueError(f"video batch of {video.shape[0]} clips with {labels.shape[0]} labels")
         lam, use_cutmix = self._draw_mix(rng)
@@ -112,8 +120,13 @@ class RandomErasing:
     strictly smaller than the frame in both sides, and after `attempts` boxes that do not fit, the clip is left
     as it is. Position uniform where it fits."""
 
-    def __init__(self, probability: float = 0.25, area_range: Sequence[float] = (0.02, 1 / 3),
-                 aspect_range: Sequence[float] = (0.3, 1 / 0.3), attempts: int = 100):
+    def __init__(
+        self,
+        probability: float = 0.25,
+        area_range: Sequence[float] = (0.02, 1 / 3),
+        aspect_range: Sequence[float] = (0.3, 1 / 0.3),
+        attempts: int = 100,
+    ):
         _check_probability("probability", probability)
         if not 0 < area_range[0] <= area_range[1]:
             raise ValueError(f"area_range must be 0 < low ≤ high, got {tuple(area_range)}")
@@ -147,7 +160,6 @@ class RandomErasing:
             if box is None:
                 continue
             top, left, box_h, box_w = box
-            region = clip[..., top:top + box_h, left:left + box_w]
+            region = clip[..., top : top + box_h, left : left + box_w]
             region.copy_(torch.randn(region.shape, generator=noise, dtype=video.dtype, device=video.device))
         return video
-

@@ -53,10 +53,18 @@ def _read_boxes(meta: Mapping[str, Any], field: str) -> np.ndarray:
     if not isinstance(value, list):
         raise BadAnnotation(f"'{field}' is {value!r:.60}, not a list of boxes")
     for index, box in enumerate(value):
-        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)
-                and all(0.0 <= v <= 1.0 for v in box) and box[0] <= box[2] and box[1] <= box[3]):
-            raise BadAnnotation(f"'{field}'[{index}] is {box!r:.60}: not a box [x1, y1, x2, y2] normalised to [0, 1] "
-                                f"with x1 <= x2 and y1 <= y2")
+        if not (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(_is_number(v) for v in box)
+            and all(0.0 <= v <= 1.0 for v in box)
+            and box[0] <= box[2]
+            and box[1] <= box[3]
+        ):
+            raise BadAnnotation(
+                f"'{field}'[{index}] is {box!r:.60}: not a box [x1, y1, x2, y2] normalised to [0, 1] "
+                f"with x1 <= x2 and y1 <= y2"
+            )
     return np.array(value, dtype=np.float64).reshape(len(value), 4)
 
 
@@ -66,8 +74,10 @@ def _read_labels(meta: Mapping[str, Any], num_boxes: int, num_actions: int) -> l
         size = len(value) if isinstance(value, list) else type(value).__name__
         raise BadAnnotation(f"'labels' has {size} entries for {num_boxes} boxes: one list of action ids per box")
     for index, actions in enumerate(value):
-        if not (isinstance(actions, list) and all(isinstance(a, int) and not isinstance(a, bool)
-                                                  and 1 <= a <= num_actions for a in actions)):
+        if not (
+            isinstance(actions, list)
+            and all(isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= num_actions for a in actions)
+        ):
             raise BadAnnotation(f"'labels'[{index}] is {actions!r:.60}: not a list of action ids in 1..{num_actions}")
     return value
 
@@ -75,10 +85,10 @@ def _read_labels(meta: Mapping[str, Any], num_boxes: int, num_actions: int) -> l
 @dataclass(frozen=True)
 class KeyframeAnnotation:
     video_id: str
-    timestamp: int                  # the keyframe's second in the movie
-    time: float                     # `keyframe_sec`: seconds from the clip's first frame to the keyframe
-    boxes: np.ndarray               # float64 G×4, ground truth
-    labels: list[list[int]]         # per ground-truth box, its action ids
+    timestamp: int  # the keyframe's second in the movie
+    time: float  # `keyframe_sec`: seconds from the clip's first frame to the keyframe
+    boxes: np.ndarray  # float64 G×4, ground truth
+    labels: list[list[int]]  # per ground-truth box, its action ids
     det_boxes: Optional[np.ndarray]  # float64 D×4, None when the shard was made without detections
     det_scores: Optional[np.ndarray]  # float64 D
 
@@ -102,16 +112,18 @@ class KeyframeAnnotation:
             det_boxes = _read_boxes(meta, "det_boxes")
             scores = meta.get("det_scores")
             if not (isinstance(scores, list) and len(scores) == len(det_boxes) and all(map(_is_number, scores))):
-                raise BadAnnotation(f"'det_scores' is {scores!r:.60}: not one score per detection "
-                                    f"({len(det_boxes)} det_boxes)")
+                raise BadAnnotation(
+                    f"'det_scores' is {scores!r:.60}: not one score per detection ({len(det_boxes)} det_boxes)"
+                )
             det_scores = np.array(scores, dtype=np.float64)
-        return cls(meta["video_id"], meta["timestamp"], float(meta["keyframe_sec"]), boxes, labels, det_boxes,
-                   det_scores)
+        return cls(
+            meta["video_id"], meta["timestamp"], float(meta["keyframe_sec"]), boxes, labels, det_boxes, det_scores
+        )
 
 
 @dataclass(frozen=True)
 class RoIs:
-    boxes: np.ndarray   # float64 R×4, normalised to the keyframe's full frame
+    boxes: np.ndarray  # float64 R×4, normalised to the keyframe's full frame
     labels: np.ndarray  # float32 R×A multi-hot, column a − 1 = action id a; all zero for a negative
 
 
@@ -151,8 +163,9 @@ def training_rois(keyframe: KeyframeAnnotation, train_score: float, num_actions:
     is_ground_truth = (detections[:, None, :] == keyframe.boxes[None, :, :]).all(-1).any(-1)
     detections = detections[~is_ground_truth]
     boxes = np.concatenate([keyframe.boxes, detections])
-    labels = np.concatenate([_multi_hot(keyframe.labels, num_actions),
-                             _matched_labels(keyframe, detections, num_actions)])
+    labels = np.concatenate(
+        [_multi_hot(keyframe.labels, num_actions), _matched_labels(keyframe, detections, num_actions)]
+    )
     return RoIs(boxes, labels)
 
 

@@ -27,8 +27,15 @@ import numpy as np
 import torch
 
 from mfvideo.data import sampling
-from mfvideo.data.boxes import (TEST_BOX_SOURCES, BadAnnotation, KeyframeAnnotation, MissingDetections, RoIs,
-                                eval_rois, training_rois)
+from mfvideo.data.boxes import (
+    TEST_BOX_SOURCES,
+    BadAnnotation,
+    KeyframeAnnotation,
+    MissingDetections,
+    RoIs,
+    eval_rois,
+    training_rois,
+)
 from mfvideo.data.decode import DecodedMedia
 from mfvideo.data.tarstream import RawSample
 from mfvideo.data.transforms import DetectionEvalTransform, DetectionTrainTransform, EvalTransform, TrainTransform
@@ -40,15 +47,15 @@ SAMPLING_MODES = ("random", "segment")
 class ClipBoxes:
     """A clip's RoIs: R ≥ 0 rows, the same order in every field."""
 
-    boxes: torch.Tensor       # float32 R×4, (x1, y1, x2, y2) in pixels of the clip's video
-    labels: torch.Tensor      # float32 R×A multi-hot over the action ids (column a − 1 = id a); zero: a negative
+    boxes: torch.Tensor  # float32 R×4, (x1, y1, x2, y2) in pixels of the clip's video
+    labels: torch.Tensor  # float32 R×A multi-hot over the action ids (column a − 1 = id a); zero: a negative
     normalised: torch.Tensor  # float32 R×4, the RoIs normalised to the keyframe's full frame (as the AVA CSV has them)
 
 
 @dataclass
 class Clip:
-    video: torch.Tensor            # uint8 T×C×H×W, cropped and resized
-    frame_indices: np.ndarray      # the decoded frames it shows (debugging and tests)
+    video: torch.Tensor  # uint8 T×C×H×W, cropped and resized
+    frame_indices: np.ndarray  # the decoded frames it shows (debugging and tests)
     view: int
     mask: Optional[np.ndarray] = None
     boxes: Optional[ClipBoxes] = None
@@ -98,7 +105,9 @@ class ClipMaker(Protocol):
     def __call__(self, media: DecodedMedia, rng: np.random.Generator, sample: RawSample) -> list[Clip]: ...
 
 
-def decode_clips(media: DecodedMedia, clip_indices: list[np.ndarray]) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
+def decode_clips(
+    media: DecodedMedia, clip_indices: list[np.ndarray]
+) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
     """Decode the union of the clips' frames once: uint8 T×H×W×C, and per clip the positions of its frames in it
     (None when the clip is the whole decoded run, which saves a copy)."""
     union, positions = sampling.frame_union(clip_indices)
@@ -108,8 +117,13 @@ def decode_clips(media: DecodedMedia, clip_indices: list[np.ndarray]) -> tuple[t
 
 
 class TrainClips:
-    def __init__(self, temporal: TemporalSampling, transform: TrainTransform, repeats: int,
-                 mask_generator: Optional[Callable[[np.random.Generator], np.ndarray]]):
+    def __init__(
+        self,
+        temporal: TemporalSampling,
+        transform: TrainTransform,
+        repeats: int,
+        mask_generator: Optional[Callable[[np.random.Generator], np.ndarray]],
+    ):
         if repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {repeats}")
         self.temporal = temporal
@@ -121,8 +135,7 @@ class TrainClips:
     def clips_per_video(self) -> int:
         return self.repeats
 
-    def __call__(self, media: DecodedMedia, rng: np.random.Generator,
-                 sample: Optional[RawSample] = None) -> list[Clip]:
+    def __call__(self, media: DecodedMedia, rng: np.random.Generator, sample: Optional[RawSample] = None) -> list[Clip]:
         indices = [self.temporal.train(media, rng) for _ in range(self.repeats)]
         frames, positions = decode_clips(media, indices)
         clips = []
@@ -145,8 +158,7 @@ class EvalClips:
     def clips_per_video(self) -> int:
         return self.num_clips * self.transform.num_crops
 
-    def __call__(self, media: DecodedMedia, rng: np.random.Generator,
-                 sample: Optional[RawSample] = None) -> list[Clip]:
+    def __call__(self, media: DecodedMedia, rng: np.random.Generator, sample: Optional[RawSample] = None) -> list[Clip]:
         indices = self.temporal.test(media, self.num_clips)
         frames, positions = decode_clips(media, indices)
         clips = []
@@ -157,16 +169,25 @@ class EvalClips:
 
 
 def _clip_boxes(rois: RoIs, boxes: np.ndarray, kept: np.ndarray) -> ClipBoxes:
-    return ClipBoxes(torch.from_numpy(boxes[kept].astype(np.float32)), torch.from_numpy(rois.labels[kept]),
-                     torch.from_numpy(rois.boxes[kept].astype(np.float32)))
+    return ClipBoxes(
+        torch.from_numpy(boxes[kept].astype(np.float32)),
+        torch.from_numpy(rois.labels[kept]),
+        torch.from_numpy(rois.boxes[kept].astype(np.float32)),
+    )
 
 
 class DetectionTrainClips:
     """`repeats` clips of one decode of the keyframe's centred clip, each with its own jitter, crop and flip, carrying
     the training RoIs (ground truth + detections scoring ≥ `train_score`) that stay in view."""
 
-    def __init__(self, temporal: TemporalSampling, transform: DetectionTrainTransform, repeats: int,
-                 num_actions: int, train_score: float):
+    def __init__(
+        self,
+        temporal: TemporalSampling,
+        transform: DetectionTrainTransform,
+        repeats: int,
+        num_actions: int,
+        train_score: float,
+    ):
         if repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {repeats}")
         self.temporal = temporal
@@ -197,8 +218,14 @@ class DetectionEvalClips:
 
     clips_per_video = 1
 
-    def __init__(self, temporal: TemporalSampling, transform: DetectionEvalTransform, num_actions: int,
-                 test_score: float, box_source: str):
+    def __init__(
+        self,
+        temporal: TemporalSampling,
+        transform: DetectionEvalTransform,
+        num_actions: int,
+        test_score: float,
+        box_source: str,
+    ):
         if box_source not in TEST_BOX_SOURCES:
             raise ValueError(f"box_source must be one of {TEST_BOX_SOURCES}, got {box_source!r}")
         self.temporal = temporal
@@ -213,10 +240,9 @@ class DetectionEvalClips:
             raise MissingDetections(
                 f"sample {sample.key!r} of shard {sample.shard!r} has no person detections (det_boxes), and testing "
                 f"uses them: make the shards with --detections, or test on the ground-truth boxes "
-                f"instead")
+                f"instead"
+            )
         rois = eval_rois(keyframe, self.test_score, self.box_source, self.num_actions)
         indices = self.temporal.centred(media, keyframe.time)
         video, boxes, kept = self.transform(media.frames(indices), rois.boxes)
         return [Clip(video, indices, 0, boxes=_clip_boxes(rois, boxes, kept))]
-
-

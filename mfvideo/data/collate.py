@@ -41,8 +41,10 @@ def _labels(items: Sequence[Item]) -> dict[str, torch.Tensor]:
     labels = [int(sample.meta.get("label", -1)) for sample, _ in items]
     for (sample, _), label in zip(items, labels):
         if label < 0:
-            raise UnlabelledSample(f"sample {sample.key!r} of shard {sample.shard!r} has no label (label {label}); "
-                                   f"a classifier can only be trained or scored on labelled shards")
+            raise UnlabelledSample(
+                f"sample {sample.key!r} of shard {sample.shard!r} has no label (label {label}); "
+                f"a classifier can only be trained or scored on labelled shards"
+            )
     return {fields.LABEL.name: torch.tensor(labels, dtype=torch.int64)}
 
 
@@ -53,8 +55,10 @@ def _masks(items: Sequence[Item]) -> dict[str, torch.Tensor]:
 
 
 def _views(items: Sequence[Item]) -> dict[str, torch.Tensor]:
-    return {fields.VIDEO_INDEX.name: torch.tensor([sample.index for sample, _ in items], dtype=torch.int64),
-            fields.VIEW.name: torch.tensor([clip.view for _, clip in items], dtype=torch.int64)}
+    return {
+        fields.VIDEO_INDEX.name: torch.tensor([sample.index for sample, _ in items], dtype=torch.int64),
+        fields.VIEW.name: torch.tensor([clip.view for _, clip in items], dtype=torch.int64),
+    }
 
 
 def _boxes(items: Sequence[Item]) -> dict[str, Any]:
@@ -62,21 +66,34 @@ def _boxes(items: Sequence[Item]) -> dict[str, Any]:
         raise ValueError("batch field 'rois' asked for, but the clip maker makes clips without boxes")
     rois = [clip.boxes for _, clip in items]
     counts = torch.tensor([len(r.boxes) for r in rois], dtype=torch.int64)
-    return {fields.BOXES.name: torch.cat([r.boxes for r in rois]),
-            fields.BOX_INDEX.name: torch.repeat_interleave(torch.arange(len(rois)), counts),
-            fields.BOX_LABELS.name: torch.cat([r.labels for r in rois]),
-            fields.BOX_NORM.name: torch.cat([r.normalised for r in rois]),
-            # both read and checked by the clip maker (mfvideo.data.boxes.KeyframeAnnotation)
-            fields.VIDEO_ID.name: [sample.meta["video_id"] for sample, _ in items],
-            fields.TIMESTAMP.name: torch.tensor([sample.meta["timestamp"] for sample, _ in items], dtype=torch.int64),
-            fields.VIDEO_SIZE.name: [list(clip.video.shape[2:]) for _, clip in items]}
+    return {
+        fields.BOXES.name: torch.cat([r.boxes for r in rois]),
+        fields.BOX_INDEX.name: torch.repeat_interleave(torch.arange(len(rois)), counts),
+        fields.BOX_LABELS.name: torch.cat([r.labels for r in rois]),
+        fields.BOX_NORM.name: torch.cat([r.normalised for r in rois]),
+        # both read and checked by the clip maker (mfvideo.data.boxes.KeyframeAnnotation)
+        fields.VIDEO_ID.name: [sample.meta["video_id"] for sample, _ in items],
+        fields.TIMESTAMP.name: torch.tensor([sample.meta["timestamp"] for sample, _ in items], dtype=torch.int64),
+        fields.VIDEO_SIZE.name: [list(clip.video.shape[2:]) for _, clip in items],
+    }
 
 
 LABELS = Field("labels", (fields.LABEL,), _labels)
 MASKS = Field("masks", (fields.MASK,), _masks)
 VIEWS = Field("views", (fields.VIDEO_INDEX, fields.VIEW), _views)
-ROIS = Field("rois", (fields.BOXES, fields.BOX_INDEX, fields.BOX_LABELS, fields.BOX_NORM, fields.VIDEO_ID,
-                      fields.TIMESTAMP, fields.VIDEO_SIZE), _boxes)
+ROIS = Field(
+    "rois",
+    (
+        fields.BOXES,
+        fields.BOX_INDEX,
+        fields.BOX_LABELS,
+        fields.BOX_NORM,
+        fields.VIDEO_ID,
+        fields.TIMESTAMP,
+        fields.VIDEO_SIZE,
+    ),
+    _boxes,
+)
 
 
 class Collate:
@@ -87,8 +104,10 @@ class Collate:
         self.pad_multiple = pad_multiple
 
     def __call__(self, items: Sequence[Item]) -> dict[str, Any]:
-        batch: dict[str, Any] = {fields.VIDEO.name: pack_clips([clip.video for _, clip in items], self.pad_multiple),
-                                 fields.SAMPLE_KEY.name: [sample.key for sample, _ in items]}
+        batch: dict[str, Any] = {
+            fields.VIDEO.name: pack_clips([clip.video for _, clip in items], self.pad_multiple),
+            fields.SAMPLE_KEY.name: [sample.key for sample, _ in items],
+        }
         for field in self.fields:
             batch.update(field.collect(items))
         return batch

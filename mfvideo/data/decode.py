@@ -70,8 +70,10 @@ class VideoMedia:
         counted = len(self._pts)
         self.num_frames = min(counted, recorded_num_frames) if recorded_num_frames > 0 else counted
         if self.num_frames <= 0 or not self._keyframes:
-            raise DecodeError(f"video has no frames (packets: {counted}, keyframes: {len(self._keyframes)}, shard "
-                              f"records {recorded_num_frames})")
+            raise DecodeError(
+                f"video has no frames (packets: {counted}, keyframes: {len(self._keyframes)}, shard "
+                f"records {recorded_num_frames})"
+            )
         rate = self._stream.average_rate
         fps = float(rate) if rate else 0.0
         self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
@@ -136,5 +138,6 @@ def open_media(data: bytes, extension: str, recorded_num_frames: int = 0) -> Dec
         return VideoMedia(data, recorded_num_frames)
     if extension in IMAGE_EXTENSIONS:
         return ImageMedia(data)
-    raise DecodeError(f"unsupported media extension {extension!r} (expected one of "
-                      f"{VIDEO_EXTENSIONS + IMAGE_EXTENSIONS})")
+    raise DecodeError(
+        f"unsupported media extension {extension!r} (expected one of {VIDEO_EXTENSIONS + IMAGE_EXTENSIONS})"
+    )

@@ -76,8 +76,14 @@ class StreamLoader(StatefulDataLoader):
         # everything it samples from (seed, epoch, position), so this seed decides nothing. Workers ignore a
         # scheduler's SIGTERM/SIGUSR1 sent to the whole process group: the training process finishes its step
         # with them and then stops them (mfvideo.common.preemption).
-        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                         generator=torch.Generator().manual_seed(0), worker_init_fn=leave_preemption_to_parent)
+        super().__init__(
+            stream,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(0),
+            worker_init_fn=leave_preemption_to_parent,
+        )
         self.stream = stream
         self.device_steps = tuple(device_steps)
         self.seed = seed
@@ -102,8 +108,9 @@ class StreamLoader(StatefulDataLoader):
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.stream.epoch and self.next_iter_state is not None:
-            logger.info("loader: epoch %d requested, dropping the loaded position in epoch %d", epoch,
-                        self.stream.epoch)
+            logger.info(
+                "loader: epoch %d requested, dropping the loaded position in epoch %d", epoch, self.stream.epoch
+            )
             self.next_iter_state = None
         self.stream.set_epoch(epoch)
 
@@ -121,20 +128,30 @@ def read_policy(data_cfg) -> ReadPolicy:
     return ReadPolicy(data_cfg.read_timeout, data_cfg.read_retries, data_cfg.read_backoff)
 
 
-def build_train_loader(data_cfg, batching: Batching, micro_batch_size: int, placement: Placement,
-                       seed: int) -> StreamLoader:
+def build_train_loader(
+    data_cfg, batching: Batching, micro_batch_size: int, placement: Placement, seed: int
+) -> StreamLoader:
     """Training loader over `data_cfg.train`: shards dealt and samples shuffled (`data.shuffle_buffer`) per epoch
     from `seed`, every rank the same number of batches."""
     split = ShardSplit(data_cfg.train, data_cfg.train_manifest, read_policy(data_cfg))
-    stream = ClipStream(split, batching.clip_maker, batching.collate, micro_batch_size, placement,
-                        TrainOrder(seed, data_cfg.shuffle_buffer), data_cfg.max_failure_fraction)
+    stream = ClipStream(
+        split,
+        batching.clip_maker,
+        batching.collate,
+        micro_batch_size,
+        placement,
+        TrainOrder(seed, data_cfg.shuffle_buffer),
+        data_cfg.max_failure_fraction,
+    )
     return StreamLoader(stream, placement.num_workers, batching.device_steps, seed)
 
 
-def build_test_loader(data_cfg, split: ShardSplit, batching: Batching, micro_batch_size: int,
-                      placement: Placement) -> StreamLoader:
+def build_test_loader(
+    data_cfg, split: ShardSplit, batching: Batching, micro_batch_size: int, placement: Placement
+) -> StreamLoader:
     """Test loader over `split`: every video once over all ranks, in shard order (slots short of data repeat
     views), its clips as `batching.clip_maker` makes them."""
-    stream = ClipStream(split, batching.clip_maker, batching.collate, micro_batch_size, placement, None,
-                        data_cfg.max_failure_fraction)
+    stream = ClipStream(
+        split, batching.clip_maker, batching.collate, micro_batch_size, placement, None, data_cfg.max_failure_fraction
+    )
     return StreamLoader(stream, placement.num_workers, batching.device_steps)

@@ -97,7 +97,7 @@ class _HttpSource:
         data = self.response.read1(len(buffer))  # what has arrived: bytes read before a stall must count
         if not data and self.response.length:  # read1 reports a connection closed early as an end
             raise http.client.IncompleteRead(b"", self.response.length)
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
     def close(self) -> None:
@@ -149,7 +149,7 @@ class _FsspecSource:
 
     def readinto(self, buffer: memoryview) -> int:
         data = self.handle.read(len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
     def close(self) -> None:
@@ -159,7 +159,7 @@ class _FsspecSource:
 def _skip(source: _Source, count: int) -> None:
     scratch = memoryview(bytearray(min(count, _BUFFER)))
     while count:
-        got = source.readinto(scratch[:min(count, len(scratch))])
+        got = source.readinto(scratch[: min(count, len(scratch))])
         if not got:
             raise OSError(f"ended while skipping to byte {count}")
         count -= got
@@ -167,7 +167,7 @@ def _skip(source: _Source, count: int) -> None:
 
 def _open_source(url: str, offset: int, timeout: float) -> _Source:
     if url.startswith("pipe:"):
-        return _PipeSource(url[len("pipe:"):], offset, timeout)
+        return _PipeSource(url[len("pipe:") :], offset, timeout)
     scheme = urlparse(url).scheme
     if scheme in ("http", "https"):
         return _HttpSource(url, offset, timeout)
@@ -211,10 +211,19 @@ class _RetryingReader(io.RawIOBase):
                         f"cannot read {self.url!r} at byte {self.offset}"
                         f"{'' if self.size is None else f' of {self.size}'}: {failures} attempt(s) in a row failed "
                         f"over {time.monotonic() - started:.1f} s, the last with {type(err).__name__}: {err} "
-                        f"({self.policy.describe()})") from err
+                        f"({self.policy.describe()})"
+                    ) from err
                 delay = self.policy.delay(failures)
-                logger.warning("reading %r failed at byte %d (%s: %s); retry %d of %d in %.1f s", self.url,
-                               self.offset, type(err).__name__, err, failures, self.policy.retries, delay)
+                logger.warning(
+                    "reading %r failed at byte %d (%s: %s); retry %d of %d in %.1f s",
+                    self.url,
+                    self.offset,
+                    type(err).__name__,
+                    err,
+                    failures,
+                    self.policy.retries,
+                    delay,
+                )
                 time.sleep(delay)
 
     def _drop_source(self) -> None:

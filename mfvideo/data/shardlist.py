@@ -51,12 +51,10 @@ def manifest_location(urls: Sequence[str], explicit: Optional[str]) -> str:
     if explicit:
         return explicit
     if urls[0].startswith("pipe:"):
-        raise ValueError(f"cannot locate the manifest of pipe: shards ({urls[0]!r}); pass the manifest's "
-                         f"path or URL")
+        raise ValueError(f"cannot locate the manifest of pipe: shards ({urls[0]!r}); pass the manifest's path or URL")
     directories = {posixpath.dirname(url) for url in urls}
     if len(directories) != 1:
-        raise ValueError(f"shards come from several directories {sorted(directories)}; pass the manifest's path or "
-                         f"URL")
+        raise ValueError(f"shards come from several directories {sorted(directories)}; pass the manifest's path or URL")
     return posixpath.join(directories.pop(), "manifest.json")
 
 
@@ -64,8 +62,10 @@ def read_manifest(location: str, policy: Optional[ReadPolicy] = None) -> dict:
     try:
         manifest = json.loads(read_bytes(location, policy or ReadPolicy.from_env()))
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"cannot read shard manifest {location!r}: {err}. Shards must come with the "
-                                f"manifest.json written by tools/make_shards.py (or set data.*_manifest)") from err
+        raise FileNotFoundError(
+            f"cannot read shard manifest {location!r}: {err}. Shards must come with the "
+            f"manifest.json written by tools/make_shards.py (or set data.*_manifest)"
+        ) from err
     if "shards" not in manifest:
         raise ValueError(f"{location!r} is not a shard manifest: it has no 'shards' list")
     return manifest
@@ -74,8 +74,9 @@ def read_manifest(location: str, policy: Optional[ReadPolicy] = None) -> dict:
 def _split(pattern: str, manifest: Optional[str], policy: Optional[ReadPolicy]) -> tuple[list[str], str, dict]:
     """(shard URLs, manifest location, manifest content) of a split folder or a shard pattern."""
     if _is_local(pattern) and "{" not in pattern and "::" not in pattern and not os.path.exists(pattern):
-        raise FileNotFoundError(f"{pattern!r} is neither a shard folder nor a shard file; make the shards with "
-                                f"tools/make_shards.py first")
+        raise FileNotFoundError(
+            f"{pattern!r} is neither a shard folder nor a shard file; make the shards with tools/make_shards.py first"
+        )
     if _is_local(pattern) and os.path.isdir(pattern):
         location = manifest or os.path.join(pattern, "manifest.json")
         content = read_manifest(location, policy)
@@ -105,8 +106,10 @@ def list_shards(pattern: str, manifest: Optional[str] = None, policy: Optional[R
             if not os.path.exists(url):
                 raise FileNotFoundError(f"shard {url!r} (listed in {location!r}) does not exist")
             if size is not None and os.path.getsize(url) != size:
-                raise ValueError(f"shard {url!r} has {os.path.getsize(url)} bytes but manifest {location!r} lists "
-                                 f"{size}: it is truncated or from another run; rebuild it with tools/make_shards.py")
+                raise ValueError(
+                    f"shard {url!r} has {os.path.getsize(url)} bytes but manifest {location!r} lists "
+                    f"{size}: it is truncated or from another run; rebuild it with tools/make_shards.py"
+                )
         if count > 0:
             shards.append(ShardEntry(url, count, first, size))
         first += count
@@ -126,7 +129,9 @@ class SlotPlan:
         return sum(shard.num_samples for shard in self.shards)
 
 
-def deal_shards(shards: Sequence[ShardEntry], num_slots: int, order_seed: Optional[Sequence[int]]) -> list[list[ShardEntry]]:
+def deal_shards(
+    shards: Sequence[ShardEntry], num_slots: int, order_seed: Optional[Sequence[int]]
+) -> list[list[ShardEntry]]:
     """Deal shards to slots, fewest-samples-first; `order_seed` shuffles the order (None keeps it)."""
     order = list(shards)
     if order_seed is not None:
@@ -144,9 +149,11 @@ def deal_shards(shards: Sequence[ShardEntry], num_slots: int, order_seed: Option
 def check_enough_shards(num_shards: int, world_size: int, workers_per_rank: int, pattern: str) -> None:
     slots = world_size * workers_per_rank
     if num_shards < slots:
-        raise ValueError(f"{pattern!r} has {num_shards} non-empty shards, fewer than ranks × loader workers = "
-                         f"{world_size} × {workers_per_rank} = {slots}: every worker of every rank needs a shard. "
-                         f"Write more, smaller shards or use fewer loader workers")
+        raise ValueError(
+            f"{pattern!r} has {num_shards} non-empty shards, fewer than ranks × loader workers = "
+            f"{world_size} × {workers_per_rank} = {slots}: every worker of every rank needs a shard. "
+            f"Write more, smaller shards or use fewer loader workers"
+        )
 
 
 def train_batches_per_rank(total_videos: int, clips_per_video: int, world_size: int, batch_size: int) -> int:
@@ -159,21 +166,32 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def train_plans(shards: Sequence[ShardEntry], epoch: int, seed: int, rank: int, world_size: int,
-                workers_per_rank: int, batch_size: int, clips_per_video: int) -> list[SlotPlan]:
+def train_plans(
+    shards: Sequence[ShardEntry],
+    epoch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    workers_per_rank: int,
+    batch_size: int,
+    clips_per_video: int,
+) -> list[SlotPlan]:
     """This rank's worker plans: every rank emits the same number of batches, split over its workers. The first
     workers take the remainder (the loader visits workers round-robin from worker 0), so the rank's slots are
     ordered largest first: the extra batches go where the data is."""
     slots = deal_shards(shards, world_size * workers_per_rank, order_seed=(seed, epoch))
     total = sum(shard.num_samples for shard in shards)
     batches = split_evenly(train_batches_per_rank(total, clips_per_video, world_size, batch_size), workers_per_rank)
-    mine = sorted(slots[rank * workers_per_rank:(rank + 1) * workers_per_rank],
-                  key=lambda slot: -sum(shard.num_samples for shard in slot))
+    mine = sorted(
+        slots[rank * workers_per_rank : (rank + 1) * workers_per_rank],
+        key=lambda slot: -sum(shard.num_samples for shard in slot),
+    )
     return [SlotPlan(tuple(slot), count * batch_size) for slot, count in zip(mine, batches)]
 
 
-def eval_plans(shards: Sequence[ShardEntry], rank: int, world_size: int, workers_per_rank: int,
-               views_per_video: int) -> list[SlotPlan]:
+def eval_plans(
+    shards: Sequence[ShardEntry], rank: int, world_size: int, workers_per_rank: int, views_per_video: int
+) -> list[SlotPlan]:
     """Every video exactly once over all slots; worker w of every rank emits as many videos as the largest
     worker-w slot, the others repeating their first videos, so batch counts match across ranks (duplicates repeat
     whole videos with identical views: de-duplicate by (video_index, view))."""

@@ -40,9 +40,15 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mfvideo.data.clips import Clip, ClipMaker
 from mfvideo.data.collate import Collate
 from mfvideo.data.decode import DecodeError, open_media
-from mfvideo.data.shardlist import (SlotPlan, check_enough_shards, eval_plans, list_shards, train_batches_per_rank,
-                                    train_plans)
 from mfvideo.data.shardio import ReadPolicy
+from mfvideo.data.shardlist import (
+    SlotPlan,
+    check_enough_shards,
+    eval_plans,
+    list_shards,
+    train_batches_per_rank,
+    train_plans,
+)
 from mfvideo.data.tarstream import RawSample, samples_from
 
 logger = logging.getLogger(__name__)
@@ -101,8 +107,16 @@ class TrainOrder:
 
 
 class ClipStream(IterableDataset):
-    def __init__(self, split: ShardSplit, clip_maker: ClipMaker, collate: Collate, batch_size: int,
-                 placement: Placement, order: Optional[TrainOrder] = None, max_failure_fraction: float = 0.0):
+    def __init__(
+        self,
+        split: ShardSplit,
+        clip_maker: ClipMaker,
+        collate: Collate,
+        batch_size: int,
+        placement: Placement,
+        order: Optional[TrainOrder] = None,
+        max_failure_fraction: float = 0.0,
+    ):
         if not 0 <= placement.rank < placement.world_size:
             raise ValueError(f"rank {placement.rank} outside world size {placement.world_size}")
         if batch_size < 1:
@@ -136,18 +150,28 @@ class ClipStream(IterableDataset):
 
     def _plans(self) -> list[SlotPlan]:
         if self.train:
-            return train_plans(self.shards, self.epoch, self.seed, self.rank, self.world_size, self.workers_per_rank,
-                               self.batch_size, self.clip_maker.clips_per_video)
-        return eval_plans(self.shards, self.rank, self.world_size, self.workers_per_rank,
-                          self.clip_maker.clips_per_video)
+            return train_plans(
+                self.shards,
+                self.epoch,
+                self.seed,
+                self.rank,
+                self.world_size,
+                self.workers_per_rank,
+                self.batch_size,
+                self.clip_maker.clips_per_video,
+            )
+        return eval_plans(
+            self.shards, self.rank, self.world_size, self.workers_per_rank, self.clip_maker.clips_per_video
+        )
 
     def _worker(self) -> int:
         info = get_worker_info()
         if info is None:
             return 0
         if info.num_workers != self.workers_per_rank:
-            raise RuntimeError(f"ClipStream was planned for {self.workers_per_rank} workers but runs in "
-                               f"{info.num_workers}")
+            raise RuntimeError(
+                f"ClipStream was planned for {self.workers_per_rank} workers but runs in {info.num_workers}"
+            )
         return info.id
 
     # ----- state ------------------------------------------------------------------------------------------------
@@ -156,11 +180,17 @@ class ClipStream(IterableDataset):
         if cursor is None:
             return {"version": STATE_VERSION, "epoch": self.epoch, "fresh": True}
         return {
-            "version": STATE_VERSION, "epoch": cursor.epoch, "rank": self.rank, "worker": self._worker(),
-            "read": cursor.read, "buffer": [position for position, _ in cursor.buffer],
-            "rng": cursor.rng.bit_generator.state, "emitted": cursor.emitted,
+            "version": STATE_VERSION,
+            "epoch": cursor.epoch,
+            "rank": self.rank,
+            "worker": self._worker(),
+            "read": cursor.read,
+            "buffer": [position for position, _ in cursor.buffer],
+            "rng": cursor.rng.bit_generator.state,
+            "emitted": cursor.emitted,
             "partial": None if cursor.partial is None else [cursor.partial[0], cursor.partial[2]],
-            "attempts": cursor.attempts, "failures": cursor.failures,
+            "attempts": cursor.attempts,
+            "failures": cursor.failures,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -177,8 +207,10 @@ class ClipStream(IterableDataset):
         if state is None or state["epoch"] != self.epoch:
             return cursor
         if (state["rank"], state["worker"]) != (self.rank, worker):
-            raise ValueError(f"stream state of rank {state['rank']} worker {state['worker']} loaded into rank "
-                             f"{self.rank} worker {worker}: resume with the same world size and number of workers")
+            raise ValueError(
+                f"stream state of rank {state['rank']} worker {state['worker']} loaded into rank "
+                f"{self.rank} worker {worker}: resume with the same world size and number of workers"
+            )
         cursor.rng.bit_generator.state = state["rng"]
         cursor.read, cursor.emitted = state["read"], state["emitted"]
         cursor.attempts, cursor.failures = state["attempts"], state["failures"]
@@ -211,8 +243,9 @@ class ClipStream(IterableDataset):
         self._cursor = self._start(plan, worker)
         return self._batches(plan, self._cursor)
 
-    def _pull(self, cursor: _Cursor, stream: Iterator[tuple[int, RawSample]], capacity: int,
-              per_cycle: int) -> tuple[int, RawSample]:
+    def _pull(
+        self, cursor: _Cursor, stream: Iterator[tuple[int, RawSample]], capacity: int, per_cycle: int
+    ) -> tuple[int, RawSample]:
         """Next sample out of the shuffle buffer, refilled lazily so that nothing is read ahead of need. The buffer
         drains at the end of a cycle before refilling, so a slot shows all its samples before repeating any."""
         while len(cursor.buffer) < capacity and not (cursor.read % per_cycle == 0 and cursor.buffer):
@@ -247,15 +280,23 @@ class ClipStream(IterableDataset):
             return self.clip_maker(media, rng, sample)
         except (DecodeError, KeyError, ValueError) as err:
             cursor.failures += 1
-            logger.warning("skipping sample %r of shard %r: %s (%d of %d samples failed in rank %d worker %d)",
-                           sample.key, sample.shard, err, cursor.failures, cursor.attempts, self.rank,
-                           self._worker())
+            logger.warning(
+                "skipping sample %r of shard %r: %s (%d of %d samples failed in rank %d worker %d)",
+                sample.key,
+                sample.shard,
+                err,
+                cursor.failures,
+                cursor.attempts,
+                self.rank,
+                self._worker(),
+            )
             allowed = self.max_failure_fraction * max(cursor.attempts, MIN_ATTEMPTS_FOR_FRACTION)
             if cursor.failures > allowed:
                 raise TooManyFailures(
                     f"{cursor.failures} of {cursor.attempts} samples failed to decode in rank {self.rank} worker "
                     f"{self._worker()} (last: {sample.key!r} in {sample.shard!r}: {err}), more than "
-                    f"the allowed failure fraction {self.max_failure_fraction}; check the shards") from err
+                    f"the allowed failure fraction {self.max_failure_fraction}; check the shards"
+                ) from err
             return None
 
     def _batches(self, plan: SlotPlan, cursor: _Cursor) -> Iterator[dict[str, Any]]:

@@ -45,14 +45,17 @@ class RawSample:
         raise KeyError(f"no media part among {sorted(self.parts)} (expected one of {MEDIA_EXTENSIONS})")
 
 
-def iter_shard(url: str, policy: Optional[ReadPolicy] = None,
-               size: Optional[int] = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_shard(
+    url: str, policy: Optional[ReadPolicy] = None, size: Optional[int] = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample of one shard, in tar order. `policy` (default `ReadPolicy.from_env()`)
     sets read timeouts and retries; `size` is the shard's bytes from its manifest, when known."""
     key, parts = None, {}
     try:
-        with open_shard(url, policy or ReadPolicy.from_env(), size) as stream, \
-                tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with (
+            open_shard(url, policy or ReadPolicy.from_env(), size) as stream,
+            tarfile.open(fileobj=stream, mode="r|*") as tar,
+        ):
             for member in tar:
                 if not member.isfile():
                     continue
@@ -81,8 +84,7 @@ def _shard_samples(shard: ShardEntry, skip: int, cycle: int, policy: ReadPolicy)
         raise IOError(f"shard {shard.url!r} holds {count} samples but its manifest says {shard.num_samples}")
 
 
-def samples_from(plan: SlotPlan, position: int,
-                 policy: Optional[ReadPolicy] = None) -> Iterator[tuple[int, RawSample]]:
+def samples_from(plan: SlotPlan, position: int, policy: Optional[ReadPolicy] = None) -> Iterator[tuple[int, RawSample]]:
     """(position, sample) for every position from `position` on, cycling the plan's shards without end; shards are
     read with `policy` (default `ReadPolicy.from_env()`)."""
     policy = policy or ReadPolicy.from_env()

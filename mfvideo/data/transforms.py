@@ -49,8 +49,14 @@ class CropBox:
     width: int
 
 
-def random_resized_crop_box(height: int, width: int, area_range: Sequence[float], aspect_range: Sequence[float],
-                            rng: np.random.Generator, tries: int = 10) -> CropBox:
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    area_range: Sequence[float],
+    aspect_range: Sequence[float],
+    rng: np.random.Generator,
+    tries: int = 10,
+) -> CropBox:
     """A box covering a uniform fraction `area_range` of the frame with log-uniform aspect (w/h) in
     `aspect_range`; after `tries` boxes that do not fit, the largest centred box with an aspect inside the range."""
     log_low, log_high = math.log(aspect_range[0]), math.log(aspect_range[1])
@@ -90,8 +96,9 @@ def eval_crop_boxes(height: int, width: int, short_side: int, crop_size: int, nu
     return [CropBox(spare_h // 2, int(round(spare_w * p)), side, side) for p in positions]
 
 
-def jittered_crop_box(height: int, width: int, short_side_range: Sequence[int], crop_size: int,
-                      rng: np.random.Generator) -> CropBox:
+def jittered_crop_box(
+    height: int, width: int, short_side_range: Sequence[int], crop_size: int, rng: np.random.Generator
+) -> CropBox:
     """The box in source pixels equal to: resize the short side to a uniform whole number in `short_side_range`
     (both ends included), then crop a uniformly placed `crop_size` square (its side rounded to whole source pixels;
     never more than the frame)."""
@@ -108,13 +115,14 @@ def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]
     return int(round(height * scale)), int(round(width * scale))
 
 
-def resize_box(frames: torch.Tensor, box: CropBox, size: int | tuple[int, int],
-               positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+def resize_box(
+    frames: torch.Tensor, box: CropBox, size: int | tuple[int, int], positions: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """uint8 T×H×W×C → uint8 T×C×size×size (or T×C×height×width for `size` = (height, width)): only the box (of
     the frames at `positions`, default all) is copied and resized; torch's uint8 bilinear kernel is several times
     faster than converting to float first."""
     out_size = (size, size) if isinstance(size, int) else tuple(size)
-    region = frames[:, box.top:box.top + box.height, box.left:box.left + box.width, :]
+    region = frames[:, box.top : box.top + box.height, box.left : box.left + box.width, :]
     if positions is not None:
         region = region.index_select(0, positions)  # a row-wise copy; advanced indexing is ~10× slower here
     clip = region.permute(0, 3, 1, 2)
@@ -128,8 +136,9 @@ def resize_box(frames: torch.Tensor, box: CropBox, size: int | tuple[int, int],
 MIN_VISIBLE_FRACTION = 0.25
 
 
-def boxes_through(boxes: np.ndarray, frame_height: int, frame_width: int, box: CropBox, out_height: int,
-                  out_width: int) -> np.ndarray:
+def boxes_through(
+    boxes: np.ndarray, frame_height: int, frame_width: int, box: CropBox, out_height: int, out_width: int
+) -> np.ndarray:
     """Boxes normalised to the frame → the same boxes in pixels of `resize_box(frames, box, (out_height,
     out_width))`'s output (unclipped)."""
     scale_x, scale_y = out_width / box.width, out_height / box.height
@@ -173,7 +182,7 @@ def pack_clips(clips: Sequence[torch.Tensor], pad_multiple: int = 1) -> torch.Te
     if any(clip.shape[2:] != (height, width) for clip in clips):
         batch.zero_()
     for out, clip in zip(batch, clips):
-        out[:, :, :clip.shape[2], :clip.shape[3]].copy_(clip.transpose(0, 1))
+        out[:, :, : clip.shape[2], : clip.shape[3]].copy_(clip.transpose(0, 1))
     return batch
 
 
@@ -197,16 +206,24 @@ class Normalise:
 class TrainTransform:
     """Random resized crop → flip (p = 0.5 when `flip`) → `rand_augment` when given, all drawn from `rng`."""
 
-    def __init__(self, crop_size: int, area_range: Sequence[float], aspect_range: Sequence[float], *, flip: bool,
-                 rand_augment: Optional[RandAugment] = None):
+    def __init__(
+        self,
+        crop_size: int,
+        area_range: Sequence[float],
+        aspect_range: Sequence[float],
+        *,
+        flip: bool,
+        rand_augment: Optional[RandAugment] = None,
+    ):
         self.crop_size = crop_size
         self.area_range = tuple(area_range)
         self.aspect_range = tuple(aspect_range)
         self.flip = flip
         self.rand_augment = rand_augment
 
-    def __call__(self, frames: torch.Tensor, rng: np.random.Generator,
-                 positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def __call__(
+        self, frames: torch.Tensor, rng: np.random.Generator, positions: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         box = random_resized_crop_box(frames.shape[1], frames.shape[2], self.area_range, self.aspect_range, rng)
         clip = resize_box(frames, box, self.crop_size, positions)
         if self.flip and rng.uniform() < 0.5:
@@ -239,14 +256,21 @@ class DetectionTrainTransform:
 
     def __init__(self, crop_size: int, short_side_range: Sequence[int], *, flip: bool):
         if len(short_side_range) != 2 or not crop_size <= short_side_range[0] <= short_side_range[1]:
-            raise ValueError(f"short_side_range must be [min, max] with crop size {crop_size} "
-                             f"<= min <= max, got {list(short_side_range)}")
+            raise ValueError(
+                f"short_side_range must be [min, max] with crop size {crop_size} "
+                f"<= min <= max, got {list(short_side_range)}"
+            )
         self.crop_size = crop_size
         self.short_side_range = tuple(short_side_range)
         self.flip = flip
 
-    def __call__(self, frames: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator,
-                 positions: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def __call__(
+        self,
+        frames: torch.Tensor,
+        boxes: np.ndarray,
+        rng: np.random.Generator,
+        positions: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         height, width, size = frames.shape[1], frames.shape[2], self.crop_size
         box = jittered_crop_box(height, width, self.short_side_range, size, rng)
         clip = resize_box(frames, box, size, positions)
@@ -263,12 +287,12 @@ class DetectionEvalTransform:
     def __init__(self, short_side: int):
         self.short_side = short_side
 
-    def __call__(self, frames: torch.Tensor, boxes: np.ndarray,
-                 positions: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def __call__(
+        self, frames: torch.Tensor, boxes: np.ndarray, positions: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         height, width = frames.shape[1], frames.shape[2]
         out_height, out_width = short_side_size(height, width, self.short_side)
         whole = CropBox(0, 0, height, width)
         clip = resize_box(frames, whole, (out_height, out_width), positions)
-        out, kept = clip_boxes(boxes_through(boxes, height, width, whole, out_height, out_width), out_height,
-                               out_width)
+        out, kept = clip_boxes(boxes_through(boxes, height, width, whole, out_height, out_width), out_height, out_width)
         return clip, out, kept

@@ -45,8 +45,13 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].copy()), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].copy()),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this rank's device
     }
@@ -88,8 +93,16 @@ def _free_space(directory: Path) -> str:
         return f"free space unknown: {err}"
 
 
-def save(engine, directory: Path, step: int, client_state: dict, rank_state: dict, keep_last: int, layout: dict,
-         best: bool = False) -> None:
+def save(
+    engine,
+    directory: Path,
+    step: int,
+    client_state: dict,
+    rank_state: dict,
+    keep_last: int,
+    layout: dict,
+    best: bool = False,
+) -> None:
     """Collective: every rank must call it. Returns once `latest` (and with `best`, `best`) names the new
     checkpoint; raises CheckpointWriteError when this rank cannot write its part."""
     tag = tag_for(step)
@@ -99,8 +112,8 @@ def save(engine, directory: Path, step: int, client_state: dict, rank_state: dic
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError("unexpected pos …")
         raise CheckpointWriteError(
             f"cannot write checkpoint {directory / tag} on rank {dist.get_rank()} ({_free_space(directory)}): "
-            f"{type(err).__name__}: {err}; the last complete checkpoint is {latest_tag(directory) or 'none yet'}")  \
-            from err
+            f"{type(err).__name__}: {err}; the last complete checkpoint is {latest_tag(directory) or 'none yet'}"
+        ) from err
     dist.barrier()
     if dist.get_rank() == 0:
         (directory / tag / LAYOUT).write_text(json.dumps(layout, indent=1))
@@ -122,8 +135,11 @@ def saved_layout(directory: Path) -> dict | None:
     if tag is None:
         return None
     marker = directory / tag / LAYOUT
-    return json.loads(marker.read_text()) if marker.is_file() else {
-        WORLD_SIZE: len(list((directory / tag).glob("rank_*.pt")))}  # a checkpoint from before layout.json
+    return (
+        json.loads(marker.read_text())
+        if marker.is_file()
+        else {WORLD_SIZE: len(list((directory / tag).glob("rank_*.pt")))}
+    )  # a checkpoint from before layout.json
 
 
 def layout_changes(directory: Path, layout: dict) -> list[str]:
@@ -133,9 +149,12 @@ def layout_changes(directory: Path, layout: dict) -> list[str]:
     if saved is None:
         return []
     tag = latest_tag(directory)
-    return [f"{name} is {value} but checkpoint {directory / tag} was written with {saved[name]}: resume with "
-            f"{saved[name]} (the saved data positions hold for that layout only) or use a new train.output_dir"
-            for name, value in layout.items() if name in saved and saved[name] != value]
+    return [
+        f"{name} is {value} but checkpoint {directory / tag} was written with {saved[name]}: resume with "
+        f"{saved[name]} (the saved data positions hold for that layout only) or use a new train.output_dir"
+        for name, value in layout.items()
+        if name in saved and saved[name] != value
+    ]
 
 
 def _prune(directory: Path, keep_last: int) -> None:
@@ -160,14 +179,27 @@ def convert_to_universal(checkpoint_dir: Path) -> Path:
     # ds_to_universal writes `latest_universal` beside its output folder: inside the scratch folder, removed with it.
     # --inject_missing_state: a purely data-parallel model (no tensor or pipeline slicing) needs no conversion hints
     # but the format version, which DeepSpeed's own save does not record.
-    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint_dir),
-               "--output_folder", str(scratch / UNIVERSAL), "--inject_missing_state",
-               "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(checkpoint_dir),
+        "--output_folder",
+        str(scratch / UNIVERSAL),
+        "--inject_missing_state",
+        "--num_extract_workers",
+        "1",
+        "--num_merge_workers",
+        "1",
+    ]
     log.info("converting %s to a universal checkpoint: %s", checkpoint_dir, " ".join(command))
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"converting {checkpoint_dir} to a universal checkpoint failed (exit {done.returncode}):\n"
-                           f"{done.stdout[-2000:]}{done.stderr[-4000:]}")
+        raise RuntimeError(
+            f"converting {checkpoint_dir} to a universal checkpoint failed (exit {done.returncode}):\n"
+            f"{done.stdout[-2000:]}{done.stderr[-4000:]}"
+        )
     os.replace(scratch / UNIVERSAL, target)
     shutil.rmtree(scratch)
     return target
@@ -198,16 +230,20 @@ def load(engine, directory: Path, universal: bool = False) -> tuple[dict, dict |
             raise RuntimeError(failure[0])
     dist.barrier()
     if universal:
-        _, client_state = engine.load_checkpoint(str(directory / tag), tag=UNIVERSAL, load_optimizer_states=True,
-                                                 load_lr_scheduler_states=False)
+        _, client_state = engine.load_checkpoint(
+            str(directory / tag), tag=UNIVERSAL, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
         log.info("resumed from %s (universal checkpoint)", directory / tag / UNIVERSAL)
         return client_state, None
-    _, client_state = engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
-                                             load_lr_scheduler_states=False)
+    _, client_state = engine.load_checkpoint(
+        str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+    )
     rank_file = directory / tag / f"rank_{dist.get_rank()}.pt"
     if not rank_file.is_file():
-        raise RuntimeError(f"{rank_file} is missing: the checkpoint was written by a different number of ranks "
-                           f"than the {dist.get_world_size()} now running; resume with the same world size")
+        raise RuntimeError(
+            f"{rank_file} is missing: the checkpoint was written by a different number of ranks "
+            f"than the {dist.get_world_size()} now running; resume with the same world size"
+        )
     rank_state: dict[str, Any] = torch.load(rank_file, weights_only=True)
     log.info("resumed from %s", directory / tag)
     return client_state, rank_state

@@ -38,10 +38,16 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
     import deepspeed
 
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank_arg is None or local_rank_arg < 0 \
-        else local_rank_arg
+        os.environ.update(
+            RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_RANK="0",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())),
+        )
+    local_rank = (
+        int(os.environ.get("LOCAL_RANK", "0")) if local_rank_arg is None or local_rank_arg < 0 else local_rank_arg
+    )
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device, backend = torch.device("cuda", local_rank), "nccl"

@@ -25,8 +25,7 @@ def evaluate(model, loader, evaluator, show_progress: bool = False, autocast_dty
     try:
         for batch in loader:
             device_type = batch["video"].device.type
-            with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
+            with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 outputs = model(batch)
             evaluator.update(batch, outputs)
             clips += batch["video"].shape[0]

@@ -55,9 +55,19 @@ class Monitor:
         self._writer.add_scalar("train/data_wait_fraction", self._window_wait / elapsed if elapsed else 0.0, step)
         grad = f"{record['grad_norm']:.4f}" if record.get("grad_norm") is not None else "n/a"
         model_values = "".join(f" {key} {record[key]:.4f}" for key in record if key not in STEP_RECORD_KEYS)
-        log.info("step %d/%d epoch %d loss %.5f%s lr %.3e grad %s | %.1f clips/s, data wait %.0f%% | ETA %s",
-                 step, self.total_steps, record["epoch"], record["loss"], model_values, record["lr"], grad, clips_per_s,
-                 100 * self._window_wait / elapsed if elapsed else 0.0, _format_eta(eta))
+        log.info(
+            "step %d/%d epoch %d loss %.5f%s lr %.3e grad %s | %.1f clips/s, data wait %.0f%% | ETA %s",
+            step,
+            self.total_steps,
+            record["epoch"],
+            record["loss"],
+            model_values,
+            record["lr"],
+            grad,
+            clips_per_s,
+            100 * self._window_wait / elapsed if elapsed else 0.0,
+            _format_eta(eta),
+        )
         self._window_start, self._window_clips, self._window_wait, self._window_steps = time.perf_counter(), 0, 0.0, 0
 
     def validation(self, step: int, epoch: int, metrics: dict, primary: str, best: float) -> None:
@@ -85,8 +95,9 @@ class Monitor:
             handle.write(json.dumps(record) + "\n")
         for name, value in metrics.items():
             self._writer.add_scalar(f"{prefix}/{name}", value, step)
-        return ", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
-                         for name, value in metrics.items())
+        return ", ".join(
+            f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}" for name, value in metrics.items()
+        )
 
     def close(self) -> None:
         if self._writer is not None:

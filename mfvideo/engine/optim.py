@@ -24,9 +24,14 @@ def param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict]:
             continue
         decayed = param.ndim > 1 and not name.endswith(".bias")
         layer = model.layer_id(name) if optim.layer_decay != 1.0 else top
-        group = groups.setdefault((layer, decayed), {
-            "params": [], "weight_decay": optim.weight_decay if decayed else 0.0,
-            "lr_scale": optim.layer_decay ** (top - layer)})
+        group = groups.setdefault(
+            (layer, decayed),
+            {
+                "params": [],
+                "weight_decay": optim.weight_decay if decayed else 0.0,
+                "lr_scale": optim.layer_decay ** (top - layer),
+            },
+        )
         group["params"].append(param)
     return [groups[key] for key in sorted(groups)]
 
@@ -50,8 +55,13 @@ class CosineSchedule:
 
 
 def schedule_for(optim: OptimConfig, steps_per_epoch: int, total_steps: int) -> CosineSchedule:
-    return CosineSchedule(peak_lr=optim.lr, start_lr=optim.warmup_start_lr, end_lr=optim.min_lr,
-                          warmup_steps=round(optim.warmup_epochs * steps_per_epoch), total_steps=total_steps)
+    return CosineSchedule(
+        peak_lr=optim.lr,
+        start_lr=optim.warmup_start_lr,
+        end_lr=optim.min_lr,
+        warmup_steps=round(optim.warmup_epochs * steps_per_epoch),
+        total_steps=total_steps,
+    )
 
 
 def apply_lr(optimizer: torch.optim.Optimizer, scales: list[float], lr: float) -> None:

@@ -14,11 +14,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from mfvideo.common.log import setup_logging
 from mfvideo.config import Recipe, recipe_to_yaml, save_recipe
 from mfvideo.engine.distributed import DistInfo, init_distributed
 from mfvideo.engine.evaluate import evaluate
 from mfvideo.engine.trainer import Validation, uses_bf16
-from mfvideo.common.log import setup_logging
 
 log = logging.getLogger("mfvideo.test")
 
@@ -44,14 +44,28 @@ def run_multiview_test(recipe: Recipe, parts: TestParts, local_rank: int | None 
     model = parts.model()
     model.to(info.device)
     loader, new_evaluator = parts.evaluation(recipe.train.micro_batch_size, info)
-    log.info("testing %s on %s: %d temporal view(s) × %d crop(s) per video, %d process(es)", recipe.model.init,
-             recipe.data.val, recipe.data.test_clips, recipe.data.test_crops, info.world_size)
+    log.info(
+        "testing %s on %s: %d temporal view(s) × %d crop(s) per video, %d process(es)",
+        recipe.model.init,
+        recipe.data.val,
+        recipe.data.test_clips,
+        recipe.data.test_crops,
+        info.world_size,
+    )
     evaluator = new_evaluator()
-    metrics = evaluate(model, loader, evaluator, show_progress=info.is_main,
-                       autocast_dtype=torch.bfloat16 if uses_bf16(recipe) else None)
+    metrics = evaluate(
+        model,
+        loader,
+        evaluator,
+        show_progress=info.is_main,
+        autocast_dtype=torch.bfloat16 if uses_bf16(recipe) else None,
+    )
     if info.is_main:
         evaluator.write(out_dir, metrics)
-        log.info("test metrics (%s): %s", out_dir / "metrics.json",
-                 ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        log.info(
+            "test metrics (%s): %s",
+            out_dir / "metrics.json",
+            ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()),
+        )
     dist.barrier()
     return metrics

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mfvideo.common.log import setup_logging
+from mfvideo.common.preemption import REQUEUE_EXIT_CODE, PreemptionWatch
 from mfvideo.config import BatchSplit, Recipe, derive_batch_split, recipe_to_yaml, save_recipe
 from mfvideo.engine import checkpoint
 from mfvideo.engine.distributed import DistInfo, init_distributed
@@ -28,8 +30,6 @@ from mfvideo.engine.evaluate import evaluate
 from mfvideo.engine.monitor import Monitor, plot_loss
 from mfvideo.engine.optim import CosineSchedule, apply_lr, param_groups, schedule_for
 from mfvideo.engine.window_sums import WindowSums
-from mfvideo.common.log import setup_logging
-from mfvideo.common.preemption import REQUEUE_EXIT_CODE, PreemptionWatch
 
 log = logging.getLogger("mfvideo.train")
 
@@ -69,7 +69,7 @@ class Preempted(Exception):
 class Progress:
     """What a checkpoint must restore besides weights, optimizer and per-rank state."""
 
-    step: int = 0                # optimizer steps done
+    step: int = 0  # optimizer steps done
     epoch: int = 0
     batches_into_epoch: int = 0  # micro-batches this rank consumed in `epoch`
     best_metric: Optional[float] = None  # the validation's primary metric at its best so far
@@ -80,8 +80,11 @@ class Progress:
 
 def data_layout(recipe: Recipe, world_size: int) -> dict:
     """What a checkpoint's data positions depend on (`checkpoint.layout_changes`)."""
-    return {checkpoint.WORLD_SIZE: world_size, "train.micro_batch_size": recipe.train.micro_batch_size,
-            "data.num_workers": recipe.data.num_workers}
+    return {
+        checkpoint.WORLD_SIZE: world_size,
+        "train.micro_batch_size": recipe.train.micro_batch_size,
+        "data.num_workers": recipe.data.num_workers,
+    }
 
 
 def uses_bf16(recipe: Recipe) -> bool:
@@ -109,8 +112,13 @@ def _global_step_stats(loss: torch.Tensor, preempted: bool) -> torch.Tensor:
     every rank holds the same decisions."""
     value = loss.detach().float()
     finite = torch.isfinite(value)
-    stats = torch.stack([torch.where(finite, value, torch.zeros_like(value)), (~finite).float(),
-                         torch.full_like(value, float(preempted))])
+    stats = torch.stack(
+        [
+            torch.where(finite, value, torch.zeros_like(value)),
+            (~finite).float(),
+            torch.full_like(value, float(preempted)),
+        ]
+    )
     dist.all_reduce(stats)
     return stats
 
@@ -126,8 +134,17 @@ class Stepper:
     learning rate 0 and moves no weight), and whether any rank has received a preemption signal (`stop_requested`,
     the same on every rank; a signal that arrives after the step's last all-reduce counts at the next step)."""
 
-    def __init__(self, engine, optimizer, lr_scales: list[float], schedule: CosineSchedule, split: BatchSplit,
-                 max_nonfinite: int, ckpt_dir: Path, preemption: PreemptionWatch):
+    def __init__(
+        self,
+        engine,
+        optimizer,
+        lr_scales: list[float],
+        schedule: CosineSchedule,
+        split: BatchSplit,
+        max_nonfinite: int,
+        ckpt_dir: Path,
+        preemption: PreemptionWatch,
+    ):
         self.engine, self.optimizer, self.lr_scales, self.schedule = engine, optimizer, lr_scales, schedule
         self.split, self.max_nonfinite, self.ckpt_dir = split, max_nonfinite, ckpt_dir
         self.preemption = preemption
@@ -169,10 +186,14 @@ class Stepper:
             self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
         losses = [float(total) / self.split.world_size for total, skip in zip(totals, skipped) if not skip]
-        record = {"step": progress.step + 1, "epoch": progress.epoch,
-                  "loss": sum(losses) / len(losses) if losses else math.nan, "lr": lr,
-                  "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                  "skipped_micro_batches": sum(skipped)}
+        record = {
+            "step": progress.step + 1,
+            "epoch": progress.epoch,
+            "loss": sum(losses) / len(losses) if losses else math.nan,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "skipped_micro_batches": sum(skipped),
+        }
         return record, data_wait
 
     def _count_nonfinite(self, step: int, skipped: list[bool], keys: list) -> None:
@@ -186,7 +207,8 @@ class Stepper:
                 raise NonFiniteLossError(
                     f"{self.nonfinite_in_a_row} non-finite losses in a row (train.max_nonfinite_steps="
                     f"{self.max_nonfinite}); stopping. The last good checkpoint is "
-                    f"{checkpoint.latest_tag(self.ckpt_dir) or 'none yet'} in {self.ckpt_dir}")
+                    f"{checkpoint.latest_tag(self.ckpt_dir) or 'none yet'} in {self.ckpt_dir}"
+                )
 
 
 def build_engine(recipe: Recipe, model: torch.nn.Module, split: BatchSplit, load_universal: bool = False):
@@ -196,8 +218,12 @@ def build_engine(recipe: Recipe, model: torch.nn.Module, split: BatchSplit, load
     groups = param_groups(model, recipe.optim)
     lr_scales = [group.pop("lr_scale") for group in groups]
     optimizer = torch.optim.AdamW(groups, lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), eps=recipe.optim.eps)
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, dist_init_required=False,
-                                                   config=deepspeed_config(recipe, split, load_universal))
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        dist_init_required=False,
+        config=deepspeed_config(recipe, split, load_universal),
+    )
     return engine, optimizer, lr_scales
 
 
@@ -225,14 +251,24 @@ def resume(engine, ckpt_dir: Path, loader, seed: int, rank: int, world_changed: 
     progress = Progress(**client_state["progress"])
     if world_changed:
         if progress.batches_into_epoch > 0:
-            log.warning("the world size changed since step %d's checkpoint, written %d micro-batches per rank into "
-                        "epoch %d: the data stream restarts at the beginning of epoch %d (the rest of epoch %d is "
-                        "skipped)", progress.step, progress.batches_into_epoch, progress.epoch, progress.epoch + 1,
-                        progress.epoch)
+            log.warning(
+                "the world size changed since step %d's checkpoint, written %d micro-batches per rank into "
+                "epoch %d: the data stream restarts at the beginning of epoch %d (the rest of epoch %d is "
+                "skipped)",
+                progress.step,
+                progress.batches_into_epoch,
+                progress.epoch,
+                progress.epoch + 1,
+                progress.epoch,
+            )
             progress.epoch, progress.batches_into_epoch = progress.epoch + 1, 0
         else:
-            log.warning("the world size changed since step %d's checkpoint, written at the end of an epoch: the data "
-                        "stream restarts at the beginning of epoch %d", progress.step, progress.epoch)
+            log.warning(
+                "the world size changed since step %d's checkpoint, written at the end of an epoch: the data "
+                "stream restarts at the beginning of epoch %d",
+                progress.step,
+                progress.epoch,
+            )
         reseed(seed, rank, progress.step)
         loader.set_epoch(progress.epoch)
         return progress
@@ -305,40 +341,59 @@ def _train(recipe: Recipe, parts: TrainingParts, local_rank: Optional[int], pree
     if info.is_main:
         log.info("resolved recipe:\n%s", recipe_to_yaml(recipe))
         save_recipe(recipe, output_dir)
-        log.info("global batch %d = micro-batch %d × accumulation %d × world size %d", split.global_batch_size,
-                 split.micro_batch_size, split.accumulation_steps, split.world_size)
+        log.info(
+            "global batch %d = micro-batch %d × accumulation %d × world size %d",
+            split.global_batch_size,
+            split.micro_batch_size,
+            split.accumulation_steps,
+            split.world_size,
+        )
 
     torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
     model = parts.model()
     loader = parts.loader(split.micro_batch_size, info)
     steps_per_epoch = len(loader) // split.accumulation_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"an epoch has {len(loader)} micro-batches per rank, fewer than the "
-                         f"{split.accumulation_steps} accumulation steps of one optimizer step: "
-                         f"train.global_batch_size={recipe.train.global_batch_size} is too large for {recipe.data.train}")
+        raise ValueError(
+            f"an epoch has {len(loader)} micro-batches per rank, fewer than the "
+            f"{split.accumulation_steps} accumulation steps of one optimizer step: "
+            f"train.global_batch_size={recipe.train.global_batch_size} is too large for {recipe.data.train}"
+        )
     total_steps = recipe.train.max_steps or recipe.optim.epochs * steps_per_epoch
     saved_world = saved_world_size(ckpt_dir)
     world_changed = saved_world is not None and saved_world != info.world_size
     if world_changed and info.is_main:
-        log.info("the latest checkpoint in %s was written by %d processes, %d run now: resuming from its universal "
-                 "form", ckpt_dir, saved_world, info.world_size)
+        log.info(
+            "the latest checkpoint in %s was written by %d processes, %d run now: resuming from its universal form",
+            ckpt_dir,
+            saved_world,
+            info.world_size,
+        )
     engine, optimizer, lr_scales = build_engine(recipe, model, split, load_universal=world_changed)
     progress = resume(engine, ckpt_dir, loader, recipe.train.seed, info.rank, world_changed)
     validation = parts.validation(split.micro_batch_size, info)
     with random_streams_kept():
         probe = parts.probe(split.micro_batch_size, info)
     schedule = schedule_for(recipe.optim, steps_per_epoch, recipe.optim.epochs * steps_per_epoch)
-    step = Stepper(engine, optimizer, lr_scales, schedule, split, recipe.train.max_nonfinite_steps, ckpt_dir,
-                   preemption)
+    step = Stepper(
+        engine, optimizer, lr_scales, schedule, split, recipe.train.max_nonfinite_steps, ckpt_dir, preemption
+    )
 
     step.sums.load_state_dict(progress.log_totals)
 
     def save(best: bool) -> None:
         mid_epoch = progress.batches_into_epoch > 0
         progress.log_totals = step.sums.state_dict()
-        checkpoint.save(engine, ckpt_dir, progress.step, client_state={"progress": asdict(progress)},
-                        rank_state={"rng": checkpoint.rng_state(), "loader": loader.state_dict() if mid_epoch else None},
-                        keep_last=recipe.train.keep_last, layout=data_layout(recipe, info.world_size), best=best)
+        checkpoint.save(
+            engine,
+            ckpt_dir,
+            progress.step,
+            client_state={"progress": asdict(progress)},
+            rank_state={"rng": checkpoint.rng_state(), "loader": loader.state_dict() if mid_epoch else None},
+            keep_last=recipe.train.keep_last,
+            layout=data_layout(recipe, info.world_size),
+            best=best,
+        )
 
     monitor = Monitor(output_dir, info.is_main, total_steps, recipe.train.log_every)
     batches = None  # made lazily, so no worker starts for an epoch that will not run
@@ -360,9 +415,11 @@ def _train(recipe: Recipe, parts: TrainingParts, local_rank: Optional[int], pree
                 progress.batches_into_epoch = 0
                 loader.set_epoch(progress.epoch)
                 batches = None
-            best = validation is not None and (
-                (epoch_done and progress.epoch % recipe.train.eval_every == 0) or progress.step == total_steps
-            ) and validate(engine, validation, progress, monitor)
+            best = (
+                validation is not None
+                and ((epoch_done and progress.epoch % recipe.train.eval_every == 0) or progress.step == total_steps)
+                and validate(engine, validation, progress, monitor)
+            )
             if probe is not None and (
                 (epoch_done and progress.epoch % recipe.train.probe_every == 0) or progress.step == total_steps
             ):
@@ -371,12 +428,17 @@ def _train(recipe: Recipe, parts: TrainingParts, local_rank: Optional[int], pree
             if progress.step % recipe.train.checkpoint_every == 0 or epoch_done or last or step.stop_requested:
                 save(best)
             if step.stop_requested and not last:
-                log.warning("preemption (%s): stopped after step %d with its checkpoint; exit code %d asks for a "
-                            "requeue, and the next run resumes from here",
-                            f"{preemption.name} received here" if preemption.received else "signal on another rank",
-                            progress.step, REQUEUE_EXIT_CODE)
-                raise Preempted(f"preempted after step {progress.step} of {total_steps}; checkpoint "
-                                f"{ckpt_dir / checkpoint.tag_for(progress.step)} written")
+                log.warning(
+                    "preemption (%s): stopped after step %d with its checkpoint; exit code %d asks for a "
+                    "requeue, and the next run resumes from here",
+                    f"{preemption.name} received here" if preemption.received else "signal on another rank",
+                    progress.step,
+                    REQUEUE_EXIT_CODE,
+                )
+                raise Preempted(
+                    f"preempted after step {progress.step} of {total_steps}; checkpoint "
+                    f"{ckpt_dir / checkpoint.tag_for(progress.step)} written"
+                )
     finally:
         monitor.close()
 
@@ -395,6 +457,7 @@ def export_weights(ckpt_dir: Path, path: Path, recipe: Recipe, tag: Optional[str
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag or checkpoint.latest_tag(ckpt_dir))
-    torch.save({"model": {name: tensor.float() for name, tensor in state.items()}, "recipe": recipe_to_yaml(recipe)},
-               path)
+    torch.save(
+        {"model": {name: tensor.float() for name, tensor in state.items()}, "recipe": recipe_to_yaml(recipe)}, path
+    )
     log.info("weights exported to %s", path)

@@ -44,7 +44,7 @@ class WindowSums:
         window, offset = {}, 0
         for name in names:
             size = self.window[name].numel()
-            window[name] = flat[offset:offset + size].reshape(self.window[name].shape)
+            window[name] = flat[offset : offset + size].reshape(self.window[name].shape)
             offset += size
         values = log_values(window, self.running) if log_values is not None else {}
         self.running = {name: window[name] + self.running.get(name, 0.0) for name in names}

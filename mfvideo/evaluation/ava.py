@@ -51,8 +51,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mfvideo.common.ava_files import (GROUPS, Keyframe, LabelMap, read_action_detections, read_annotations, read_excluded,
-                               read_label_map)
+from mfvideo.common.ava_files import (
+    GROUPS,
+    Keyframe,
+    LabelMap,
+    read_action_detections,
+    read_annotations,
+    read_excluded,
+    read_label_map,
+)
 from mfvideo.common.fileio import fsync_dir, write_atomic
 from mfvideo.data import fields
 from mfvideo.data.fields import check_batch
@@ -60,41 +67,44 @@ from mfvideo.data.fields import check_batch
 IOU_THRESHOLD = 0.5
 # The official get_ava_performance.py keeps the 50 highest-scoring rows of each keyframe (since March 2019).
 MAX_DETECTIONS_PER_KEYFRAME = 50
-DECIMALS = 6                        # of boxes and scores in a written detections CSV
+DECIMALS = 6  # of boxes and scores in a written detections CSV
 DETECTIONS_FILE = "detections.csv"
 
 
 class KeyframeTruth(NamedTuple):
-    boxes: np.ndarray     # M×4 float64, x1, y1, x2, y2 normalised
-    actions: np.ndarray   # M int64 action ids
+    boxes: np.ndarray  # M×4 float64, x1, y1, x2, y2 normalised
+    actions: np.ndarray  # M int64 action ids
 
 
 class KeyframeDetections(NamedTuple):
-    boxes: np.ndarray     # N×4 float64, x1, y1, x2, y2 normalised
-    actions: np.ndarray   # N int64 action ids
-    scores: np.ndarray    # N float64
+    boxes: np.ndarray  # N×4 float64, x1, y1, x2, y2 normalised
+    actions: np.ndarray  # N int64 action ids
+    scores: np.ndarray  # N float64
 
 
 @dataclass(frozen=True)
 class ActionResult:
-    average_precision: Optional[float]   # percent; None for an action without ground truth
-    num_truth: int                       # ground-truth boxes scored
-    num_detections: int                  # detections scored (after the cap)
+    average_precision: Optional[float]  # percent; None for an action without ground truth
+    num_truth: int  # ground-truth boxes scored
+    num_detections: int  # detections scored (after the cap)
 
 
 @dataclass(frozen=True)
 class AvaResult:
     label_map: LabelMap
-    per_action: dict[int, ActionResult]   # every action of the label map, ascending id
-    num_keyframes: int                    # keyframes with ground truth of the label map's actions, not excluded
-    num_detected_keyframes: int           # keyframes with scored detections
+    per_action: dict[int, ActionResult]  # every action of the label map, ascending id
+    num_keyframes: int  # keyframes with ground truth of the label map's actions, not excluded
+    num_detected_keyframes: int  # keyframes with scored detections
 
     def metrics(self) -> dict[str, Any]:
         """mAP and mAP_<group> in percent (groups without ground truth left out), and what they cover."""
         scored = [r.average_precision for r in self.per_action.values() if r.average_precision is not None]
-        metrics: dict[str, Any] = {"mAP": _mean(scored), "num_actions": len(scored),
-                                   "num_keyframes": self.num_keyframes,
-                                   "num_detected_keyframes": self.num_detected_keyframes}
+        metrics: dict[str, Any] = {
+            "mAP": _mean(scored),
+            "num_actions": len(scored),
+            "num_keyframes": self.num_keyframes,
+            "num_detected_keyframes": self.num_detected_keyframes,
+        }
         metrics.update((f"mAP_{group}", _mean(values)) for group, values in self._group_aps().items())
         return metrics
 
@@ -108,19 +118,29 @@ class AvaResult:
 
     def per_action_json(self) -> dict[str, dict[str, Any]]:
         """{action id: name, group, AP in percent (null without ground truth), counts}, ascending id."""
-        return {str(action): {"name": self.label_map.names[action], "group": self.label_map.groups.get(action),
-                              "ap": result.average_precision, "num_ground_truth": result.num_truth,
-                              "num_detections": result.num_detections}
-                for action, result in self.per_action.items()}
+        return {
+            str(action): {
+                "name": self.label_map.names[action],
+                "group": self.label_map.groups.get(action),
+                "ap": result.average_precision,
+                "num_ground_truth": result.num_truth,
+                "num_detections": result.num_detections,
+            }
+            for action, result in self.per_action.items()
+        }
 
     def summary_lines(self) -> list[str]:
         """What tools/ava_eval.py prints: one line per group, the counts, and `mAP@0.5 <value>` last."""
         metrics = self.metrics()
-        lines = [f"{group} mAP@0.5 {metrics[f'mAP_{group}']:.4f} ({len(values)} actions)"
-                 for group, values in self._group_aps().items()]
-        lines.append(f"{metrics['num_actions']} of {len(self.per_action)} actions have ground truth; "
-                     f"{self.num_keyframes} keyframes with ground truth, {self.num_detected_keyframes} with "
-                     f"detections")
+        lines = [
+            f"{group} mAP@0.5 {metrics[f'mAP_{group}']:.4f} ({len(values)} actions)"
+            for group, values in self._group_aps().items()
+        ]
+        lines.append(
+            f"{metrics['num_actions']} of {len(self.per_action)} actions have ground truth; "
+            f"{self.num_keyframes} keyframes with ground truth, {self.num_detected_keyframes} with "
+            f"detections"
+        )
         lines.append(f"mAP@0.5 {metrics['mAP']:.4f}")
         return lines
 
@@ -139,32 +159,47 @@ class _Rows(NamedTuple):
     scores: Optional[np.ndarray]
 
 
-def _stack(items: Mapping[Keyframe, Any], keyframes: list[Keyframe], index: dict[Keyframe, int], known: range,
-           scored: bool) -> _Rows:
+def _stack(
+    items: Mapping[Keyframe, Any], keyframes: list[Keyframe], index: dict[Keyframe, int], known: range, scored: bool
+) -> _Rows:
     """The rows of `items` (KeyframeTruth, or KeyframeDetections when `scored`) in keyframe order, `owner` indexing
     `keyframes`; checked as the file readers check rows, errors naming the keyframe."""
     owners, boxes, actions, scores = [], [], [], []
     for keyframe in sorted(items):
         item = items[keyframe]
         count = len(item.actions)
-        if np.shape(item.boxes) != (count, 4) or np.shape(item.actions) != (count,) or (
-                scored and np.shape(item.scores) != (count,)):
-            raise ValueError(f"keyframe {keyframe}: boxes {np.shape(item.boxes)}, actions {np.shape(item.actions)}"
-                             + (f", scores {np.shape(item.scores)}" if scored else "") + " do not match (N×4, N, N)")
+        if (
+            np.shape(item.boxes) != (count, 4)
+            or np.shape(item.actions) != (count,)
+            or (scored and np.shape(item.scores) != (count,))
+        ):
+            raise ValueError(
+                f"keyframe {keyframe}: boxes {np.shape(item.boxes)}, actions {np.shape(item.actions)}"
+                + (f", scores {np.shape(item.scores)}" if scored else "")
+                + " do not match (N×4, N, N)"
+            )
         owners.append(np.full(count, index[keyframe]))
         boxes.append(item.boxes)
         actions.append(item.actions)
         if scored:
             scores.append(item.scores)
-    rows = _Rows(np.concatenate([np.zeros(0), *owners]).astype(np.int64),
-                 np.concatenate([np.zeros((0, 4)), *boxes]).astype(np.float64),
-                 np.concatenate([np.zeros(0), *actions]).astype(np.int64),
-                 np.concatenate([np.zeros(0), *scores]).astype(np.float64) if scored else None)
+    rows = _Rows(
+        np.concatenate([np.zeros(0), *owners]).astype(np.int64),
+        np.concatenate([np.zeros((0, 4)), *boxes]).astype(np.float64),
+        np.concatenate([np.zeros(0), *actions]).astype(np.int64),
+        np.concatenate([np.zeros(0), *scores]).astype(np.float64) if scored else None,
+    )
     x1, y1, x2, y2 = rows.boxes.T
-    checks = [(~((0 <= x1) & (x1 <= x2) & (x2 <= 1) & (0 <= y1) & (y1 <= y2) & (y2 <= 1)),
-               lambda i: f"box {rows.boxes[i].tolist()} is not normalised x1<=x2, y1<=y2 in [0, 1]"),
-              ((rows.actions < known.start) | (rows.actions >= known.stop),
-               lambda i: f"unknown action id {rows.actions[i]} (known: {known.start}..{known.stop - 1})")]
+    checks = [
+        (
+            ~((0 <= x1) & (x1 <= x2) & (x2 <= 1) & (0 <= y1) & (y1 <= y2) & (y2 <= 1)),
+            lambda i: f"box {rows.boxes[i].tolist()} is not normalised x1<=x2, y1<=y2 in [0, 1]",
+        ),
+        (
+            (rows.actions < known.start) | (rows.actions >= known.stop),
+            lambda i: f"unknown action id {rows.actions[i]} (known: {known.start}..{known.stop - 1})",
+        ),
+    ]
     if scored:
         checks.append((~np.isfinite(rows.scores), lambda i: f"score {rows.scores[i]} is not a finite number"))
     for bad, message in checks:
@@ -232,9 +267,13 @@ def _average_precision(positive: np.ndarray, num_truth: int) -> float:
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
-def score_detections(truth: Mapping[Keyframe, KeyframeTruth], detections: Mapping[Keyframe, KeyframeDetections],
-                     label_map: LabelMap, excluded=frozenset(),
-                     max_detections_per_keyframe: int = MAX_DETECTIONS_PER_KEYFRAME) -> AvaResult:
+def score_detections(
+    truth: Mapping[Keyframe, KeyframeTruth],
+    detections: Mapping[Keyframe, KeyframeDetections],
+    label_map: LabelMap,
+    excluded=frozenset(),
+    max_detections_per_keyframe: int = MAX_DETECTIONS_PER_KEYFRAME,
+) -> AvaResult:
     """Per-action AP and means of `detections` against `truth` (see the module docstring)."""
     if max_detections_per_keyframe < 0:
         raise ValueError(f"max_detections_per_keyframe must be ≥ 0 (0 keeps all), got {max_detections_per_keyframe}")
@@ -292,8 +331,10 @@ def read_detections(path: str, label_map: LabelMap) -> dict[Keyframe, KeyframeDe
     for row in read_action_detections(path, label_map.known_actions):
         rows[row.keyframe].extend((*row.box, row.action, row.score))
     tables = {keyframe: np.frombuffer(values).reshape(-1, 6) for keyframe, values in rows.items()}
-    return {keyframe: KeyframeDetections(table[:, :4], table[:, 4].astype(np.int64), table[:, 5])
-            for keyframe, table in tables.items()}
+    return {
+        keyframe: KeyframeDetections(table[:, :4], table[:, 4].astype(np.int64), table[:, 5])
+        for keyframe, table in tables.items()
+    }
 
 
 def write_detections(path: str | Path, detections: Mapping[Keyframe, KeyframeDetections]) -> None:
@@ -307,8 +348,12 @@ def write_detections(path: str | Path, detections: Mapping[Keyframe, KeyframeDet
         for video_id, timestamp in sorted(detections):
             item = detections[video_id, timestamp]
             keyframe = f"{_csv_field(video_id)},{timestamp:04d}"
-            handle.write("".join(line(keyframe, *box, action, score) for box, action, score in
-                                 zip(item.boxes.tolist(), item.actions.tolist(), item.scores.tolist())))
+            handle.write(
+                "".join(
+                    line(keyframe, *box, action, score)
+                    for box, action, score in zip(item.boxes.tolist(), item.actions.tolist(), item.scores.tolist())
+                )
+            )
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -330,26 +375,33 @@ def _write_json(path: Path, value: Any) -> None:
     write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
-def evaluate_files(groundtruth: str, detections: str, labelmap: str, exclusions: Optional[str] = None,
-                   max_detections_per_keyframe: int = MAX_DETECTIONS_PER_KEYFRAME) -> AvaResult:
+def evaluate_files(
+    groundtruth: str,
+    detections: str,
+    labelmap: str,
+    exclusions: Optional[str] = None,
+    max_detections_per_keyframe: int = MAX_DETECTIONS_PER_KEYFRAME,
+) -> AvaResult:
     """Score a detections CSV against a ground-truth CSV (files as `mfvideo.common.ava_files` describes them)."""
     label_map = read_label_map(labelmap)
     truth = read_ground_truth(groundtruth, label_map)
     excluded = read_excluded(exclusions) if exclusions else set()
-    return score_detections(truth, read_detections(detections, label_map), label_map, excluded,
-                            max_detections_per_keyframe)
+    return score_detections(
+        truth, read_detections(detections, label_map), label_map, excluded, max_detections_per_keyframe
+    )
 
 
 # ----- engine evaluator -------------------------------------------------------------------------------------------
 def _rounded(values: np.ndarray) -> np.ndarray:
     """float64 values equal to what DECIMALS decimals print and parse back to (the nearest double of k·10^-DECIMALS);
     + 0.0 turns −0 into 0."""
-    scale = 10.0 ** DECIMALS
+    scale = 10.0**DECIMALS
     return np.rint(values.astype(np.float64) * scale) / scale + 0.0
 
 
 # The batch keys `AvaEvaluator.update` reads (mfvideo.data.fields).
 READS = (fields.SAMPLE_KEY, fields.BOX_INDEX, fields.BOX_NORM, fields.VIDEO_ID, fields.TIMESTAMP)
+
 
 class AvaEvaluator:
     """Collects one detection pass; see the module docstring. `primary` is the metric that picks the best
@@ -359,8 +411,14 @@ class AvaEvaluator:
 
     primary = "mAP"
 
-    def __init__(self, groundtruth: str, label_map: str, exclusions: Optional[str] = None,
-                 max_detections_per_keyframe: int = MAX_DETECTIONS_PER_KEYFRAME, tested_keyframes_only: bool = False):
+    def __init__(
+        self,
+        groundtruth: str,
+        label_map: str,
+        exclusions: Optional[str] = None,
+        max_detections_per_keyframe: int = MAX_DETECTIONS_PER_KEYFRAME,
+        tested_keyframes_only: bool = False,
+    ):
         self.label_map = read_label_map(label_map)
         self._label_map_path = label_map
         self.truth = read_ground_truth(groundtruth, self.label_map)
@@ -368,7 +426,7 @@ class AvaEvaluator:
         self.max_detections_per_keyframe = max_detections_per_keyframe
         self.tested_keyframes_only = tested_keyframes_only
         self._actions = np.array(list(self.label_map.names), dtype=np.int64)
-        self._columns = torch.from_numpy(self._actions - 1)   # column a−1 of the model's scores is action id a
+        self._columns = torch.from_numpy(self._actions - 1)  # column a−1 of the model's scores is action id a
         # key -> (keyframe, boxes R×4 float32, scores R×C float32 for the label map's C actions)
         self._samples: dict[str, tuple[Keyframe, np.ndarray, np.ndarray]] = {}
         self._detections: Optional[dict[Keyframe, KeyframeDetections]] = None
@@ -385,14 +443,20 @@ class AvaEvaluator:
         timestamps = batch[fields.TIMESTAMP.name].tolist()
         num_rois = len(box_index)
         if scores.ndim != 2 or scores.shape[0] != num_rois or tuple(box_norm.shape) != (num_rois, 4):
-            raise ValueError(f"scores {tuple(scores.shape)}, box_norm {tuple(box_norm.shape)} and box_index "
-                             f"({num_rois}) disagree: expected R×A, R×4 and R")
+            raise ValueError(
+                f"scores {tuple(scores.shape)}, box_norm {tuple(box_norm.shape)} and box_index "
+                f"({num_rois}) disagree: expected R×A, R×4 and R"
+            )
         if scores.shape[1] < int(self._actions[-1]):
-            raise ValueError(f"the model scores {scores.shape[1]} actions but the label map {self._label_map_path} "
-                             f"has action id {int(self._actions[-1])}")
+            raise ValueError(
+                f"the model scores {scores.shape[1]} actions but the label map {self._label_map_path} "
+                f"has action id {int(self._actions[-1])}"
+            )
         if not len(keys) == len(video_ids) == len(timestamps):
-            raise ValueError(f"batch fields disagree on the number of clips: {len(keys)} key, {len(video_ids)} "
-                             f"video_id, {len(timestamps)} timestamp")
+            raise ValueError(
+                f"batch fields disagree on the number of clips: {len(keys)} key, {len(video_ids)} "
+                f"video_id, {len(timestamps)} timestamp"
+            )
         if num_rois and not (0 <= int(box_index.min()) and int(box_index.max()) < len(keys)):
             raise ValueError(f"box_index {box_index.tolist()} names clips outside the batch's {len(keys)}")
         action_scores = scores[:, self._columns]
@@ -430,13 +494,21 @@ class AvaEvaluator:
             raise ValueError("no keyframe was tested: the evaluator received no sample")
         num_actions = len(self._actions)
         self._detections = {
-            keyframe: KeyframeDetections(np.repeat(_rounded(boxes), num_actions, axis=0),
-                                         np.tile(self._actions, len(boxes)), _rounded(scores).reshape(-1))
-            for keyframe, boxes, scores in samples.values()}
-        truth = ({keyframe: self.truth[keyframe] for keyframe in owners if keyframe in self.truth}
-                 if self.tested_keyframes_only else self.truth)
-        self._result = score_detections(truth, self._detections, self.label_map, self.excluded,
-                                        self.max_detections_per_keyframe)
+            keyframe: KeyframeDetections(
+                np.repeat(_rounded(boxes), num_actions, axis=0),
+                np.tile(self._actions, len(boxes)),
+                _rounded(scores).reshape(-1),
+            )
+            for keyframe, boxes, scores in samples.values()
+        }
+        truth = (
+            {keyframe: self.truth[keyframe] for keyframe in owners if keyframe in self.truth}
+            if self.tested_keyframes_only
+            else self.truth
+        )
+        self._result = score_detections(
+            truth, self._detections, self.label_map, self.excluded, self.max_detections_per_keyframe
+        )
         return self._result.metrics()
 
     def write(self, directory: str | Path, metrics: dict[str, Any]) -> None:
@@ -458,23 +530,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ava_eval.py",
         description="Frame-level AVA mAP@0.5 (PASCAL VOC AP per action, as the official ActivityNet evaluation) of a "
-                    "detections CSV video_id,timestamp,x1,y1,x2,y2,action_id,score against a ground-truth CSV. "
-                    "Prints pose/object/interaction means and 'mAP@0.5 <percent>' as the last line, and writes the "
-                    "per-action APs as JSON beside the detections: DET.csv -> DET_ap.json.")
+        "detections CSV video_id,timestamp,x1,y1,x2,y2,action_id,score against a ground-truth CSV. "
+        "Prints pose/object/interaction means and 'mAP@0.5 <percent>' as the last line, and writes the "
+        "per-action APs as JSON beside the detections: DET.csv -> DET_ap.json.",
+    )
     parser.add_argument("--groundtruth", required=True, help="ground truth, e.g. ava_val_v2.2.csv")
     parser.add_argument("--detections", required=True, help="detections CSV with a score column")
-    parser.add_argument("--labelmap", required=True,
-                        help="actions to score, e.g. ava_action_list_v2.2_for_activitynet_2019.pbtxt (60 actions)")
+    parser.add_argument(
+        "--labelmap",
+        required=True,
+        help="actions to score, e.g. ava_action_list_v2.2_for_activitynet_2019.pbtxt (60 actions)",
+    )
     parser.add_argument("--exclusions", help="excluded keyframes, e.g. ava_val_excluded_timestamps_v2.2.csv")
-    parser.add_argument("--max-detections-per-keyframe", type=int, default=MAX_DETECTIONS_PER_KEYFRAME,
-                        help=f"keep this many highest-scoring rows per keyframe (default {MAX_DETECTIONS_PER_KEYFRAME}"
-                             f", as the official script; 0 keeps all, as PySlowFast's evaluation)")
+    parser.add_argument(
+        "--max-detections-per-keyframe",
+        type=int,
+        default=MAX_DETECTIONS_PER_KEYFRAME,
+        help=f"keep this many highest-scoring rows per keyframe (default {MAX_DETECTIONS_PER_KEYFRAME}"
+        f", as the official script; 0 keeps all, as PySlowFast's evaluation)",
+    )
     args = parser.parse_args(argv)
     if args.max_detections_per_keyframe < 0:
         parser.error(f"--max-detections-per-keyframe must be ≥ 0 (0 keeps all), got {args.max_detections_per_keyframe}")
     try:
-        result = evaluate_files(args.groundtruth, args.detections, args.labelmap, args.exclusions,
-                                args.max_detections_per_keyframe)
+        result = evaluate_files(
+            args.groundtruth, args.detections, args.labelmap, args.exclusions, args.max_detections_per_keyframe
+        )
         out = ap_json_path(args.detections)
         _write_json(out, result.per_action_json())
     except (ValueError, OSError) as err:

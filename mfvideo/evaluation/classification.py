@@ -67,9 +67,9 @@ class VideoResult:
     video_index: int
     key: str
     label: int
-    top_classes: tuple[int, ...]           # the top min(5, K) classes by summed probability, best first
-    top_scores: tuple[float, ...]          # their probability averaged over the video's views
-    view_count_top1: tuple[int, ...]       # top-1 class from spread_temporal_views(T, k), k in the aggregator's counts
+    top_classes: tuple[int, ...]  # the top min(5, K) classes by summed probability, best first
+    top_scores: tuple[float, ...]  # their probability averaged over the video's views
+    view_count_top1: tuple[int, ...]  # top-1 class from spread_temporal_views(T, k), k in the aggregator's counts
 
 
 @dataclass
@@ -82,17 +82,21 @@ class _PendingVideo:
 # The batch keys `ViewAggregator.update` reads (mfvideo.data.fields).
 READS = (fields.SAMPLE_KEY, fields.LABEL, fields.VIDEO_INDEX, fields.VIEW)
 
+
 class ViewAggregator:
     """Accumulates one multi-view test pass; see the module docstring for the metrics. `primary` is the metric that
     picks the best checkpoint during training."""
 
     primary = "top1"
 
-    def __init__(self, num_classes: int, num_temporal_views: int, num_crops: int,
-                 class_names: Optional[Sequence[str]] = None):
+    def __init__(
+        self, num_classes: int, num_temporal_views: int, num_crops: int, class_names: Optional[Sequence[str]] = None
+    ):
         if num_classes < 1 or num_temporal_views < 1 or num_crops < 1:
-            raise ValueError(f"num_classes, num_temporal_views and num_crops must be positive, got {num_classes}, "
-                             f"{num_temporal_views}, {num_crops}")
+            raise ValueError(
+                f"num_classes, num_temporal_views and num_crops must be positive, got {num_classes}, "
+                f"{num_temporal_views}, {num_crops}"
+            )
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         self.num_classes = num_classes
@@ -104,8 +108,10 @@ class ViewAggregator:
         if self.top_k < TOP_K:
             logger.info("top5 counts the top %d classes: there are only %d", self.top_k, num_classes)
         self.view_counts = tuple(k for k in VIEW_COUNTS if k <= num_temporal_views)
-        self._view_rows = [[t * num_crops + crop for t in spread_temporal_views(num_temporal_views, k)
-                            for crop in range(num_crops)] for k in self.view_counts]
+        self._view_rows = [
+            [t * num_crops + crop for t in spread_temporal_views(num_temporal_views, k) for crop in range(num_crops)]
+            for k in self.view_counts
+        ]
         self._pending: dict[int, _PendingVideo] = {}
         self._done: dict[int, VideoResult] = {}
         self._results: Optional[list[VideoResult]] = None
@@ -122,20 +128,28 @@ class ViewAggregator:
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits of shape {tuple(logits.shape)}, expected (batch, {self.num_classes})")
         if not len(video_indices) == len(views) == len(labels) == len(keys) == logits.shape[0]:
-            raise ValueError(f"batch fields disagree on the batch size: {len(video_indices)} video_index, "
-                             f"{len(views)} view, {len(labels)} label, {len(keys)} key, {logits.shape[0]} logits")
+            raise ValueError(
+                f"batch fields disagree on the batch size: {len(video_indices)} video_index, "
+                f"{len(views)} view, {len(labels)} label, {len(keys)} key, {logits.shape[0]} logits"
+            )
         probabilities = torch.softmax(logits.to("cpu", torch.float32), dim=1)
         for row, (video_index, view, label, key) in enumerate(zip(video_indices, views, labels, keys)):
             if not 0 <= view < self.num_views:
-                raise ValueError(f"video {key!r} has view {view}, outside the {self.num_temporal_views} temporal × "
-                                 f"{self.num_crops} crop views of this test")
+                raise ValueError(
+                    f"video {key!r} has view {view}, outside the {self.num_temporal_views} temporal × "
+                    f"{self.num_crops} crop views of this test"
+                )
             if not 0 <= label < self.num_classes:
-                raise ValueError(f"video {key!r} has label {label}, outside 0..{self.num_classes - 1}: test shards "
-                                 f"need labels of the model's classes")
+                raise ValueError(
+                    f"video {key!r} has label {label}, outside 0..{self.num_classes - 1}: test shards "
+                    f"need labels of the model's classes"
+                )
             known = self._done.get(video_index) or self._pending.get(video_index)
             if known is not None and (known.key, known.label) != (key, label):
-                raise ValueError(f"video_index {video_index} arrived as {known.key!r} (label {known.label}) and as "
-                                 f"{key!r} (label {label})")
+                raise ValueError(
+                    f"video_index {video_index} arrived as {known.key!r} (label {known.label}) and as "
+                    f"{key!r} (label {label})"
+                )
             if video_index in self._done:
                 continue  # a repeated view of a finished video
             pending = self._pending.setdefault(video_index, _PendingVideo(key, label, {}))
@@ -153,8 +167,9 @@ class ViewAggregator:
         order = torch.sort(total, descending=True, stable=True).indices[: self.top_k]
         mean = total[order] / self.num_views
         view_count_top1 = tuple(int(probabilities[rows].sum(dim=0).argmax()) for rows in self._view_rows)
-        return VideoResult(video_index, video.key, video.label, tuple(order.tolist()), tuple(mean.tolist()),
-                           view_count_top1)
+        return VideoResult(
+            video_index, video.key, video.label, tuple(order.tolist()), tuple(mean.tolist()), view_count_top1
+        )
 
     # ----- results ----------------------------------------------------------------------------------------------
     def compute(self) -> dict[str, Any]:
@@ -184,13 +199,16 @@ class ViewAggregator:
                 keys[index] = key
         split = sorted(index for index, owners in ranks.items() if len(owners) > 1)
         if split:
-            raise ValueError(f"{len(split)} videos arrived from several ranks: " + _name_some(
-                f"{keys[i]!r} (video_index {i}, ranks {ranks[i]})" for i in split))
+            raise ValueError(
+                f"{len(split)} videos arrived from several ranks: "
+                + _name_some(f"{keys[i]!r} (video_index {i}, ranks {ranks[i]})" for i in split)
+            )
         incomplete = sorted((item for part in gathered for item in part["incomplete"]), key=lambda item: item[0])
         if incomplete:
-            raise ValueError(f"{len(incomplete)} videos are missing views (each needs all {self.num_views}): " +
-                             _name_some(f"{key!r} (video_index {index}, views seen {seen})"
-                                        for index, key, seen in incomplete))
+            raise ValueError(
+                f"{len(incomplete)} videos are missing views (each needs all {self.num_views}): "
+                + _name_some(f"{key!r} (video_index {index}, views seen {seen})" for index, key, seen in incomplete)
+            )
         results = sorted((result for part in gathered for result in part["done"]), key=lambda r: r.video_index)
         if not results:
             raise ValueError("no video was tested: the aggregator received no complete video")
@@ -218,11 +236,17 @@ class ViewAggregator:
         list of [class index, class name (the index without class names), mean probability over the views]."""
         if self._results is None:
             raise RuntimeError("predictions() needs compute() first (and again after any update)")
-        return [{"key": r.key, "label": r.label,
-                 "top5": [[c, self.class_names[c] if self.class_names else c, score]
-                          for c, score in zip(r.top_classes, r.top_scores)]}
-                for r in self._results]
-
+        return [
+            {
+                "key": r.key,
+                "label": r.label,
+                "top5": [
+                    [c, self.class_names[c] if self.class_names else c, score]
+                    for c, score in zip(r.top_classes, r.top_scores)
+                ],
+            }
+            for r in self._results
+        ]
 
     def write(self, directory: str | Path, metrics: dict[str, Any]) -> None:
         """The pass's `metrics.json` and `predictions.jsonl` in `directory` (after `compute`)."""

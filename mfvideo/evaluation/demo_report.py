@@ -22,9 +22,9 @@ CURVE_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 class DemoRun:
     folder: Path
     explained_variance: list[tuple[int, float]]  # (step, value) at the pretraining's log steps
-    knn_top1: list[tuple[int, float]]            # (step, top-1 %) of every k-NN probe
-    maskfeat_top1: Optional[float]               # test top-1 % fine-tuned from the MaskFeat weights
-    scratch_top1: Optional[float]                # ... from scratch
+    knn_top1: list[tuple[int, float]]  # (step, top-1 %) of every k-NN probe
+    maskfeat_top1: Optional[float]  # test top-1 % fine-tuned from the MaskFeat weights
+    scratch_top1: Optional[float]  # ... from scratch
 
 
 def _test_top1(folder: Path) -> Optional[float]:
@@ -42,8 +42,13 @@ def read_demo_run(folder: Path) -> DemoRun:
             explained[record["step"]] = record["explained_variance"]
         if "probe_top1" in record:
             knn[record["step"]] = record["probe_top1"]  # a step probed again after a resume keeps its last value
-    return DemoRun(folder, sorted(explained.items()), sorted(knn.items()), _test_top1(folder / "finetune"),
-                   _test_top1(folder / "scratch"))
+    return DemoRun(
+        folder,
+        sorted(explained.items()),
+        sorted(knn.items()),
+        _test_top1(folder / "finetune"),
+        _test_top1(folder / "scratch"),
+    )
 
 
 def _curve(points: list[tuple[int, float]], fmt: str) -> str:
@@ -64,12 +69,20 @@ def _top1(value: Optional[float]) -> str:
 def markdown_table(runs: list[DemoRun]) -> str:
     """One row per run: explained variance and k-NN top-1 over pretraining (step: value), fine-tuned test top-1
     from MaskFeat and from scratch, and the difference."""
-    rows = ["| run | explained variance (step: value) | k-NN top-1 % (step: value) | test top-1 % from MaskFeat "
-            "| from scratch | MaskFeat − scratch |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| run | explained variance (step: value) | k-NN top-1 % (step: value) | test top-1 % from MaskFeat "
+        "| from scratch | MaskFeat − scratch |",
+        "|---|---|---|---|---|---|",
+    ]
     for run in runs:
-        gain = (f"{run.maskfeat_top1 - run.scratch_top1:+.1f}"
-                if run.maskfeat_top1 is not None and run.scratch_top1 is not None else "—")
-        rows.append(f"| {run.folder.name} | {_curve(_sampled(run.explained_variance), '.3f')} | "
-                    f"{_curve(run.knn_top1, '.1f')} | {_top1(run.maskfeat_top1)} | {_top1(run.scratch_top1)} | "
-                    f"{gain} |")
+        gain = (
+            f"{run.maskfeat_top1 - run.scratch_top1:+.1f}"
+            if run.maskfeat_top1 is not None and run.scratch_top1 is not None
+            else "—"
+        )
+        rows.append(
+            f"| {run.folder.name} | {_curve(_sampled(run.explained_variance), '.3f')} | "
+            f"{_curve(run.knn_top1, '.1f')} | {_top1(run.maskfeat_top1)} | {_top1(run.scratch_top1)} | "
+            f"{gain} |"
+        )
     return "\n".join(rows)

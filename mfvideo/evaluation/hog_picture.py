@@ -27,19 +27,21 @@ import torch
 from skimage.draw import line as draw_line
 from torch import nn
 
-
-MASK_SHADE = (1.0, 0.25, 0.1, 0.45)   # RGBA laid over masked tokens of the input frame
-BLANK = "#d0d0d0"                      # unmasked tokens in the HOG panels
+MASK_SHADE = (1.0, 0.25, 0.1, 0.45)  # RGBA laid over masked tokens of the input frame
+BLANK = "#d0d0d0"  # unmasked tokens in the HOG panels
 
 
 def unpack_tokens(features: torch.Tensor, bins: int, cells_per_side: int) -> torch.Tensor:
     """Per-token HOG features …×Ht×Wt×D, D = colours·bins·cells_per_side², ordered (colour·bins + bin)·cells² +
     dy·cells_per_side + dx → per-cell histograms …×(Ht·cells_per_side)×(Wt·cells_per_side)×colours×bins."""
     if features.shape[-1] % (bins * cells_per_side**2):
-        raise ValueError(f"HOG features of {features.shape[-1]} values per token are not colours × {bins} bins × "
-                         f"{cells_per_side}² cells")
-    return einops.rearrange(features, "... ht wt (c k dy dx) -> ... (ht dy) (wt dx) c k", k=bins,
-                            dy=cells_per_side, dx=cells_per_side)
+        raise ValueError(
+            f"HOG features of {features.shape[-1]} values per token are not colours × {bins} bins × "
+            f"{cells_per_side}² cells"
+        )
+    return einops.rearrange(
+        features, "... ht wt (c k dy dx) -> ... (ht dy) (wt dx) c k", k=bins, dy=cells_per_side, dx=cells_per_side
+    )
 
 
 def orientation_glyphs(bins: int, cell_pixels: int) -> np.ndarray:
@@ -53,8 +55,9 @@ def orientation_glyphs(bins: int, cell_pixels: int) -> np.ndarray:
     for k in range(bins):
         theta = math.pi * (k + 0.5) / bins
         d_row, d_col = -radius * math.sin(theta), radius * math.cos(theta)
-        rows, cols = draw_line(round(centre - d_row), round(centre - d_col), round(centre + d_row),
-                               round(centre + d_col))
+        rows, cols = draw_line(
+            round(centre - d_row), round(centre - d_col), round(centre + d_row), round(centre + d_col)
+        )
         glyphs[k, rows, cols] = 1.0
     return glyphs
 
@@ -72,24 +75,32 @@ def glyph_image(cells: np.ndarray, cell_pixels: int) -> np.ndarray:
 class HogPanel:
     """One temporal token of the clip: the frame HOG is computed on and both HOGs as glyph images."""
 
-    step: int                 # temporal token index
-    frame: np.ndarray         # H×W×3 float in [0, 1], the clip de-normalised
-    masked: np.ndarray        # Ht×Wt bool, the token mask on the model's output grid
-    target: np.ndarray        # glyph image, NaN on unmasked tokens
-    predicted: np.ndarray     # glyph image, NaN on unmasked tokens
-    masked_mse: float         # mean squared error over this step's masked tokens (the loss's units)
+    step: int  # temporal token index
+    frame: np.ndarray  # H×W×3 float in [0, 1], the clip de-normalised
+    masked: np.ndarray  # Ht×Wt bool, the token mask on the model's output grid
+    target: np.ndarray  # glyph image, NaN on unmasked tokens
+    predicted: np.ndarray  # glyph image, NaN on unmasked tokens
+    masked_mse: float  # mean squared error over this step's masked tokens (the loss's units)
 
 
 @torch.no_grad()
-def hog_panels(model: nn.Module, batch: Dict[str, torch.Tensor], mean: Sequence[float], std: Sequence[float],
-               clip: int = 0, max_steps: int = 4, cell_pixels: int = 16) -> list[HogPanel]:
+def hog_panels(
+    model: nn.Module,
+    batch: Dict[str, torch.Tensor],
+    mean: Sequence[float],
+    std: Sequence[float],
+    clip: int = 0,
+    max_steps: int = 4,
+    cell_pixels: int = 16,
+) -> list[HogPanel]:
     """Runs `model(batch)` (a MaskFeat model, in eval mode) and returns up to `max_steps` panels of clip `clip`,
     spread evenly over the temporal tokens that have masked tokens. `mean` and `std` are the loader's normalisation
     (`data.mean`, `data.std`), to show the frame as the model saw it."""
     hog = getattr(model, "hog", None)
     if hog is None:
-        raise ValueError(f"{type(model).__name__} predicts no HOG: a picture of HOG needs a MaskFeat model "
-                         f"(a pretraining model)")
+        raise ValueError(
+            f"{type(model).__name__} predicts no HOG: a picture of HOG needs a MaskFeat model (a pretraining model)"
+        )
     video = batch["video"]
     if not 0 <= clip < video.shape[0]:
         raise ValueError(f"clip {clip} is not in a batch of {video.shape[0]} clips")
@@ -98,8 +109,9 @@ def hog_panels(model: nn.Module, batch: Dict[str, torch.Tensor], mean: Sequence[
     mask = outputs["mask"][clip].cpu()
     steps = [int(s) for s in torch.nonzero(mask.flatten(1).any(dim=1)).flatten()]
     if not steps:
-        raise ValueError(f"clip {clip} ({batch['key'][clip] if 'key' in batch else 'of the batch'}) has no masked "
-                         f"token to show")
+        raise ValueError(
+            f"clip {clip} ({batch['key'][clip] if 'key' in batch else 'of the batch'}) has no masked token to show"
+        )
     steps = [steps[i] for i in sorted({round(j) for j in np.linspace(0, len(steps) - 1, min(max_steps, len(steps)))})]
 
     cells_per_side = hog.token_size // hog.cell_size

@@ -36,12 +36,12 @@ HISTORY_SIZE = 20
 class LinearProbe:
     """A fitted probe: `scores(features)` standardises with the train statistics and returns class probabilities."""
 
-    mean: torch.Tensor          # float64 D, the train features' mean
-    std: torch.Tensor           # float64 D, their standard deviation (1 where below MIN_STD)
-    weight: torch.Tensor        # float64 C×D
-    bias: torch.Tensor          # float64 C
-    train_loss: float           # the penalised objective at the end of the fit
-    iterations: int             # L-BFGS iterations run (at most MAX_ITERATIONS)
+    mean: torch.Tensor  # float64 D, the train features' mean
+    std: torch.Tensor  # float64 D, their standard deviation (1 where below MIN_STD)
+    weight: torch.Tensor  # float64 C×D
+    bias: torch.Tensor  # float64 C
+    train_loss: float  # the penalised objective at the end of the fit
+    iterations: int  # L-BFGS iterations run (at most MAX_ITERATIONS)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         standardised = (features.to(self.weight.device, torch.float64) - self.mean) / self.std
@@ -52,9 +52,14 @@ class LinearProbe:
         return torch.softmax(self.logits(features), dim=1)
 
 
-def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                     l2_penalty: float = L2_PENALTY, max_iterations: int = MAX_ITERATIONS,
-                     device: torch.device | None = None) -> LinearProbe:
+def fit_linear_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    l2_penalty: float = L2_PENALTY,
+    max_iterations: int = MAX_ITERATIONS,
+    device: torch.device | None = None,
+) -> LinearProbe:
     """The logistic regression of `labels` (int64 N, in [0, num_classes)) on `features` (N×D) described in the module
     docstring, fitted on `device` (default: the features' own)."""
     if features.ndim != 2 or labels.ndim != 1 or features.shape[0] != labels.shape[0]:
@@ -66,8 +71,9 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
         raise ValueError(f"labels in [{int(labels.min())}, {int(labels.max())}], outside 0..{num_classes - 1}")
     if l2_penalty <= 0 or max_iterations < 1:
-        raise ValueError(f"l2_penalty must be positive and max_iterations at least 1, got {l2_penalty}, "
-                         f"{max_iterations}")
+        raise ValueError(
+            f"l2_penalty must be positive and max_iterations at least 1, got {l2_penalty}, {max_iterations}"
+        )
     device = features.device if device is None else device
     x = features.to(device, torch.float64)
     y = labels.to(device)
@@ -77,8 +83,9 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     x = (x - mean) / std
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=device, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, device=device, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iterations, history_size=HISTORY_SIZE,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=1, max_iter=max_iterations, history_size=HISTORY_SIZE, line_search_fn="strong_wolfe"
+    )
 
     def objective() -> torch.Tensor:
         optimizer.zero_grad()

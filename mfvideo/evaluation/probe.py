@@ -39,8 +39,8 @@ class EmbeddedSplit:
     """A labelled split through the backbone, one row per video in video_index order (pattern order)."""
 
     features: torch.Tensor  # float32 N×D on the CPU: the mean of the video's views' features
-    labels: torch.Tensor    # int64 N, the videos' class indices
-    keys: list[str]         # the videos' sample keys
+    labels: torch.Tensor  # int64 N, the videos' class indices
+    keys: list[str]  # the videos' sample keys
 
 
 def standardised(train_features: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -54,29 +54,41 @@ def standardised(train_features: torch.Tensor, *others: torch.Tensor) -> tuple[t
     mean = train_features.mean(dim=0)
     std = train_features.std(dim=0) if len(train_features) > 1 else torch.ones_like(mean)
     std = torch.where(std > MIN_STD, std, torch.ones_like(std))
-    return tuple((features - mean.to(features.device)) / std.to(features.device)
-                 for features in (train_features, *others))
+    return tuple(
+        (features - mean.to(features.device)) / std.to(features.device) for features in (train_features, *others)
+    )
 
 
-def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
-               num_classes: int, k: int = 20, temperature: float = 0.07) -> torch.Tensor:
+def knn_scores(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_features: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> torch.Tensor:
     """Q×num_classes weighted k-NN votes (module docstring) of each query row among the train rows, float32 on the
     queries' device. `k` larger than the train split uses all of it. Queries are scored in chunks
     (`QUERY_CHUNK_ELEMENTS`), so memory holds one chunk's similarities, never all Q×N."""
     if train_features.ndim != 2 or query_features.ndim != 2 or train_features.shape[1] != query_features.shape[1]:
-        raise ValueError(f"features must be N×D and Q×D with the same D, got train {tuple(train_features.shape)} "
-                         f"and query {tuple(query_features.shape)}")
+        raise ValueError(
+            f"features must be N×D and Q×D with the same D, got train {tuple(train_features.shape)} "
+            f"and query {tuple(query_features.shape)}"
+        )
     if train_labels.shape != (train_features.shape[0],):
-        raise ValueError(f"train labels of shape {tuple(train_labels.shape)} for {train_features.shape[0]} train "
-                         f"features")
+        raise ValueError(
+            f"train labels of shape {tuple(train_labels.shape)} for {train_features.shape[0]} train features"
+        )
     if train_features.shape[0] == 0:
         raise ValueError("the train split is empty: a k-NN vote needs at least one labelled neighbour")
     if num_classes < 1 or k < 1 or temperature <= 0:
-        raise ValueError(f"num_classes and k must be positive and temperature above 0, got {num_classes}, {k}, "
-                         f"{temperature}")
+        raise ValueError(
+            f"num_classes and k must be positive and temperature above 0, got {num_classes}, {k}, {temperature}"
+        )
     if int(train_labels.min()) < 0 or int(train_labels.max()) >= num_classes:
-        raise ValueError(f"train labels span {int(train_labels.min())}..{int(train_labels.max())}, outside "
-                         f"0..{num_classes - 1}")
+        raise ValueError(
+            f"train labels span {int(train_labels.min())}..{int(train_labels.max())}, outside 0..{num_classes - 1}"
+        )
     device = query_features.device
     train = F.normalize(train_features.to(device, torch.float32), dim=1)
     labels = train_labels.to(device, torch.int64)
@@ -84,9 +96,9 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, query_f
     scores = torch.zeros(query_features.shape[0], num_classes, device=device)
     rows = max(1, QUERY_CHUNK_ELEMENTS // train.shape[0])
     for start in range(0, query_features.shape[0], rows):
-        queries = F.normalize(query_features[start:start + rows].to(torch.float32), dim=1)
+        queries = F.normalize(query_features[start : start + rows].to(torch.float32), dim=1)
         similarity, neighbours = (queries @ train.T).topk(k, dim=1)
-        scores[start:start + rows].scatter_add_(1, labels[neighbours], (similarity / temperature).exp())
+        scores[start : start + rows].scatter_add_(1, labels[neighbours], (similarity / temperature).exp())
     return scores
 
 
@@ -99,7 +111,7 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
         raise ValueError("no query to score: the accuracy of an empty split is undefined")
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     hits = order == labels.to(order.device)[:, None]
-    return {f"top{k}": 100.0 * hits[:, :min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks}
+    return {f"top{k}": 100.0 * hits[:, : min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks}
 
 
 @torch.no_grad()
@@ -111,22 +123,26 @@ def embed_split(model: torch.nn.Module, loader) -> EmbeddedSplit:
     was_training = model.training
     model.eval()
     views: dict[int, dict[int, torch.Tensor]] = {}  # video_index -> view -> float32 D
-    identity: dict[int, tuple[str, int]] = {}        # video_index -> (key, label)
+    identity: dict[int, tuple[str, int]] = {}  # video_index -> (key, label)
     try:
         for batch in loader:
             features = model.features(batch["video"]).to("cpu", torch.float32)
-            for row, (index, view, label, key) in enumerate(zip(batch["video_index"].tolist(), batch["view"].tolist(),
-                                                                batch["label"].tolist(), batch["key"])):
+            for row, (index, view, label, key) in enumerate(
+                zip(batch["video_index"].tolist(), batch["view"].tolist(), batch["label"].tolist(), batch["key"])
+            ):
                 known = identity.setdefault(index, (key, label))
                 if known != (key, label):
-                    raise ValueError(f"video_index {index} arrived as {known[0]!r} (label {known[1]}) and as {key!r} "
-                                     f"(label {label})")
+                    raise ValueError(
+                        f"video_index {index} arrived as {known[0]!r} (label {known[1]}) and as {key!r} (label {label})"
+                    )
                 views.setdefault(index, {}).setdefault(view, features[row].clone())  # a repeat keeps the first
     finally:
         model.train(was_training)
     # Views are averaged in view order: the feature does not depend on the order the batches arrived in.
-    local = {index: (*identity[index], torch.stack([seen[v] for v in sorted(seen)]).mean(dim=0))
-             for index, seen in views.items()}
+    local = {
+        index: (*identity[index], torch.stack([seen[v] for v in sorted(seen)]).mean(dim=0))
+        for index, seen in views.items()
+    }
     merged: dict[int, tuple[str, int, torch.Tensor]] = {}
     for part in _gathered(local):
         for index, video in part.items():
@@ -134,9 +150,11 @@ def embed_split(model: torch.nn.Module, loader) -> EmbeddedSplit:
     if not merged:
         raise ValueError("the probe loader yielded no video: nothing to embed")
     order = sorted(merged)
-    return EmbeddedSplit(features=torch.stack([merged[i][2] for i in order]),
-                         labels=torch.tensor([merged[i][1] for i in order], dtype=torch.int64),
-                         keys=[merged[i][0] for i in order])
+    return EmbeddedSplit(
+        features=torch.stack([merged[i][2] for i in order]),
+        labels=torch.tensor([merged[i][1] for i in order], dtype=torch.int64),
+        keys=[merged[i][0] for i in order],
+    )
 
 
 def _gathered(local: Any) -> list[Any]:
@@ -148,8 +166,9 @@ def _gathered(local: Any) -> list[Any]:
     return gathered
 
 
-def knn_probe(model: torch.nn.Module, train_loader, val_loader, num_classes: int, k: int = 20,
-              temperature: float = 0.07) -> dict[str, Any]:
+def knn_probe(
+    model: torch.nn.Module, train_loader, val_loader, num_classes: int, k: int = 20, temperature: float = 0.07
+) -> dict[str, Any]:
     """Embed both splits (`embed_split`, collective), standardise them (`standardised`) and score the val videos by
     their k nearest train videos:
     {"top1", "top5" (percent), "num_train", "num_val" (videos)}, the same on every rank. The vote runs on the CUDA

@@ -59,12 +59,12 @@ REL_POS_KEY = re.compile(r"\.attn\.rel_pos_[thw]$")
 
 @dataclass
 class LoadReport:
-    source: str                                            # mfvideo | pyslowfast | torchvision
+    source: str  # mfvideo | pyslowfast | torchvision
     loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)       # model keys the checkpoint did not provide
-    unexpected: List[str] = field(default_factory=list)    # checkpoint keys (mapped) the model has no place for
-    resized: List[str] = field(default_factory=list)       # rel-pos tables interpolated to the model's length
-    replaced: List[str] = field(default_factory=list)      # a new head's tensors of another shape, left at init
+    missing: List[str] = field(default_factory=list)  # model keys the checkpoint did not provide
+    unexpected: List[str] = field(default_factory=list)  # checkpoint keys (mapped) the model has no place for
+    resized: List[str] = field(default_factory=list)  # rel-pos tables interpolated to the model's length
+    replaced: List[str] = field(default_factory=list)  # a new head's tensors of another shape, left at init
 
     def summary(self) -> str:
         parts = [f"{len(self.loaded)} tensors loaded from a {self.source} checkpoint"]
@@ -98,9 +98,10 @@ def unwrap_state_dict(obj: object, origin: str = "checkpoint") -> StateDict:
     state = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{origin}: entry {key!r} is a {type(value).__name__}, not a tensor; "
-                             f"top-level keys: {sorted(obj)[:10]}")
-        state[key[len("module."):] if key.startswith("module.") else key] = value
+            raise ValueError(
+                f"{origin}: entry {key!r} is a {type(value).__name__}, not a tensor; top-level keys: {sorted(obj)[:10]}"
+            )
+        state[key[len("module.") :] if key.startswith("module.") else key] = value
     return state
 
 
@@ -111,8 +112,9 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
         return "mfvideo"
     if "patch_embed.proj.weight" in state:
         return "pyslowfast"
-    raise ValueError(f"unknown checkpoint layout (not mfvideo, PySlowFast or torchvision); first keys: "
-                     f"{sorted(state)[:8]}")
+    raise ValueError(
+        f"unknown checkpoint layout (not mfvideo, PySlowFast or torchvision); first keys: {sorted(state)[:8]}"
+    )
 
 
 def rename(state: Mapping[str, torch.Tensor], rules: List[Tuple[str, str]]) -> StateDict:
@@ -145,13 +147,16 @@ def fit_tensor(key: str, value: torch.Tensor, target: torch.Tensor) -> Tuple[tor
         return value, False
     if REL_POS_KEY.search(key) and value.dim() == 2 and value.shape[1] == target.shape[1]:
         return resize_rel_pos(value.float(), target.shape[0]).to(target.dtype), True
-    raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} does not fit the model's {tuple(target.shape)} "
-                     "(another arch? torchvision and supervised MViTv2 weights need model.dim_mul_in_att=true, "
-                     "MaskFeat ones false)")
+    raise ValueError(
+        f"{key}: checkpoint shape {tuple(value.shape)} does not fit the model's {tuple(target.shape)} "
+        "(another arch? torchvision and supervised MViTv2 weights need model.dim_mul_in_att=true, "
+        "MaskFeat ones false)"
+    )
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = False,
-               replaceable: Tuple[str, ...] = ()) -> LoadReport:
+def load_state(
+    model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = False, replaceable: Tuple[str, ...] = ()
+) -> LoadReport:
     """Map `state` onto `model` (in place). strict: raise when any learned key is missing or unexpected. Tensors
     under `replaceable` (a new head) whose shape differs from the model's, e.g. a Kinetics-400 classifier's head
     loaded for SSv2's 174 classes, keep the model's initialisation (`replaced`, counted as missing)."""
@@ -190,8 +195,10 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], allowed_missing: T
     report = load_state(model, read_checkpoint(path), replaceable=allowed_missing)
     missing = [key for key in report.missing if not key.startswith(allowed_missing)]
     if missing:
-        raise ValueError(f"checkpoint {path} does not fit the model: {len(missing)} of its "
-                         f"{len(model.state_dict())} tensors are missing ({', '.join(missing[:8])}"
-                         f"{' …' if len(missing) > 8 else ''}); {report.summary()}")
+        raise ValueError(
+            f"checkpoint {path} does not fit the model: {len(missing)} of its "
+            f"{len(model.state_dict())} tensors are missing ({', '.join(missing[:8])}"
+            f"{' …' if len(missing) > 8 else ''}); {report.summary()}"
+        )
     log.info("%s: %s", path, report.summary())
     return report

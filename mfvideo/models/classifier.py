@@ -46,8 +46,9 @@ class MViTClassifier(BackboneLayerIds, nn.Module):
 
     fresh_prefixes = ("head.",)  # what a pretraining checkpoint cannot provide: the classification head
 
-    def __init__(self, cfg: MViTConfig, input_size: Sequence[int], num_classes: int, dropout: float = 0.5,
-                 pooling: str = "mean") -> None:
+    def __init__(
+        self, cfg: MViTConfig, input_size: Sequence[int], num_classes: int, dropout: float = 0.5, pooling: str = "mean"
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.backbone = MViT(cfg, input_size)

@@ -55,8 +55,15 @@ class DetectionHead(nn.Module):
         features = self.feature_map(x, grid)
         # float32 whatever the weights or autocast use: box coordinates and bilinear weights need its precision
         with torch.autocast(features.device.type, enabled=False):
-            pooled = roi_align(features.float(), boxes.float(), ROI_SIZE, self.spatial_scale, SAMPLING_RATIO,
-                               aligned=True, box_index=box_index)
+            pooled = roi_align(
+                features.float(),
+                boxes.float(),
+                ROI_SIZE,
+                self.spatial_scale,
+                SAMPLING_RATIO,
+                aligned=True,
+                box_index=box_index,
+            )
         pooled = pooled.amax(dim=(2, 3)).to(self.proj.weight.dtype)
         return self.proj(self.dropout(pooled))
 
@@ -88,15 +95,18 @@ class Detector(BackboneLayerIds, nn.Module):
 
     fresh_prefixes = ("roi_head.",)  # what a pretraining or classification checkpoint cannot provide
 
-    def __init__(self, cfg: MViTConfig, input_size: Sequence[int], num_classes: int, dropout: float = 0.5,
-                 stride: int = 16) -> None:
+    def __init__(
+        self, cfg: MViTConfig, input_size: Sequence[int], num_classes: int, dropout: float = 0.5, stride: int = 16
+    ) -> None:
         super().__init__()
         if stride not in DETECTION_STRIDES:
             raise ValueError(f"stride={stride}: expected one of {sorted(DETECTION_STRIDES)}")
         cfg = replace(cfg, keep_last_q_stride=DETECTION_STRIDES[stride])
         if cfg.output_stride[1:] != (stride, stride):
-            raise ValueError(f"{cfg.name}: its output stride is {cfg.output_stride[1:]}, not {stride} (patch stride "
-                             f"{cfg.patch_stride[1:]}, Q strides at blocks {cfg.q_stride_blocks})")
+            raise ValueError(
+                f"{cfg.name}: its output stride is {cfg.output_stride[1:]}, not {stride} (patch stride "
+                f"{cfg.patch_stride[1:]}, Q strides at blocks {cfg.q_stride_blocks})"
+            )
         self.num_classes = num_classes
         self.stride = stride
         self.backbone = MViT(cfg, input_size)
@@ -137,8 +147,9 @@ class Detector(BackboneLayerIds, nn.Module):
         if sizes is None:
             return {limit: list(range(video.shape[0]))}
         if len(sizes) != video.shape[0]:
-            raise ValueError(f"detection batch: video_size has {len(sizes)} sizes for the {video.shape[0]} clips of "
-                             f"video")
+            raise ValueError(
+                f"detection batch: video_size has {len(sizes)} sizes for the {video.shape[0]} clips of video"
+            )
         groups: Dict[tuple, list] = {}
         for clip, size in enumerate(sizes):
             seen = tuple(min(-(-int(side) // self.stride) * self.stride, most) for side, most in zip(size, limit))

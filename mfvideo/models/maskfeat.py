@@ -5,8 +5,9 @@ upsampled (nearest) to the patch-embedding grid for the mask token and to the ou
 
 The backbone sees the normalised clip (`video`); the HOG target is computed from the same clip's uint8 pixel values
 (`pixels`, already on the device beside `video`). Mean and std drop out of the target in exact arithmetic
-(docs/design.md §2), and on integer pixel values the Sobel gradients are exact in float32, so the target is the formula's own answer;
-on the normalised floats, gradients that should cancel to 0 leave ±1e-8 and flip pixels between bins 0 and 8.
+(docs/design.md §2), and on integer pixel values the Sobel gradients are exact in float32, so the target is the
+formula's own answer; on the normalised floats, gradients that should cancel to 0 leave ±1e-8 and flip pixels
+between bins 0 and 8.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from mfvideo.data import fields
 from mfvideo.data.fields import check_batch
-from mfvideo.models.mvit import LAYER_NORM_EPS, INIT_STD, BackboneLayerIds, Grid, MViT, MViTConfig
+from mfvideo.models.mvit import INIT_STD, LAYER_NORM_EPS, BackboneLayerIds, Grid, MViT, MViTConfig
 from mfvideo.targets.hog import HogTarget
 
 
@@ -29,8 +30,10 @@ def upsample_mask(mask: torch.Tensor, grid: Grid, device: torch.device) -> torch
     if mask.dim() != 4:
         raise ValueError(f"mask must be B×T'×H'×W' (bool), got shape {tuple(mask.shape)}")
     if any(n % m for n, m in zip(grid, mask.shape[1:])):
-        raise ValueError(f"mask grid {tuple(mask.shape[1:])} does not divide the token grid {tuple(grid)}; "
-                         "use mfvideo.targets.masks.mask_grid(num_frames, crop_size) for the clip size")
+        raise ValueError(
+            f"mask grid {tuple(mask.shape[1:])} does not divide the token grid {tuple(grid)}; "
+            "use mfvideo.targets.masks.mask_grid(num_frames, crop_size) for the clip size"
+        )
     return F.interpolate(mask.to(device)[:, None].float(), size=tuple(grid), mode="nearest").flatten(1)
 
 
@@ -46,10 +49,12 @@ def masked_sums(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
     """Additive statistics of the masked tokens (B×N×D, B×N×D, B×N) for `MaskFeat.log_values`: the squared error,
     the token count, the per-feature target sum and the target's sum of squares, all without gradient."""
     pred, target = pred.detach().float(), target.float()
-    return {"squared_error": ((pred - target).pow(2).sum(dim=-1) * weight).sum(),
-            "masked_tokens": weight.sum(),
-            "target_sum": (target * weight.unsqueeze(-1)).sum(dim=(0, 1)),
-            "target_squares": (target.pow(2).sum(dim=-1) * weight).sum()}
+    return {
+        "squared_error": ((pred - target).pow(2).sum(dim=-1) * weight).sum(),
+        "masked_tokens": weight.sum(),
+        "target_sum": (target * weight.unsqueeze(-1)).sum(dim=(0, 1)),
+        "target_squares": (target.pow(2).sum(dim=-1) * weight).sum(),
+    }
 
 
 def explained_variance(window: Mapping[str, torch.Tensor], running: Mapping[str, torch.Tensor]) -> Optional[float]:
@@ -97,20 +102,28 @@ class MaskFeat(BackboneLayerIds, nn.Module):
     embedding_params = ("mask_token",)
     fresh_prefixes = ("mask_token", "pred_head.")  # continuing from a classifier or a bare backbone
 
-    def __init__(self, cfg: MViTConfig, input_size: Sequence[int], cell_size: int = 8, bins: int = 9,
-                 gaussian_window: int = 0) -> None:
+    def __init__(
+        self, cfg: MViTConfig, input_size: Sequence[int], cell_size: int = 8, bins: int = 9, gaussian_window: int = 0
+    ) -> None:
         super().__init__()
         if cfg.keep_last_q_stride:
             raise ValueError(f"{cfg.name}: MaskFeat pretraining needs keep_last_q_stride=False (1/16 output grid)")
         token_size = cfg.output_stride[1]
         if cfg.output_stride[2] != token_size or token_size % cell_size:
-            raise ValueError(f"{cfg.name}: output stride {cfg.output_stride} needs square tokens made of "
-                             f"whole {cell_size}-pixel HOG cells")
+            raise ValueError(
+                f"{cfg.name}: output stride {cfg.output_stride} needs square tokens made of "
+                f"whole {cell_size}-pixel HOG cells"
+            )
         self.backbone = MViT(cfg, input_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=INIT_STD)
-        self.hog = HogTarget(cell_size=cell_size, bins=bins, gaussian_window=gaussian_window,
-                             temporal_stride=cfg.patch_stride[0], token_size=token_size)
+        self.hog = HogTarget(
+            cell_size=cell_size,
+            bins=bins,
+            gaussian_window=gaussian_window,
+            temporal_stride=cfg.patch_stride[0],
+            token_size=token_size,
+        )
         self.target_dim = 3 * bins * (token_size // cell_size) ** 2
         self.pred_head = PredictionHead(self.backbone.dim_out, self.target_dim)
 
@@ -134,8 +147,10 @@ class MaskFeat(BackboneLayerIds, nn.Module):
         """HOG features per output token, B×N×D, of the clip's uint8 pixel values, in float32."""
         hog = self.hog(pixels)
         if tuple(hog.shape[1:4]) != tuple(grid):
-            raise ValueError(f"HOG target grid {tuple(hog.shape[1:4])} differs from the model's output grid "
-                             f"{tuple(grid)} for a clip of shape {tuple(pixels.shape)}")
+            raise ValueError(
+                f"HOG target grid {tuple(hog.shape[1:4])} differs from the model's output grid "
+                f"{tuple(grid)} for a clip of shape {tuple(pixels.shape)}"
+            )
         return hog.flatten(1, 3)
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
@@ -154,8 +169,10 @@ class MaskFeat(BackboneLayerIds, nn.Module):
         target = self.target(batch[fields.PIXELS.name], out_grid)
         out_mask = upsample_mask(mask, out_grid, pred.device)
         b = video.shape[0]
-        return {"loss": masked_mse(pred, target, out_mask),
-                "sums": masked_sums(pred, target, out_mask),
-                "pred": pred.reshape(b, *out_grid, -1),
-                "target": target.reshape(b, *out_grid, -1),
-                "mask": out_mask.reshape(b, *out_grid).bool()}
+        return {
+            "loss": masked_mse(pred, target, out_mask),
+            "sums": masked_sums(pred, target, out_mask),
+            "pred": pred.reshape(b, *out_grid, -1),
+            "target": target.reshape(b, *out_grid, -1),
+            "mask": out_mask.reshape(b, *out_grid).bool(),
+        }

@@ -25,7 +25,6 @@ INIT_BIAS = 0.02  # biases and LayerNorm biases start at 0.02, as in PySlowFast'
 HEAD_INIT_SCALE = 0.001  # a task head's Linear starts 1000× smaller (PySlowFast's MViT head init)
 
 
-
 def init_head(norm: nn.LayerNorm, proj: nn.Linear) -> None:
     """A task head's initialisation (classification, detection): LayerNorm bias and Linear bias at INIT_BIAS, Linear
     weights truncated normal with INIT_STD, then the Linear's weights and bias scaled by HEAD_INIT_SCALE."""
@@ -36,6 +35,7 @@ def init_head(norm: nn.LayerNorm, proj: nn.Linear) -> None:
         proj.weight.mul_(HEAD_INIT_SCALE)
         proj.bias.mul_(HEAD_INIT_SCALE)
 
+
 @dataclass(frozen=True)
 class BlockConfig:
     """One MultiScaleBlock. Q, K and V are pooled by depthwise Conv3d(kernel) with their own strides."""
@@ -45,8 +45,8 @@ class BlockConfig:
     num_heads: int
     stride_q: Grid
     stride_kv: Grid
-    input_grid: Grid          # token grid entering the block at the configured input size (sizes rel-pos tables)
-    dim_mul_in_att: bool      # True: channels grow in the attention (supervised MViTv2); False: in the MLP (MaskFeat)
+    input_grid: Grid  # token grid entering the block at the configured input size (sizes rel-pos tables)
+    dim_mul_in_att: bool  # True: channels grow in the attention (supervised MViTv2); False: in the MLP (MaskFeat)
     kernel: Grid = (3, 3, 3)
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
@@ -66,7 +66,7 @@ class MViTConfig:
     num_heads: int
     doubling_blocks: Tuple[int, ...]
     dim_mul_in_att: bool = False
-    keep_last_q_stride: bool = True   # False for MaskFeat pretraining: the output stays at 1/16 resolution
+    keep_last_q_stride: bool = True  # False for MaskFeat pretraining: the output stays at 1/16 resolution
     kv_stride_adaptive: Grid = (1, 8, 8)
     patch_kernel: Grid = (3, 7, 7)
     patch_stride: Grid = (2, 4, 4)
@@ -87,7 +87,7 @@ class MViTConfig:
     def stage_width(self, block: int) -> Tuple[int, int]:
         """(channels, heads) of the stage that `block` belongs to; block -1 is the patch embedding."""
         doublings = sum(1 for d in self.doubling_blocks if d <= block)
-        return self.embed_dim * 2 ** doublings, self.num_heads * 2 ** doublings
+        return self.embed_dim * 2**doublings, self.num_heads * 2**doublings
 
 
 def mvit_s() -> MViTConfig:
@@ -112,8 +112,10 @@ ARCHS = {"mvit_s": mvit_s, "mvit_b": mvit_b, "mvit_l": mvit_l, "mvit_tiny": mvit
 
 def patch_grid(cfg: MViTConfig, input_size: Sequence[int]) -> Grid:
     """Token grid after the patch embedding for an input of (T, H, W) pixels (Conv3d output size)."""
-    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in
-                 zip(input_size, cfg.patch_kernel, cfg.patch_stride, cfg.patch_padding))
+    return tuple(
+        (n + 2 * p - k) // s + 1
+        for n, k, s, p in zip(input_size, cfg.patch_kernel, cfg.patch_stride, cfg.patch_padding)
+    )
 
 
 def block_configs(cfg: MViTConfig, input_size: Sequence[int]) -> List[BlockConfig]:
@@ -130,8 +132,9 @@ def block_configs(cfg: MViTConfig, input_size: Sequence[int]) -> List[BlockConfi
             dim_in, dim_out = cfg.stage_width(i - 1)[0], width
         else:
             dim_in, dim_out = width, cfg.stage_width(min(i + 1, cfg.depth - 1))[0]
-        blocks.append(BlockConfig(dim_in, dim_out, heads, stride_q, kv_stride, grid, cfg.dim_mul_in_att,
-                                  drop_path=drop_paths[i]))
+        blocks.append(
+            BlockConfig(dim_in, dim_out, heads, stride_q, kv_stride, grid, cfg.dim_mul_in_att, drop_path=drop_paths[i])
+        )
         grid = tuple(n // s for n, s in zip(grid, stride_q))
     return blocks
 
@@ -163,8 +166,14 @@ def rel_pos_lookup(table: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
     return table[(q_pos - k_pos + (k_len - 1) * k_ratio).long()]
 
 
-def rel_pos_terms(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_t: torch.Tensor, rel_pos_h: torch.Tensor,
-                  rel_pos_w: torch.Tensor) -> torch.Tensor:
+def rel_pos_terms(
+    q: torch.Tensor,
+    q_grid: Grid,
+    k_grid: Grid,
+    rel_pos_t: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+) -> torch.Tensor:
     """Per-axis relative-position logits of the grid queries, B×heads×Nq×(kt+kh+kw): entry (i, a) is q_i·R[pos(q_i)
     − a] for key position a along t, then h, then w. The logit between query i and key j is the sum of its three
     entries at the positions of j (`rel_pos_bias` writes that sum out, `fold_rel_pos` leaves it to the matmul).
@@ -198,8 +207,9 @@ def key_positions(k_grid: Grid, dtype: torch.dtype, device: torch.device) -> tor
     return positions
 
 
-def fold_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: torch.Tensor, k_grid: Grid,
-                 scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fold_rel_pos(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: torch.Tensor, k_grid: Grid, scale: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v for plain attention at scale 1 with the relative positions inside the dot product:
     q' = [q, terms] (zero terms for the cls query), k' = [scale·k, key positions], so q'·k' = scale·q·k + bias (the
     scale goes on the keys, far fewer than the queries after KV pooling).
@@ -253,7 +263,7 @@ class MultiScaleAttention(nn.Module):
             raise ValueError(f"attention width {dim} is not divisible by num_heads={cfg.num_heads}")
         self.num_heads = cfg.num_heads
         self.head_dim = dim // cfg.num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.kernel = "folded"
         self.qkv = nn.Linear(cfg.dim_in, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -271,8 +281,15 @@ class MultiScaleAttention(nn.Module):
         self.kernel = kernel
 
     def _pool(self, kernel: Grid, stride: Grid) -> Tuple[nn.Conv3d, nn.LayerNorm]:
-        conv = nn.Conv3d(self.head_dim, self.head_dim, kernel, stride=stride, padding=[k // 2 for k in kernel],
-                         groups=self.head_dim, bias=False)
+        conv = nn.Conv3d(
+            self.head_dim,
+            self.head_dim,
+            kernel,
+            stride=stride,
+            padding=[k // 2 for k in kernel],
+            groups=self.head_dim,
+            bias=False,
+        )
         return conv, nn.LayerNorm(self.head_dim, eps=LAYER_NORM_EPS)
 
     def _pooled(self, x: torch.Tensor, pool: nn.Conv3d, norm: nn.LayerNorm, grid: Grid) -> Tuple[torch.Tensor, Grid]:
@@ -284,7 +301,7 @@ class MultiScaleAttention(nn.Module):
         terms = rel_pos_terms(q, q_grid, k_grid, self.rel_pos_t, self.rel_pos_h, self.rel_pos_w)
         if self.kernel == "folded":
             out = F.scaled_dot_product_attention(*fold_rel_pos(q, k, v, terms, k_grid, self.scale), scale=1.0)
-            return out[..., :v.shape[-1]]
+            return out[..., : v.shape[-1]]
         bias = rel_pos_bias(terms, k_grid)
         if self.kernel == "bias_mask":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
@@ -337,8 +354,7 @@ class MultiScaleBlock(nn.Module):
         self.proj = nn.Linear(cfg.dim_in, cfg.dim_out) if cfg.dim_in != cfg.dim_out else None
         strided = math.prod(cfg.stride_q) > 1
         kernel_skip = [s + 1 if s > 1 else 1 for s in cfg.stride_q]
-        self.pool_skip = (nn.MaxPool3d(kernel_skip, cfg.stride_q, [k // 2 for k in kernel_skip])
-                          if strided else None)
+        self.pool_skip = nn.MaxPool3d(kernel_skip, cfg.stride_q, [k // 2 for k in kernel_skip]) if strided else None
 
     def forward(self, x: torch.Tensor, grid: Grid) -> Tuple[torch.Tensor, Grid]:
         x_norm = self.norm1(x)
@@ -449,5 +465,5 @@ class BackboneLayerIds:
 
     def layer_id(self, name: str) -> int:
         if name.startswith("backbone."):
-            return self.backbone.layer_id(name[len("backbone."):])
+            return self.backbone.layer_id(name[len("backbone.") :])
         return 0 if name in self.embedding_params else self.num_layers - 1

@@ -32,12 +32,16 @@ def as_rois(boxes: torch.Tensor, box_index: Optional[torch.Tensor] = None) -> to
     """K×5 rows [batch index, x1, y1, x2, y2] from K×5 rois, or from K×4 boxes and their int K batch indices."""
     if box_index is None:
         if boxes.dim() != 2 or boxes.shape[1] != 5:
-            raise ValueError(f"rois must be K×5 [batch index, x1, y1, x2, y2] (or K×4 boxes with a box_index), "
-                             f"got shape {tuple(boxes.shape)}")
+            raise ValueError(
+                f"rois must be K×5 [batch index, x1, y1, x2, y2] (or K×4 boxes with a box_index), "
+                f"got shape {tuple(boxes.shape)}"
+            )
         return boxes
     if boxes.dim() != 2 or boxes.shape[1] != 4 or box_index.shape != (boxes.shape[0],):
-        raise ValueError(f"boxes must be K×4 [x1, y1, x2, y2] with a box_index of K batch indices, got boxes "
-                         f"{tuple(boxes.shape)} and box_index {tuple(box_index.shape)}")
+        raise ValueError(
+            f"boxes must be K×4 [x1, y1, x2, y2] with a box_index of K batch indices, got boxes "
+            f"{tuple(boxes.shape)} and box_index {tuple(box_index.shape)}"
+        )
     return torch.cat((box_index.to(boxes.dtype)[:, None], boxes), dim=1)
 
 
@@ -45,8 +49,9 @@ def pair(size: Size) -> Tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def axis_weights(start: torch.Tensor, bin_size: torch.Tensor, samples: torch.Tensor, max_samples: int,
-                 bins: int, length: int) -> torch.Tensor:
+def axis_weights(
+    start: torch.Tensor, bin_size: torch.Tensor, samples: torch.Tensor, max_samples: int, bins: int, length: int
+) -> torch.Tensor:
     """K×bins×length: for each box and bin along one axis, the bilinear weight of every feature row (column),
     summed over the bin's samples and divided by their count. `samples` (K, int) is each box's count along the
     axis; sample positions past it are masked out, so boxes with different counts share one max_samples grid."""
@@ -55,8 +60,11 @@ def axis_weights(start: torch.Tensor, bin_size: torch.Tensor, samples: torch.Ten
     bin_id = torch.arange(bins, device=start.device, dtype=dtype)
     count = samples.clamp(min=1).to(dtype)[:, None, None]
     # the kernels' order of operations, so that positions (and the boundary tests on them) round the same way
-    pos = (start[:, None, None] + bin_id[None, :, None] * bin_size[:, None, None]
-           + (sample[None, None, :] + 0.5) * bin_size[:, None, None] / count)
+    pos = (
+        start[:, None, None]
+        + bin_id[None, :, None] * bin_size[:, None, None]
+        + (sample[None, None, :] + 0.5) * bin_size[:, None, None] / count
+    )
     used = (sample[None, None, :] < samples[:, None, None]) & (pos >= -1.0) & (pos <= length)
     pos = torch.where(used, pos, torch.zeros((), dtype=dtype, device=pos.device)).clamp(min=0.0)
     low = pos.floor().long()
@@ -79,8 +87,14 @@ def clip_slots(clip: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return slot
 
 
-def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, output_size: Size, spatial_scale: float = 1.0,
-                    sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
+def roi_align_torch(
+    input: torch.Tensor,
+    rois: torch.Tensor,
+    output_size: Size,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> torch.Tensor:
     """K×C×out_h×out_w RoIAlign of `input` (N×C×H×W) over `rois` (K×5 [batch index, x1, y1, x2, y2], in the
     input's dtype), in plain torch with torchvision's semantics (module docstring)."""
     if input.dim() != 4:
@@ -100,8 +114,9 @@ def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, output_size: Size, 
     clip = rois[:, 0].long()
     counts = torch.bincount(clip, minlength=num_clips)
     # one device→host transfer for the three sizes below
-    max_h, max_w, slots = (torch.stack((samples_h.amax(), samples_w.amax(), counts.amax())).tolist()
-                           if rois.shape[0] else (1, 1, 0))
+    max_h, max_w, slots = (
+        torch.stack((samples_h.amax(), samples_w.amax(), counts.amax())).tolist() if rois.shape[0] else (1, 1, 0)
+    )
     weights_h = axis_weights(scaled[:, 1], bin_h, samples_h, max(max_h, 1), out_h, height).to(input.dtype)
     weights_w = axis_weights(scaled[:, 0], bin_w, samples_w, max(max_w, 1), out_w, width).to(input.dtype)
     # Boxes go into per-clip slots (zero weights where a clip has fewer boxes), so that each clip's map is read by
@@ -111,8 +126,10 @@ def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, output_size: Size, 
     rows[clip, slot] = weights_h
     columns = weights_w.new_zeros(num_clips * slots, width, out_w)
     columns.view(num_clips, slots, width, out_w)[clip, slot] = weights_w.transpose(1, 2)
-    by_rows = torch.bmm(rows.reshape(num_clips, slots * out_h, height),
-                        input.transpose(1, 2).reshape(num_clips, height, channels * width))
+    by_rows = torch.bmm(
+        rows.reshape(num_clips, slots * out_h, height),
+        input.transpose(1, 2).reshape(num_clips, height, channels * width),
+    )
     pooled = torch.bmm(by_rows.reshape(num_clips * slots, out_h * channels, width), columns)
     return pooled.reshape(num_clips, slots, out_h, channels, out_w)[clip, slot].transpose(1, 2).contiguous()
 
@@ -120,9 +137,15 @@ def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, output_size: Size, 
 BACKEND: Callable[..., torch.Tensor] = torchvision_roi_align or roi_align_torch
 
 
-def roi_align(input: torch.Tensor, boxes: torch.Tensor, output_size: Size, spatial_scale: float = 1.0,
-              sampling_ratio: int = -1, aligned: bool = False,
-              box_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+def roi_align(
+    input: torch.Tensor,
+    boxes: torch.Tensor,
+    output_size: Size,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    box_index: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """`torchvision.ops.roi_align` (same arguments and defaults), by torchvision where it imports and by
     `roi_align_torch` otherwise (`BACKEND` is the one chosen). `boxes` is K×5 [batch index, x1, y1, x2, y2], or K×4
     [x1, y1, x2, y2] with `box_index` (int K, the row of `input` each box belongs to); boxes are taken in the input's

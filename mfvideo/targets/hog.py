@@ -53,12 +53,20 @@ class HogTarget(nn.Module):
     T' = T / temporal_stride (frames 0, s, 2s, …); a single frame (T = 1, images) gives T' = 1.
     """
 
-    def __init__(self, cell_size: int = 8, bins: int = 9, gaussian_window: int = 0, temporal_stride: int = 2,
-                 token_size: int = 16):
+    def __init__(
+        self,
+        cell_size: int = 8,
+        bins: int = 9,
+        gaussian_window: int = 0,
+        temporal_stride: int = 2,
+        token_size: int = 16,
+    ):
         super().__init__()
         if min(cell_size, bins, temporal_stride, token_size) < 1 or gaussian_window < 0:
-            raise ValueError(f"HogTarget: cell_size={cell_size}, bins={bins}, temporal_stride={temporal_stride}, "
-                             f"token_size={token_size} must be positive and gaussian_window={gaussian_window} ≥ 0")
+            raise ValueError(
+                f"HogTarget: cell_size={cell_size}, bins={bins}, temporal_stride={temporal_stride}, "
+                f"token_size={token_size} must be positive and gaussian_window={gaussian_window} ≥ 0"
+            )
         if token_size % cell_size:
             raise ValueError(f"HogTarget: token_size={token_size} must be a multiple of cell_size={cell_size}")
         self.cell_size = cell_size
@@ -73,12 +81,12 @@ class HogTarget(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         _check_video(video, self.temporal_stride, self.token_size, self.gaussian_window)
         batch, channels, _, height, width = video.shape
-        histograms = self._histograms(video, self.temporal_stride)          # (B·T'·C)×bins×cells
-        group = self.token_size // self.cell_size                           # cells per token side
+        histograms = self._histograms(video, self.temporal_stride)  # (B·T'·C)×bins×cells
+        group = self.token_size // self.cell_size  # cells per token side
         tokens_h, tokens_w = height // self.token_size, width // self.token_size
         # Cells are row-major (cell row = token row · group + dy), so one view splits them per token.
         tokens = histograms.view(-1, channels * self.bins, tokens_h, group, tokens_w, group)
-        tokens = tokens.permute(0, 2, 4, 1, 3, 5)                           # n, ty, tx, colour·bins, dy, dx
+        tokens = tokens.permute(0, 2, 4, 1, 3, 5)  # n, ty, tx, colour·bins, dy, dx
         return tokens.reshape(batch, -1, tokens_h, tokens_w, channels * self.bins * group * group)
 
     @torch.no_grad()
@@ -114,14 +122,16 @@ class HogTarget(nn.Module):
         cells = (height // self.cell_size) * cells_w
         rows = torch.arange(height, device=slot.device) // self.cell_size
         cols = torch.arange(width, device=slot.device) // self.cell_size
-        slot.mul_(cells).add_(rows[:, None] * cells_w + cols[None, :])   # bin · cells + cell
+        slot.mul_(cells).add_(rows[:, None] * cells_w + cols[None, :])  # bin · cells + cell
         histograms = torch.zeros(planes, self.bins * cells, dtype=magnitude.dtype, device=slot.device)
         histograms.scatter_add_(1, slot.view(planes, -1), magnitude.view(planes, -1))
         return F.normalize(histograms.view(planes, self.bins, cells), dim=1, eps=NORM_EPS)
 
     def extra_repr(self) -> str:
-        return (f"cell_size={self.cell_size}, bins={self.bins}, gaussian_window={self.gaussian_window}, "
-                f"temporal_stride={self.temporal_stride}, token_size={self.token_size}")
+        return (
+            f"cell_size={self.cell_size}, bins={self.bins}, gaussian_window={self.gaussian_window}, "
+            f"temporal_stride={self.temporal_stride}, token_size={self.token_size}"
+        )
 
 
 def _check_video(video: torch.Tensor, temporal_stride: int, token_size: int, gaussian_window: int) -> None:
@@ -129,8 +139,10 @@ def _check_video(video: torch.Tensor, temporal_stride: int, token_size: int, gau
         raise ValueError(f"HOG target expects video B×C×T×H×W, got shape {tuple(video.shape)}")
     frames, height, width = video.shape[2:]
     if frames != 1 and frames % temporal_stride:
-        raise ValueError(f"HOG target: T={frames} frames must be 1 or a multiple of temporal_stride="
-                         f"{temporal_stride} (one target frame per temporal token)")
+        raise ValueError(
+            f"HOG target: T={frames} frames must be 1 or a multiple of temporal_stride="
+            f"{temporal_stride} (one target frame per temporal token)"
+        )
     _check_frame_size(height, width, token_size, gaussian_window)
 
 
@@ -147,30 +159,37 @@ def _padded_frames(video: torch.Tensor, temporal_stride: int) -> torch.Tensor:
     """
     batch, channels, _, height, width = video.shape
     frames = video[:, :, ::temporal_stride].transpose(1, 2)
-    padded = torch.empty(batch, frames.shape[1], channels, height + 2, width + 2, dtype=torch.float32,
-                         device=video.device)
+    padded = torch.empty(
+        batch, frames.shape[1], channels, height + 2, width + 2, dtype=torch.float32, device=video.device
+    )
     padded[..., 1:-1, 1:-1] = frames
     padded = padded.view(-1, height + 2, width + 2)
-    padded[:, 0, 1:-1] = padded[:, 2, 1:-1]        # reflect: row -1 mirrors row 1
+    padded[:, 0, 1:-1] = padded[:, 2, 1:-1]  # reflect: row -1 mirrors row 1
     padded[:, -1, 1:-1] = padded[:, -3, 1:-1]
-    padded[:, :, 0] = padded[:, :, 2]              # columns last, so corners mirror both ways
+    padded[:, :, 0] = padded[:, :, 2]  # columns last, so corners mirror both ways
     padded[:, :, -1] = padded[:, :, -3]
     return padded
 
 
 def _sobel(padded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-correlation with wx = [[1,0,-1],[2,0,-2],[1,0,-1]] and wy = wxᵀ as shifted differences."""
-    across = padded[:, :, :-2] - padded[:, :, 2:]           # left minus right, rows -1..H
+    across = padded[:, :, :-2] - padded[:, :, 2:]  # left minus right, rows -1..H
     gx = across[:, 1:-1].mul(2).add_(across[:, :-2]).add_(across[:, 2:])
     del across
-    down = padded[:, :-2] - padded[:, 2:]                    # above minus below, columns -1..W
+    down = padded[:, :-2] - padded[:, 2:]  # above minus below, columns -1..W
     gy = down[:, :, 1:-1].mul(2).add_(down[:, :, :-2]).add_(down[:, :, 2:])
     return gx, gy
 
 
 @torch.no_grad()
-def hog_reference(video: torch.Tensor, cell_size: int = 8, bins: int = 9, gaussian_window: int = 0,
-                  temporal_stride: int = 2, token_size: int = 16) -> torch.Tensor:
+def hog_reference(
+    video: torch.Tensor,
+    cell_size: int = 8,
+    bins: int = 9,
+    gaussian_window: int = 0,
+    temporal_stride: int = 2,
+    token_size: int = 16,
+) -> torch.Tensor:
     """The same target computed the straightforward way: convolution, a full-resolution one-hot
     histogram times magnitude, sum over cells. Memory-hungry; for tests and benchmarks.
 
@@ -192,7 +211,7 @@ def hog_reference(video: torch.Tensor, cell_size: int = 8, bins: int = 9, gaussi
         magnitude = magnitude * gaussian_window_weights(gaussian_window).to(video.device, dtype).tile(reps)
     phase = torch.atan2(gx, gy) / math.pi * bins
     bin_index = phase.floor().long() % bins
-    per_bin = F.one_hot(bin_index, bins).to(dtype) * magnitude.unsqueeze(-1)     # (b t) c h w bins
+    per_bin = F.one_hot(bin_index, bins).to(dtype) * magnitude.unsqueeze(-1)  # (b t) c h w bins
     cells = einops.reduce(per_bin, "n c (hc y) (wc x) k -> n c k hc wc", "sum", y=cell_size, x=cell_size)
     cells = F.normalize(cells, dim=2, eps=NORM_EPS)
     group = token_size // cell_size

@@ -25,9 +25,9 @@ import numpy as np
 
 MASK_MODES = ("cube", "tube", "frame", "block", "none")
 MIN_ASPECT = 0.3
-VIDEO_UNIT_PIXELS = 32   # a video mask unit spans 2×2 output tokens of 16 pixels
-VIDEO_UNIT_FRAMES = 2    # ... and one temporal token of 2 frames
-IMAGE_UNIT_PIXELS = 16   # an image mask unit is one 16×16 token
+VIDEO_UNIT_PIXELS = 32  # a video mask unit spans 2×2 output tokens of 16 pixels
+VIDEO_UNIT_FRAMES = 2  # ... and one temporal token of 2 frames
+IMAGE_UNIT_PIXELS = 16  # an image mask unit is one 16×16 token
 
 Grid = tuple[int, int, int]
 
@@ -46,12 +46,16 @@ def mask_grid(num_frames: int, crop_size: int) -> Grid:
     else:
         unit = VIDEO_UNIT_PIXELS
         if num_frames % VIDEO_UNIT_FRAMES:
-            raise ValueError(f"mask_grid: num_frames={num_frames} must be 1 (image) or a multiple of "
-                             f"{VIDEO_UNIT_FRAMES} (one temporal token per {VIDEO_UNIT_FRAMES} frames)")
+            raise ValueError(
+                f"mask_grid: num_frames={num_frames} must be 1 (image) or a multiple of "
+                f"{VIDEO_UNIT_FRAMES} (one temporal token per {VIDEO_UNIT_FRAMES} frames)"
+            )
         frames = num_frames // VIDEO_UNIT_FRAMES
     if crop_size % unit:
-        raise ValueError(f"mask_grid: crop_size={crop_size} must be a multiple of {unit} pixels "
-                         f"(one mask unit) for num_frames={num_frames}")
+        raise ValueError(
+            f"mask_grid: crop_size={crop_size} must be a multiple of {unit} pixels "
+            f"(one mask unit) for num_frames={num_frames}"
+        )
     return frames, crop_size // unit, crop_size // unit
 
 
@@ -71,11 +75,11 @@ class Cube:
 class CubeRule:
     """How cubes are drawn. A 2-D block is a cube with max_frames = 1."""
 
-    budget: int                 # units to mask in total
-    min_area: float             # spatial area drawn uniform in [min_area, max_area]
-    max_area: Optional[float]   # None: the remaining budget (BEiT's 2-D rule)
-    max_frames: int             # temporal extent drawn uniform in [1, max_frames]
-    max_tries: int              # draws per cube before giving up
+    budget: int  # units to mask in total
+    min_area: float  # spatial area drawn uniform in [min_area, max_area]
+    max_area: Optional[float]  # None: the remaining budget (BEiT's 2-D rule)
+    max_frames: int  # temporal extent drawn uniform in [1, max_frames]
+    max_tries: int  # draws per cube before giving up
     min_aspect: float = MIN_ASPECT
 
 
@@ -94,8 +98,9 @@ def sample_cubes(rng: np.random.Generator, grid: Grid, rule: CubeRule) -> tuple[
     return mask, cubes
 
 
-def _place_cube(rng: np.random.Generator, mask: np.ndarray, rule: CubeRule,
-                remaining: int) -> Optional[tuple[Cube, int]]:
+def _place_cube(
+    rng: np.random.Generator, mask: np.ndarray, rule: CubeRule, remaining: int
+) -> Optional[tuple[Cube, int]]:
     """Mask one cube that adds 1..remaining new units; None when max_tries draws all fail."""
     grid_t, grid_h, grid_w = mask.shape
     max_area = remaining if rule.max_area is None else rule.max_area
@@ -108,12 +113,12 @@ def _place_cube(rng: np.random.Generator, mask: np.ndarray, rule: CubeRule,
         height = round(math.sqrt(area * aspect))
         width = round(math.sqrt(area / aspect))
         frames = int(rng.integers(1, rule.max_frames + 1))
-        if height >= grid_h or width >= grid_w:   # strict, as in the official generator
+        if height >= grid_h or width >= grid_w:  # strict, as in the official generator
             continue
         top = int(rng.integers(0, grid_h - height + 1))
         left = int(rng.integers(0, grid_w - width + 1))
         front = int(rng.integers(0, grid_t - frames + 1))
-        region = mask[front:front + frames, top:top + height, left:left + width]
+        region = mask[front : front + frames, top : top + height, left : left + width]
         added = region.size - int(np.count_nonzero(region))
         if 0 < added <= remaining:
             region[...] = True
@@ -127,8 +132,8 @@ class MaskGenerator:
 
     mode: str
     grid: Grid
-    budget: int                  # units to mask: of the grid (cube), of each time step (tube, block), frames (frame)
-    rule: Optional[CubeRule]     # cube/tube/block only
+    budget: int  # units to mask: of the grid (cube), of each time step (tube, block), frames (frame)
+    rule: Optional[CubeRule]  # cube/tube/block only
 
     def __call__(self, rng: np.random.Generator) -> np.ndarray:
         if self.mode == "cube":
@@ -149,8 +154,9 @@ class MaskGenerator:
         return sample_cubes(rng, grid, self.rule)[1]
 
 
-def build_mask_generator(mode: str, grid: Grid, ratio: float = 0.4, min_units: int = 9,
-                         max_tries: int = 100) -> MaskGenerator:
+def build_mask_generator(
+    mode: str, grid: Grid, ratio: float = 0.4, min_units: int = 9, max_tries: int = 100
+) -> MaskGenerator:
     """Generator for `mode` on `grid` (from `mask_grid`).
 
     cube:  3-D cubes on T'×H'×W', budget round(T'·H'·W'·ratio) (157 of 392 at 8×7×7), face area in
@@ -175,8 +181,9 @@ def build_mask_generator(mode: str, grid: Grid, ratio: float = 0.4, min_units: i
     if mode == "frame":
         return MaskGenerator(mode, grid, _budget(mode, grid_t, ratio), None)
     if mode == "block" and grid_t != 1:
-        raise ValueError(f"mask mode 'block' is for single images (grid 1×H×W), got grid {grid}; "
-                         f"use 'tube' or 'cube' for video")
+        raise ValueError(
+            f"mask mode 'block' is for single images (grid 1×H×W), got grid {grid}; use 'tube' or 'cube' for video"
+        )
     if grid_h < 2 or grid_w < 2:
         raise ValueError(f"mask mode {mode!r} needs a grid of at least 2×2 units spatially, got {grid}")
     if min_units < 1 or max_tries < 1:

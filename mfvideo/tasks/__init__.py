@@ -43,12 +43,14 @@ def build_model(model_cfg: ModelConfig, num_frames: int, crop_size: int, *, stri
 def train_loader(recipe: Recipe, micro_batch_size: int, rank: int, world_size: int) -> StreamLoader:
     """The training loader of `recipe`'s task over `data.train`."""
     placement = Placement(rank, world_size, recipe.data.num_workers)
-    return build_train_loader(recipe.data, task_of(recipe).train_batching(recipe), micro_batch_size, placement,
-                              recipe.train.seed)
+    return build_train_loader(
+        recipe.data, task_of(recipe).train_batching(recipe), micro_batch_size, placement, recipe.train.seed
+    )
 
 
-def eval_loader_and_evaluator(recipe: Recipe, views: Views, micro_batch_size: int, rank: int, world_size: int,
-                              split: Optional[ShardSplit] = None) -> Optional[tuple[StreamLoader, EvaluatorFactory]]:
+def eval_loader_and_evaluator(
+    recipe: Recipe, views: Views, micro_batch_size: int, rank: int, world_size: int, split: Optional[ShardSplit] = None
+) -> Optional[tuple[StreamLoader, EvaluatorFactory]]:
     """(loader, evaluator factory) over `split` (default `data.val`) with `views` per video, or None when the task
     has no evaluation."""
     task = task_of(recipe)
@@ -56,7 +58,7 @@ def eval_loader_and_evaluator(recipe: Recipe, views: Views, micro_batch_size: in
         return None
     data = recipe.data
     split = split or ShardSplit(data.val, data.val_manifest, read_policy(data))
-    loader = build_test_loader(data, split, task.eval_batching(recipe, views), micro_batch_size,
-                               Placement(rank, world_size, data.num_workers))
+    loader = build_test_loader(
+        data, split, task.eval_batching(recipe, views), micro_batch_size, Placement(rank, world_size, data.num_workers)
+    )
     return loader, task.evaluator(recipe, views)
-

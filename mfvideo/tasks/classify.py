@@ -18,14 +18,22 @@ from mfvideo.data.loader import Batching, BatchStep
 from mfvideo.data.transforms import EvalTransform, TrainTransform
 from mfvideo.evaluation.classification import ViewAggregator
 from mfvideo.models.classifier import MViTClassifier
-from mfvideo.tasks.common import (Views, backbone_config, labelled_split_problems, no_probe, normalised, split_classes,
-                                  temporal)
+from mfvideo.tasks.common import (
+    Views,
+    backbone_config,
+    labelled_split_problems,
+    no_probe,
+    normalised,
+    split_classes,
+    temporal,
+)
 from mfvideo.tasks.task import EvaluatorFactory, Task
 
 
 def model(model_cfg: ModelConfig, input_size: Sequence[int]) -> nn.Module:
-    return MViTClassifier(backbone_config(model_cfg), input_size, model_cfg.num_classes, model_cfg.dropout,
-                          model_cfg.pooling)
+    return MViTClassifier(
+        backbone_config(model_cfg), input_size, model_cfg.num_classes, model_cfg.dropout, model_cfg.pooling
+    )
 
 
 def mixing(recipe: Recipe) -> BatchStep:
@@ -33,8 +41,14 @@ def mixing(recipe: Recipe) -> BatchStep:
     targets always become soft (B×classes), so the loss is one soft-target cross-entropy whatever is switched on."""
     aug = recipe.augment
     erasing = RandomErasing(aug.erase_prob) if aug.erase_prob > 0 else None
-    mixup = MixupCutmix(recipe.model.num_classes, mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha,
-                        switch_prob=aug.mix_switch_prob, label_smoothing=aug.label_smoothing, prob=aug.mix_prob)
+    mixup = MixupCutmix(
+        recipe.model.num_classes,
+        mixup_alpha=aug.mixup_alpha,
+        cutmix_alpha=aug.cutmix_alpha,
+        switch_prob=aug.mix_switch_prob,
+        label_smoothing=aug.label_smoothing,
+        prob=aug.mix_prob,
+    )
 
     def step(batch: dict, rng: np.random.Generator) -> dict:
         video = batch[fields.VIDEO.name]
@@ -48,8 +62,13 @@ def mixing(recipe: Recipe) -> BatchStep:
 
 def train_batching(recipe: Recipe) -> Batching:
     data, spec = recipe.data, recipe.augment.rand_augment
-    transform = TrainTransform(data.crop_size, data.train_crop_area, data.train_crop_aspect, flip=data.flip,
-                               rand_augment=RandAugment.from_spec(spec) if spec else None)
+    transform = TrainTransform(
+        data.crop_size,
+        data.train_crop_area,
+        data.train_crop_aspect,
+        flip=data.flip,
+        rand_augment=RandAugment.from_spec(spec) if spec else None,
+    )
     clips = TrainClips(temporal(data), transform, data.repeated_sampling, None)
     return Batching(clips, Collate((LABELS,)), (normalised(data), mixing(recipe)))
 
@@ -76,5 +95,11 @@ def rules(recipe: Recipe) -> list[str]:
     return problems + labelled_split_problems(recipe, "classes") + no_probe(recipe)
 
 
-TASK = Task(name="classify", model=model, train_batching=train_batching, rules=rules, eval_batching=eval_batching,
-            evaluator=evaluator)
+TASK = Task(
+    name="classify",
+    model=model,
+    train_batching=train_batching,
+    rules=rules,
+    eval_batching=eval_batching,
+    evaluator=evaluator,
+)

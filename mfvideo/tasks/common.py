@@ -29,8 +29,12 @@ class Views:
 def backbone_config(model_cfg: ModelConfig) -> MViTConfig:
     if model_cfg.arch not in ARCHS:
         raise ValueError(f"model.arch={model_cfg.arch!r}: expected one of {sorted(ARCHS)}")
-    return replace(ARCHS[model_cfg.arch](), drop_path=model_cfg.drop_path, dim_mul_in_att=model_cfg.dim_mul_in_att,
-                   activation_checkpointing=model_cfg.activation_checkpointing)
+    return replace(
+        ARCHS[model_cfg.arch](),
+        drop_path=model_cfg.drop_path,
+        dim_mul_in_att=model_cfg.dim_mul_in_att,
+        activation_checkpointing=model_cfg.activation_checkpointing,
+    )
 
 
 def temporal(data: DataConfig) -> TemporalSampling:
@@ -54,15 +58,22 @@ def named_classes(classes: Sequence[str]) -> str:
 
 def augmentations_set(recipe: Recipe) -> list[str]:
     """The fine-tuning augmentations switched on, as `augment.key=value`."""
-    return [f"augment.{key}={getattr(recipe.augment, key)!r}" for key in FINETUNING_AUGMENTATIONS
-            if getattr(recipe.augment, key)]
+    return [
+        f"augment.{key}={getattr(recipe.augment, key)!r}"
+        for key in FINETUNING_AUGMENTATIONS
+        if getattr(recipe.augment, key)
+    ]
 
 
 def no_probe(recipe: Recipe) -> list[str]:
     if not recipe.train.probe_every:
         return []
-    return [(f"train.probe_every={recipe.train.probe_every}: the k-NN probe monitors pretraining; a "
-             f"{recipe.model.task} run has its validation pass (train.eval_every); set it to 0")]
+    return [
+        (
+            f"train.probe_every={recipe.train.probe_every}: the k-NN probe monitors pretraining; a "
+            f"{recipe.model.task} run has its validation pass (train.eval_every); set it to 0"
+        )
+    ]
 
 
 def labelled_split_problems(recipe: Recipe, what: str) -> list[str]:
@@ -83,6 +94,8 @@ def labelled_split_problems(recipe: Recipe, what: str) -> list[str]:
         if not any(classes):
             problems.append(f"{key}={pattern!r}: its manifest lists no {what}: the shards carry no labels")
         elif len(classes) != recipe.model.num_classes:
-            problems.append(f"model.num_classes={recipe.model.num_classes} but {key}={pattern!r} has "
-                            f"{len(classes)} {what} in its manifest")
+            problems.append(
+                f"model.num_classes={recipe.model.num_classes} but {key}={pattern!r} has "
+                f"{len(classes)} {what} in its manifest"
+            )
     return problems

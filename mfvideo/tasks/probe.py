@@ -16,8 +16,9 @@ from mfvideo.tasks.classify import eval_batching
 from mfvideo.tasks.common import Views, named_classes, split_classes
 
 
-def knn_probe_of(recipe: Recipe, micro_batch_size: int, rank: int,
-                 world_size: int) -> Callable[[nn.Module], dict] | None:
+def knn_probe_of(
+    recipe: Recipe, micro_batch_size: int, rank: int, world_size: int
+) -> Callable[[nn.Module], dict] | None:
     """`probe(module) -> {"top1", "top5", "num_train", "num_val"}`: the k-NN probe of `module.features` from
     `data.probe_train` to `data.probe_val`, `train.probe_k` neighbours at `train.probe_temperature`; None when
     `train.probe_every` is 0. Its loaders are built once, here, and every call is collective over the ranks."""
@@ -27,12 +28,16 @@ def knn_probe_of(recipe: Recipe, micro_batch_size: int, rank: int,
     num_classes = len(split_classes(data, data.probe_train, data.probe_train_manifest))
     batching = eval_batching(recipe, Views(data.val_clips, 1))
     placement = Placement(rank, world_size, data.num_workers)
-    train_loader, val_loader = (build_test_loader(data, ShardSplit(pattern, manifest, read_policy(data)), batching,
-                                                  micro_batch_size, placement)
-                                for pattern, manifest in ((data.probe_train, data.probe_train_manifest),
-                                                          (data.probe_val, data.probe_val_manifest)))
-    return lambda module: knn_probe(module, train_loader, val_loader, num_classes, train.probe_k,
-                                    train.probe_temperature)
+    train_loader, val_loader = (
+        build_test_loader(data, ShardSplit(pattern, manifest, read_policy(data)), batching, micro_batch_size, placement)
+        for pattern, manifest in (
+            (data.probe_train, data.probe_train_manifest),
+            (data.probe_val, data.probe_val_manifest),
+        )
+    )
+    return lambda module: knn_probe(
+        module, train_loader, val_loader, num_classes, train.probe_k, train.probe_temperature
+    )
 
 
 def probe_split_problems(recipe: Recipe) -> list[str]:
@@ -42,10 +47,16 @@ def probe_split_problems(recipe: Recipe) -> list[str]:
     data, every = recipe.data, recipe.train.probe_every
     if not every:  # splits that no probe reads are not a reason to stop (the demo recipe names them, on or off)
         return []
-    splits = [("data.probe_train", data.probe_train, data.probe_train_manifest),
-              ("data.probe_val", data.probe_val, data.probe_val_manifest)]
-    problems = [f"train.probe_every={every} but {key} is not set: the k-NN probe needs labelled train and val "
-                f"shards (or set train.probe_every=0)" for key, pattern, _ in splits if not pattern]
+    splits = [
+        ("data.probe_train", data.probe_train, data.probe_train_manifest),
+        ("data.probe_val", data.probe_val, data.probe_val_manifest),
+    ]
+    problems = [
+        f"train.probe_every={every} but {key} is not set: the k-NN probe needs labelled train and val "
+        f"shards (or set train.probe_every=0)"
+        for key, pattern, _ in splits
+        if not pattern
+    ]
     classes = {}
     for key, pattern, manifest in splits:
         if not pattern:
@@ -56,11 +67,15 @@ def probe_split_problems(recipe: Recipe) -> list[str]:
             problems.append(f"{key}={pattern!r}: {err}")
             continue
         if not any(classes[key]):
-            problems.append(f"{key}={pattern!r}: its manifest lists no classes: the shards carry no labels for the "
-                            f"k-NN probe to vote with")
+            problems.append(
+                f"{key}={pattern!r}: its manifest lists no classes: the shards carry no labels for the "
+                f"k-NN probe to vote with"
+            )
     train, val = classes.get("data.probe_train"), classes.get("data.probe_val")
     if train and val and any(train) and train != val:
-        problems.append(f"data.probe_train={data.probe_train!r} lists {named_classes(train)} but "
-                        f"data.probe_val={data.probe_val!r} lists {named_classes(val)}: the probe's val labels "
-                        f"must be the train labels (the same class list, in the same order)")
+        problems.append(
+            f"data.probe_train={data.probe_train!r} lists {named_classes(train)} but "
+            f"data.probe_val={data.probe_val!r} lists {named_classes(val)}: the probe's val labels "
+            f"must be the train labels (the same class list, in the same order)"
+        )
     return problems
