@@ -230,3 +230,55 @@ def test_a_bad_row_of_the_evaluation_files_stops_training_before_any_work(demo_a
             [f"{truth}:{len(rows) + 1}: box"],
             out,
         )
+
+
+@pytest.mark.slow
+def test_predict_scores_given_boxes_and_renders_them_where_they_are(demo_ava, trained, tmp_path):
+    """tools/predict.py on a val movie with its person boxes: one JSON line per box with the actions of the label
+    map, and an MP4 whose frames show each box at its place (pixels on its edges in its colour, inside not)."""
+    import av
+    import numpy as np
+
+    from mfvideo.app.predict import BOX_COLOURS, box_pixels
+
+    rows = list(csv.reader((demo_ava / "ava" / "ava_val_predicted_boxes.csv").read_text().splitlines()))
+    movie = rows[0][0]
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("".join(",".join(row) + "\n" for row in rows if row[0] == movie))
+    mine = [row for row in rows if row[0] == movie]
+    out, rendered = tmp_path / "boxes.jsonl", tmp_path / "render.mp4"
+    video = demo_ava / "ava" / "movies" / f"{movie}.mp4"
+    run_to_success(
+        [
+            sys.executable,
+            "tools/predict.py",
+            str(trained / "model.pt"),
+            str(video),
+            "--boxes",
+            str(boxes),
+            "--out",
+            str(out),
+            "--render",
+            str(rendered),
+        ]
+    )
+    predicted = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(predicted) == len(mine)
+    names = set(read_label_map(str(demo_ava / "ava" / "ava_action_list_v2.2.pbtxt")).names.values())
+    assert all(len(p["actions"]) == 5 and {name for _, name, _ in p["actions"]} <= names for p in predicted)
+    first = min(int(row[1]) for row in mine)
+    assert [p["timestamp"] for p in predicted][0] == first
+    with av.open(str(rendered)) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    height, width = frame.shape[:2]
+    assert min(height, width) >= 360
+    x1, y1, x2, y2 = box_pixels(predicted[0]["box"], width, height)
+    colour = np.array(BOX_COLOURS[0])
+    edges = [
+        frame[(y1 + y2) // 2, x1 + 1],
+        frame[(y1 + y2) // 2, x2 - 1],
+        frame[y1 + 1, (x1 + x2) // 2],
+        frame[y2 - 1, (x1 + x2) // 2],
+    ]
+    assert all(np.abs(edge - colour).max() <= 30 for edge in edges), edges
+    assert np.abs(frame[(y1 + y2) // 2, x1 + 8] - colour).max() > 60

@@ -4,6 +4,7 @@ and the recipe errors that must stop a run before any work."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from training_helpers import (
     relabelled_copy,
     run_to_success,
     save_fresh_weights,
+    script_command,
     shard_labels,
     tools_test_command,
     train_command,
@@ -212,3 +214,152 @@ def test_tools_test_refuses_weights_that_do_not_fit(demo_splits, tmp_path):
     assert "does not fit the model" in proc.stderr and "head.proj.weight" in proc.stderr
     proc = run_command([sys.executable, "tools/test.py", str(demo_splits / "ft.yaml"), "model.init=null"])
     assert proc.returncode == 2 and "model.init is not set" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- using a trained model
+
+
+def video_files(split: Path, folder: Path) -> dict[str, Path]:
+    """Every video of a split's shards as a file of its own, named by its key."""
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for shard in sorted(split.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".mp4"):
+                    key = member.name.rsplit("/", 1)[-1].removesuffix(".mp4")
+                    files[key] = folder / f"{key}.mp4"
+                    files[key].write_bytes(tar.extractfile(member).read())
+    return files
+
+
+def predict_command(checkpoint: Path, *args: str) -> list[str]:
+    return [sys.executable, "tools/predict.py", str(checkpoint), *args]
+
+
+@pytest.mark.slow
+def test_predict_on_files_of_a_val_shard_gives_the_probabilities_of_tools_test(demo_splits, finetuned, tmp_path):
+    """The same clips, crops and view averaging as tools/test.py, from the checkpoint alone (no recipe): each file's
+    top classes and probabilities are its predictions.jsonl row's, to 1e-6. A file in the folder that is not a
+    video is skipped and counted."""
+    run_to_success(tools_test_command(demo_splits / "ft.yaml", finetuned / "model.pt", tmp_path / "tested"))
+    _, rows = evaluation_outputs(tmp_path / "tested" / "test")
+    files = video_files(demo_splits / "val", tmp_path / "videos")
+    (tmp_path / "videos" / "notes.mp4").write_text("not a video")
+    out = tmp_path / "predictions.jsonl"
+    proc = run_to_success(predict_command(finetuned / "model.pt", str(tmp_path / "videos"), "--out", str(out)))
+    assert "16 file(s) predicted, 1 skipped" in proc.stderr and "notes.mp4" in proc.stderr
+    predicted = {Path(row["file"]).stem: row for row in map(json.loads, out.read_text().splitlines())}
+    assert set(predicted) == set(files) == {row["key"] for row in rows}
+    for row in rows:
+        ours = predicted[row["key"]]
+        assert ours["num_views"] == 2
+        assert [c for c, _, _ in ours["top5"]] == [c for c, _, _ in row["top5"]]
+        assert [name for _, name, _ in ours["top5"]] == [name for _, name, _ in row["top5"]]
+        np.testing.assert_allclose([p for _, _, p in ours["top5"]], [p for _, _, p in row["top5"]], rtol=0, atol=1e-6)
+    first = rows[0]["top5"][0]
+    assert f"1. {first[1]}" in proc.stdout  # the table names the classes
+
+
+def test_model_pt_describes_itself_and_loads_in_two_lines(demo_splits, finetuned):
+    import mfvideo
+
+    saved = torch.load(finetuned / "model.pt", map_location="cpu", weights_only=True)
+    record = saved["meta"]
+    assert (record["task"], record["arch"], record["num_classes"]) == ("classify", "mvit_tiny", 4)
+    assert (record["num_frames"], record["sampling_rate"], record["crop_size"]) == (4, 4, 64)
+    assert record["class_names"] == json.loads((demo_splits / "train" / "manifest.json").read_text())["classes"]
+    assert record["step"] == 12 and len(record["mean"]) == len(record["std"]) == 3
+    assert record["mfvideo_version"] and record["commit"] and "model:" in record["recipe"]
+    assert torch.load(finetuned / "model_best.pt", weights_only=True)["meta"]["step"] in (6, 12)
+
+    model = mfvideo.load(finetuned / "model.pt")
+    video = next(iter(video_files(demo_splits / "val", demo_splits / "videos").values()))
+    prediction = model.predict(video)
+    assert len(prediction.top) == 4 and {name for _, name, _ in prediction.top} == set(record["class_names"])
+    assert sum(p for _, _, p in prediction.top) == pytest.approx(1.0, abs=1e-5)
+    width = model.model.backbone.dim_out
+    assert model.features(video).shape == (width,) and model.features(video, per_view=True).shape == (2, width)
+
+
+def test_checkpoints_without_a_record_load_with_a_notice_or_stop_naming_the_file(demo_splits, finetuned, tmp_path):
+    """A model.pt written before records existed (weights and the recipe only) still loads and predicts the same;
+    weights with neither record nor recipe exit 2, as do a file that is not a video and --render on a classifier,
+    with nothing written."""
+    saved = torch.load(finetuned / "model.pt", weights_only=True)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"model": saved["model"], "recipe": saved["meta"]["recipe"]}, legacy)
+    video = next(iter(video_files(demo_splits / "val", tmp_path / "videos").values()))
+    new, old = (run_to_success(predict_command(path, str(video))) for path in (finetuned / "model.pt", legacy))
+    assert "has no metadata record" in old.stderr and "has no metadata record" not in new.stderr
+    assert old.stdout == new.stdout
+
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 1000)
+    for command, phrases in [
+        (predict_command(demo_splits / "pretrained.pt", str(video)), ["pretrained.pt", "no metadata record"]),
+        (predict_command(finetuned / "model.pt", str(tmp_path / "clip.mp4")), ["clip.mp4", "not a video"]),
+        (
+            predict_command(finetuned / "model.pt", str(video), "--render", str(tmp_path / "r.mp4")),
+            ["--render needs a detection model"],
+        ),
+    ]:
+        proc = run_command([*command, "--out", str(out)])
+        assert proc.returncode == 2, proc.stderr
+        assert all(phrase in proc.stderr for phrase in phrases), proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists() and not (tmp_path / "r.mp4").exists()
+
+
+def test_a_maskfeat_checkpoint_gives_features_and_says_it_cannot_predict(demo_splits, tmp_path):
+    import mfvideo
+
+    model = mfvideo.load(
+        demo_splits / "pretrained.pt",
+        recipe=REPO / "recipes" / "demo_pt.yaml",
+        overrides=[f"data.train={demo_splits / 'train'}", "data.num_frames=4"],
+    )
+    assert model.record["imported"] and model.record["task"] == "pretrain"
+    video = next(iter(video_files(demo_splits / "val", tmp_path / "videos").values()))
+    assert model.features(video).shape == (model.model.backbone.dim_out,)
+    with pytest.raises(ValueError, match="pretraining checkpoint: it predicts HOG, not classes"):
+        model.predict(video)
+
+
+@pytest.mark.slow
+def test_extract_writes_the_same_features_on_one_and_two_processes(demo_splits, finetuned, tmp_path):
+    outputs = []
+    for nproc, extra in ((1, []), (2, []), (1, ["--per-view"])):
+        out = tmp_path / f"p{nproc}{''.join(extra)}"
+        command = script_command(
+            "tools/extract.py",
+            str(finetuned / "model.pt"),
+            str(demo_splits / "val"),
+            "--out",
+            str(out),
+            *extra,
+            nproc=nproc,
+        )
+        run_to_success(command)
+        assert sorted(p.name for p in out.iterdir()) == ["features.npy", "index.jsonl"]
+        outputs.append((np.load(out / "features.npy"), (out / "index.jsonl").read_text()))
+    (one, index_one), (two, index_two), (per_view, index_views) = outputs
+    assert one.shape[0] == 16 and per_view.shape == (16, 2, one.shape[1]) and one.dtype == np.float32
+    np.testing.assert_allclose(one, two, rtol=0, atol=1e-5)  # batches differ: float order may, slightly
+    np.testing.assert_allclose(per_view.mean(axis=1), one, rtol=0, atol=1e-6)
+    assert index_one == index_two == index_views
+    rows = [json.loads(line) for line in index_one.splitlines()]
+    labels = shard_labels(str(demo_splits / "val"))
+    assert len(rows) == 16 and {row["key"] for row in rows} == set(labels)
+    assert all(row["label"] == labels[row["key"]] and row["shard"].endswith(".tar") for row in rows)
+
+
+def test_a_video_shorter_than_a_clip_is_sampled_as_the_test_samples_it_and_said(finetuned, tmp_path):
+    from mfvideo.shards.encode import encode_rgb_frames
+
+    data, _ = encode_rgb_frames([np.full((64, 64, 3), 40 * i, np.uint8) for i in range(3)], 30)
+    (tmp_path / "short.mp4").write_bytes(data)
+    proc = run_to_success(predict_command(finetuned / "model.pt", str(tmp_path / "short.mp4")))
+    assert "3 frames, fewer than a clip's 16: sampled as tools/test.py samples short videos" in proc.stdout
+    assert proc.stdout.count("%") == 4  # the top 4 classes of the 4, with their probabilities

@@ -78,7 +78,11 @@ case "$cmd" in
       "$py" tools/train.py recipes/demo_ft.yaml train.seed="$seed" model.init="$init" train.output_dir="$run/$start"
       "$py" tools/test.py recipes/demo_ft.yaml model.init="$run/$start/model.pt" train.output_dir="$run/$start"
     done
-    exec "$py" tools/demo_report.py "$run" ;;
+    "$py" tools/demo_report.py "$run"
+    # What the fine-tuned model says about one held-out video, read from its file as a user's own would be.
+    "$py" -c 'import sys, tarfile; tar = tarfile.open(sys.argv[1]); m = next(m for m in tar if m.name.endswith(".mp4"))
+open(sys.argv[2], "wb").write(tar.extractfile(m).read())' shards/demo/test/test-000000.tar "$run/example.mp4"
+    exec "$py" tools/predict.py "$run/finetune/model.pt" "$run/example.mp4" ;;
   demo-ava)
     # Action detection on the CPU: a procedural dataset laid out like AVA v2.2 (shards/demo_ava/ava: movies, CSVs,
     # label maps, excluded timestamps, person detections), its train and val shards made from those files the way
@@ -98,10 +102,13 @@ case "$cmd" in
     done
     "$venv/bin/python" tools/train.py recipes/demo_ava_ft.yaml
     "$venv/bin/python" tools/test.py recipes/demo_ava_ft.yaml model.init=outputs/demo_ava/model.pt
-    exec "$venv/bin/python" tools/ava_eval.py --groundtruth "$ava/ava_val_v2.2.csv" \
+    "$venv/bin/python" tools/ava_eval.py --groundtruth "$ava/ava_val_v2.2.csv" \
       --detections outputs/demo_ava/test/detections.csv \
       --labelmap "$ava/ava_action_list_v2.2_for_activitynet_2019.pbtxt" \
-      --exclusions "$ava/ava_val_excluded_timestamps_v2.2.csv" ;;
+      --exclusions "$ava/ava_val_excluded_timestamps_v2.2.csv"
+    # The detector on one val movie of its own, with its person detections, drawn into outputs/demo_ava/render.mp4.
+    exec "$venv/bin/python" tools/predict.py outputs/demo_ava/model.pt "$ava/movies/demo0_0060.mp4" \
+      --boxes "$ava/ava_val_predicted_boxes.csv" --min-score 0.8 --render outputs/demo_ava/render.mp4 ;;
   setup) ;;
   *) echo "usage: tools/dev.sh {test [pytest args]|demo [SEED]|demo-ava|setup}" >&2; exit 2 ;;
 esac

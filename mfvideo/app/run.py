@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from mfvideo.app.inference import checkpoint_record
 from mfvideo.common.log import current_world_size
 from mfvideo.common.preemption import REQUEUE_EXIT_CODE
 from mfvideo.config import Recipe, derive_batch_split, load_recipe_or_exit
@@ -46,7 +47,7 @@ def checked_recipe(recipe_path: str, overrides: Sequence[str], *, training: bool
 def training_parts(recipe: Recipe) -> TrainingParts:
     """The model (loading `model.init`), training loader, validation pass every `train.eval_every` epochs
     (`data.val_clips` temporal views, centre crop) and k-NN probe every `train.probe_every` epochs of `recipe`'s
-    task."""
+    task, and the record its exported weights carry (`mfvideo.app.inference.checkpoint_record`)."""
 
     def validation(micro_batch_size: int, info: DistInfo):
         if not recipe.train.eval_every:
@@ -60,6 +61,7 @@ def training_parts(recipe: Recipe) -> TrainingParts:
         loader=lambda micro_batch_size, info: train_loader(recipe, micro_batch_size, info.rank, info.world_size),
         validation=validation,
         probe=lambda micro_batch_size, info: knn_probe_of(recipe, micro_batch_size, info.rank, info.world_size),
+        record=checkpoint_record(recipe),
     )
 
 

@@ -75,19 +75,36 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     of the wrong type or outside its range. The rules of its values together, and of the allowed sets, are its
     task's (`mfvideo.tasks.rules`)."""
     path = Path(path)
+    return _typed(_read_layers(path), overrides, str(path))
+
+
+def recipe_from_text(text: str, origin: str, overrides: Sequence[str] = ()) -> Recipe:
+    """The typed recipe of a resolved recipe's YAML (as `recipe_to_yaml` writes it, e.g. the one a checkpoint
+    carries), checked as `load_recipe` checks a file; `origin` names it in errors."""
+    try:
+        content = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{origin}: not valid YAML: {err}") from None
+    if not isinstance(content, dict):
+        raise RecipeError(f"{origin}: a recipe must be a mapping of sections, got {type(content).__name__}")
+    content.pop(BASE_KEY, None)
+    return _typed([(origin, content)], overrides, origin)
+
+
+def _typed(layers: Sequence[tuple[object, dict]], overrides: Sequence[str], origin: str) -> Recipe:
     cfg = OmegaConf.structured(Recipe)
-    for file, content in _read_layers(path):
-        cfg = _merge(cfg, content, str(file))
+    for source, content in layers:
+        cfg = _merge(cfg, content, str(source))
     for item in overrides:
         cfg = _merge(cfg, _parse_override(item), f"command-line override '{item}'")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise RecipeError(f"{path}: required key(s) without a value: {', '.join(missing)}")
+        raise RecipeError(f"{origin}: required key(s) without a value: {', '.join(missing)}")
     recipe = OmegaConf.to_object(cfg)
     assert isinstance(recipe, Recipe)
     problems = range_problems(recipe)
     if problems:
-        raise RecipeError("\n".join(f"{path}: {problem}" for problem in problems))
+        raise RecipeError("\n".join(f"{origin}: {problem}" for problem in problems))
     return recipe
 
 

@@ -8,6 +8,7 @@ keys). A task asks for more as `Field`s (the keys, their dtypes and shapes: `mfv
 - `MASKS` (`mask`): the clip maker must make masks.
 - `VIEWS` (`video_index`, `view`): identify a test view; slots short of data repeat views, so consumers
   de-duplicate on the pair.
+- `SOURCES` (`sample_label`, `shard`): where each clip came from, labelled or not (feature extraction).
 - `ROIS` (detection; the clip maker must make clips with boxes, `mfvideo.data.clips.ClipBoxes`): `boxes`,
   `box_index`, `box_labels`, `box_norm` per RoI, R = all RoIs of the batch, any R ≥ 0 (a keyframe without boxes
   adds none), and `video_id`, `timestamp`, `video_size` per clip (the size a host list, read without a device sync).
@@ -61,6 +62,13 @@ def _views(items: Sequence[Item]) -> dict[str, torch.Tensor]:
     }
 
 
+def _sources(items: Sequence[Item]) -> dict[str, Any]:
+    return {
+        fields.SAMPLE_LABEL.name: torch.tensor([int(sample.meta.get("label", -1)) for sample, _ in items]),
+        fields.SHARD.name: [sample.shard for sample, _ in items],
+    }
+
+
 def _boxes(items: Sequence[Item]) -> dict[str, Any]:
     if any(clip.boxes is None for _, clip in items):
         raise ValueError("batch field 'rois' asked for, but the clip maker makes clips without boxes")
@@ -80,6 +88,7 @@ def _boxes(items: Sequence[Item]) -> dict[str, Any]:
 
 LABELS = Field("labels", (fields.LABEL,), _labels)
 MASKS = Field("masks", (fields.MASK,), _masks)
+SOURCES = Field("sources", (fields.SAMPLE_LABEL, fields.SHARD), _sources)
 VIEWS = Field("views", (fields.VIDEO_INDEX, fields.VIEW), _views)
 ROIS = Field(
     "rois",

@@ -40,6 +40,8 @@ MASK = Key("mask", torch.bool, "B×T'×H'×W'", "the clip's mask over its mask u
 PIXELS = Key("pixels", torch.uint8, "B×3×T×H×W", "the same clips as `video` before normalising: exact values")
 VIDEO_INDEX = Key("video_index", torch.int64, "B", "the video's index in the split's shard order")
 VIEW = Key("view", torch.int64, "B", "the test view: temporal view × crops + crop")
+SAMPLE_LABEL = Key("sample_label", torch.int64, "B", "the sample's `label`, −1 when it has none (unlabelled splits)")
+SHARD = Key("shard", None, "B", "the shard each clip's sample came from")
 BOXES = Key("boxes", torch.float32, "R×4", "RoIs (x1, y1, x2, y2) in pixels of `video`")
 BOX_INDEX = Key("box_index", torch.int64, "R", "the row of `video` each RoI belongs to")
 BOX_LABELS = Key("box_labels", torch.float32, "R×A", "multi-hot action ids (column a − 1 = id a); zeros: a negative")

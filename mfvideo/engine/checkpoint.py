@@ -41,6 +41,10 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def step_of(tag: str) -> int:
+    return int(tag.removeprefix("step_"))
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return {

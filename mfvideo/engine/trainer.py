@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -54,6 +54,8 @@ class TrainingParts:
     loader: Callable[[int, DistInfo], object]
     validation: Callable[[int, DistInfo], Optional[Validation]] = _nothing
     probe: Callable[[int, DistInfo], Optional[Probe]] = _nothing
+    # plain values written beside the weights of every exported model (`export_weights`), which adds the step
+    record: Mapping[str, Any] = field(default_factory=dict)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -443,21 +445,24 @@ def _train(recipe: Recipe, parts: TrainingParts, local_rank: Optional[int], pree
         monitor.close()
 
     if info.is_main:
-        export_weights(ckpt_dir, output_dir / "model.pt", recipe)
+        export_weights(ckpt_dir, output_dir / "model.pt", recipe, parts.record)
         best_tag = checkpoint.best_tag(ckpt_dir)
         if best_tag is not None:
-            export_weights(ckpt_dir, output_dir / "model_best.pt", recipe, tag=best_tag)
+            export_weights(ckpt_dir, output_dir / "model_best.pt", recipe, parts.record, tag=best_tag)
         log.info("loss curve: %s", plot_loss(output_dir, output_dir / "loss.png"))
     return output_dir
 
 
-def export_weights(ckpt_dir: Path, path: Path, recipe: Recipe, tag: Optional[str] = None) -> None:
+def export_weights(
+    ckpt_dir: Path, path: Path, recipe: Recipe, record: Mapping[str, Any], tag: Optional[str] = None
+) -> None:
     """The fp32 master weights of a checkpoint (default: the latest), consolidated over ZeRO partitions, for
-    `model.init`. Read from the optimizer's fp32 copy, not the module: under bf16 the module holds rounded weights."""
+    `model.init`, with the run's record under "meta" (the resolved recipe, `record`, and the checkpoint's step). The
+    weights are read from the optimizer's fp32 copy, not the module: under bf16 the module holds rounded weights."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag or checkpoint.latest_tag(ckpt_dir))
-    torch.save(
-        {"model": {name: tensor.float() for name, tensor in state.items()}, "recipe": recipe_to_yaml(recipe)}, path
-    )
+    tag = tag or checkpoint.latest_tag(ckpt_dir)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    meta = {"recipe": recipe_to_yaml(recipe), **record, "step": checkpoint.step_of(tag)}
+    torch.save({"model": {name: tensor.float() for name, tensor in state.items()}, "meta": meta}, path)
     log.info("weights exported to %s", path)

@@ -79,6 +79,14 @@ class _PendingVideo:
     probabilities: dict[int, torch.Tensor]  # view -> float32 K
 
 
+def video_scores(probabilities: torch.Tensor, top_k: int) -> tuple[list[int], list[float]]:
+    """A video's top `top_k` classes from its V×C per-view probabilities (rows in view order), by their sum over the
+    views, and their mean probability. Stable: among equal scores the lower class index ranks first (as argmax)."""
+    total = probabilities.sum(dim=0)
+    order = torch.sort(total, descending=True, stable=True).indices[:top_k]
+    return order.tolist(), (total[order] / probabilities.shape[0]).tolist()
+
+
 # The batch keys `ViewAggregator.update` reads (mfvideo.data.fields).
 READS = (fields.SAMPLE_KEY, fields.LABEL, fields.VIDEO_INDEX, fields.VIEW)
 
@@ -162,14 +170,9 @@ class ViewAggregator:
 
     def _summarise(self, video_index: int, video: _PendingVideo) -> VideoResult:
         probabilities = torch.stack([video.probabilities[view] for view in range(self.num_views)])
-        total = probabilities.sum(dim=0)
-        # Stable: among equal scores the lower class index ranks first, the same rule as argmax below.
-        order = torch.sort(total, descending=True, stable=True).indices[: self.top_k]
-        mean = total[order] / self.num_views
+        classes, scores = video_scores(probabilities, self.top_k)
         view_count_top1 = tuple(int(probabilities[rows].sum(dim=0).argmax()) for rows in self._view_rows)
-        return VideoResult(
-            video_index, video.key, video.label, tuple(order.tolist()), tuple(mean.tolist()), view_count_top1
-        )
+        return VideoResult(video_index, video.key, video.label, tuple(classes), tuple(scores), view_count_top1)
 
     # ----- results ----------------------------------------------------------------------------------------------
     def compute(self) -> dict[str, Any]:

@@ -113,6 +113,12 @@ class Detector(BackboneLayerIds, nn.Module):
         # not "head": a classifier checkpoint's head (another width of Linear) must not load into it
         self.roi_head = DetectionHead(self.backbone.dim_out, num_classes, dropout, 1.0 / stride)
 
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """B×D clip features (feature extraction, probes): the mean of the backbone's non-cls output tokens, as the
+        classifier's and MaskFeat's."""
+        x, _ = self.backbone(video)
+        return x[:, 1:].mean(dim=1)
+
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         labelled = fields.BOX_LABELS.name in batch
         check_batch(batch, READS + ((fields.BOX_LABELS,) if labelled else ()), "Detector", {"A": self.num_classes})
