@@ -295,6 +295,20 @@ def test_zero2_resume_on_another_world_size_continues_the_uninterrupted_run(sing
 
 
 @pytest.mark.slow
+def test_zero3_stopped_and_resumed_on_the_same_world_size_continues_the_uninterrupted_run(tmp_path):
+    """ZeRO-3 partitions the weights too: a run stopped at step 6 and resumed by the same single process follows the
+    uninterrupted ZeRO-3 run (another world size is refused: tests/test_security.py)."""
+    recipe = tiny_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("zero_stage: 2", "zero_stage: 3"))
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    run([sys.executable, str(HARNESS), str(recipe), f"train.output_dir={reference}"])
+    run([sys.executable, str(HARNESS), str(recipe), f"train.output_dir={out}", "train.max_steps=6"])
+    resumed = run([sys.executable, str(HARNESS), str(recipe), f"train.output_dir={out}"])
+    assert "resumed from" in resumed.stderr
+    assert losses(out) == pytest.approx(losses(reference), rel=1e-6)  # measured: equal
+
+
+@pytest.mark.slow
 def test_a_mid_epoch_checkpoint_resumed_on_another_world_size_restarts_at_the_next_epoch(tmp_path):
     """Step 4 is 4 of epoch 0's 6 steps: the saved data positions belong to one rank, so two ranks start epoch 1 from
     its beginning and the step count carries on (step 5 trains on epoch 1's first global batch)."""

@@ -5,10 +5,13 @@
 
 import argparse
 
-from mfvideo.app.run import run_test
+from mfvideo.common.preemption import requeue_until_started
 
 
 def main() -> None:
+    requeue_until_started()  # first: a SIGTERM from here on exits 75 (requeue), also while the rest loads
+    from mfvideo.app.run import run_test
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("recipe", help="YAML recipe, e.g. recipes/k400_mvit_s_ft.yaml")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.init=…/model.pt")

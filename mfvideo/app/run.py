@@ -1,19 +1,39 @@
-"""`tools/train.py` and `tools/test.py`: a checked recipe, its task's parts, the engine."""
+"""`tools/train.py` and `tools/test.py`: a checked recipe, its task's parts, the engine.
+
+Exit codes: 0 done; 2 bad input (a recipe, weights or checkpoint files that cannot be used, a run folder another job
+holds), found before any work where it can be; 1 a run that failed (shards that cannot be read, too many samples that
+do not decode, a checkpoint that cannot be written, losses that stay non-finite); 75 preempted, requeue to resume.
+A known failure prints one paragraph; `MFVIDEO_TRACEBACK=1` shows the whole traceback too.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from mfvideo.app.inference import checkpoint_record
 from mfvideo.common.log import current_world_size
 from mfvideo.common.preemption import REQUEUE_EXIT_CODE
 from mfvideo.config import Recipe, derive_batch_split, load_recipe_or_exit
-from mfvideo.engine.checkpoint import WORLD_SIZE, layout_changes
+from mfvideo.data.shardio import ShardReadError
+from mfvideo.data.stream import TooManyFailures
+from mfvideo.engine.checkpoint import WORLD_SIZE, CheckpointWriteError, layout_changes
 from mfvideo.engine.distributed import DistInfo
+from mfvideo.engine.safe_load import UnsafeCheckpoint
 from mfvideo.engine.tester import TestParts, run_multiview_test
-from mfvideo.engine.trainer import Preempted, TrainingParts, data_layout, train
+from mfvideo.engine.trainer import (
+    NonFiniteLossError,
+    Preempted,
+    RunFolderBusy,
+    TrainingParts,
+    data_layout,
+    train,
+    world_change_problems,
+)
+from mfvideo.models.checkpoint import CheckpointMismatch
 from mfvideo.tasks import Views, build_model, eval_loader_and_evaluator, task_of, train_loader
 from mfvideo.tasks.probe import knn_probe_of
 from mfvideo.tasks.rules import recipe_problems
@@ -38,7 +58,9 @@ def checked_recipe(recipe_path: str, overrides: Sequence[str], *, training: bool
     if training:
         layout = data_layout(recipe, current_world_size())
         del layout[WORLD_SIZE]  # another world size resumes through a universal checkpoint
-        problems += layout_changes(Path(recipe.train.output_dir) / "checkpoints", layout)
+        ckpt_dir = Path(recipe.train.output_dir) / "checkpoints"
+        problems += layout_changes(ckpt_dir, layout)
+        problems += world_change_problems(recipe, ckpt_dir, current_world_size())
     if problems:
         recipe_error(recipe_path, problems)
     return recipe
@@ -76,14 +98,49 @@ def test_parts(recipe: Recipe) -> TestParts:
     )
 
 
+# Failures with a message that says it all, and the exit code each gives (module docstring).
+KNOWN_FAILURES = {
+    CheckpointMismatch: 2,
+    UnsafeCheckpoint: 2,
+    RunFolderBusy: 2,
+    ShardReadError: 1,
+    TooManyFailures: 1,
+    CheckpointWriteError: 1,
+    NonFiniteLossError: 1,
+}
+
+
+@contextlib.contextmanager
+def known_failures_exit() -> Iterator[None]:
+    """A known failure ends the process with one paragraph on stderr and its exit code (`KNOWN_FAILURES`); with
+    MFVIDEO_TRACEBACK=1 the traceback is printed first. Anything else propagates with its traceback (exit 1)."""
+    try:
+        yield
+    except tuple(KNOWN_FAILURES) as err:
+        if os.environ.get("MFVIDEO_TRACEBACK") == "1":
+            import traceback
+
+            traceback.print_exc()
+        code = next(code for kind, code in KNOWN_FAILURES.items() if isinstance(err, kind))
+        message = str(err).strip()
+        if "Original Traceback" in message:  # raised in a loader worker: its last line is the message
+            message = message.splitlines()[-1]
+        print(f"error ({type(err).__name__}): {message}", file=sys.stderr)
+        raise SystemExit(code) from None
+
+
 def run_training(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
     """Entry point of tools/train.py; exits with `REQUEUE_EXIT_CODE` when preempted (`mfvideo.common.preemption`)."""
     recipe = checked_recipe(recipe_path, overrides, training=True)
-    try:
-        train(recipe, training_parts(recipe), local_rank)
-    except Preempted as stop:
-        print(f"{stop}: exiting with {REQUEUE_EXIT_CODE} (requeue me); run the same command to resume", file=sys.stderr)
-        raise SystemExit(REQUEUE_EXIT_CODE) from None
+    with known_failures_exit():
+        try:
+            train(recipe, training_parts(recipe), local_rank)
+        except Preempted as stop:
+            print(
+                f"{stop}: exiting with {REQUEUE_EXIT_CODE} (requeue me); run the same command to resume",
+                file=sys.stderr,
+            )
+            raise SystemExit(REQUEUE_EXIT_CODE) from None
 
 
 def run_test(recipe_path: str, overrides: Sequence[str], local_rank: int | None = None) -> None:
@@ -98,8 +155,9 @@ def run_test(recipe_path: str, overrides: Sequence[str], local_rank: int | None 
         problems.append("data.val is not set: name the shards to test on")
     if problems:
         recipe_error(recipe_path, problems)
-    try:
-        run_multiview_test(recipe, test_parts(recipe), local_rank)
-    except (FileNotFoundError, ValueError) as err:  # weights that do not fit the model, unreadable checkpoint
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with known_failures_exit():
+        try:
+            run_multiview_test(recipe, test_parts(recipe), local_rank)
+        except FileNotFoundError as err:  # model.init vanished since the checks
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None

@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
+from mfvideo.common.fileio import PathEscape, plain_name
+
 Keyframe = tuple[str, int]  # (video_id, second)
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 normalised to the frame
 
@@ -214,6 +216,10 @@ class _BadValue(Exception):
 def _keyframe(video_id: str, timestamp: str) -> Keyframe:
     if not video_id:
         raise _BadValue("no video_id")
+    try:
+        plain_name(video_id, "video_id")  # it names a movie file: a path would reach outside the movies folder
+    except PathEscape as err:
+        raise _BadValue(str(err)) from None
     try:
         second = float(timestamp)
     except ValueError:

@@ -32,6 +32,28 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+class PathEscape(ValueError):
+    """A name taken from input that would put a file outside its folder; the message names where it came from."""
+
+
+def plain_name(name: str, what: str) -> str:
+    """`name` if it names a file of its own inside a folder: not empty, no path separator, not `.` or `..`;
+    PathEscape naming `what` (the option, field or line it came from) otherwise."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise PathEscape(f"{what} is {name!r}: it must be a plain file name, without a path, '.' or '..'")
+    return name
+
+
+def inside(base: Path, relative: str, what: str) -> Path:
+    """`base / relative`, which must stay inside `base` once `..` and symbolic links are resolved; PathEscape naming
+    `what` otherwise."""
+    root = Path(base).resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise PathEscape(f"{what} is {relative!r}: it leads outside {base} (to {target})")
+    return target
+
+
 class LockHeld(RuntimeError):
     """Another live process holds the lock; the message names its host, pid and start time."""
 

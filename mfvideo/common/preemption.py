@@ -23,6 +23,18 @@ PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 REQUEUE_EXIT_CODE = 75
 
 
+def requeue_until_started() -> None:
+    """Until the trainer installs its `PreemptionWatch`: a preemption signal ends the process at once with
+    `REQUEUE_EXIT_CODE` (raised as SystemExit wherever the process is). Before the first step there is nothing to
+    save, and the requeued job starts the same way."""
+
+    def stop(signum: int, frame: Optional[FrameType]) -> None:
+        raise SystemExit(REQUEUE_EXIT_CODE)
+
+    for signum in PREEMPTION_SIGNALS:
+        signal.signal(signum, stop)
+
+
 class PreemptionWatch:
     """Records the first preemption signal this process receives, from `install()` until `restore()`. The handler
     only stores the signal's number (nothing else is safe inside a handler); the training loop reads it at step

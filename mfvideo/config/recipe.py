@@ -53,7 +53,11 @@ def _parse_override(item: str) -> dict:
     if "=" not in item:
         raise RecipeError(f"command-line override '{item}' is not of the form section.key=value")
     dotted, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as err:  # also a `!!python/...` tag, which safe_load rightly refuses to construct
+        reason = str(err).splitlines()[0]
+        raise RecipeError(f"command-line override '{item}': its value is not valid YAML ({reason})") from None
     node: dict = {}
     cursor = node
     *parents, leaf = dotted.strip().split(".")

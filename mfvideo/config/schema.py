@@ -23,34 +23,55 @@ RANGE = "range"  # the metadata key of a field's Range
 
 @dataclass(frozen=True)
 class Range:
+    """The values a numeric key (every element of a list key) may take: finite, between the bounds; a list key
+    with a `length` has exactly that many elements."""
+
     low: float = -math.inf
     high: float = math.inf
     low_open: bool = False  # the bound itself is outside the range
     high_open: bool = False
+    length: Optional[int] = None
 
     def contains(self, value: float) -> bool:
         above_low = value > self.low if self.low_open else value >= self.low
         below_high = value < self.high if self.high_open else value <= self.high
-        return above_low and below_high
+        return math.isfinite(value) and above_low and below_high
 
     def __str__(self) -> str:
+        if self.low == -math.inf and self.high == math.inf:
+            return "a finite number"
+        low, high = _shown(self.low), _shown(self.high)
         if self.high == math.inf:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"{'>' if self.low_open else '>='} {low}, finite"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
 
-def at_least(low: float, default: Any = MISSING, factory=None):
-    return _ranged(Range(low), default, factory)
+def _shown(bound: float) -> str:
+    return str(int(bound)) if math.isfinite(bound) and bound == int(bound) else f"{bound:g}"
 
 
-def above(low: float, default: Any = MISSING, factory=None):
-    return _ranged(Range(low, low_open=True), default, factory)
+def at_least(low: float, default: Any = MISSING, factory=None, length: Optional[int] = None):
+    return _ranged(Range(low, length=length), default, factory)
+
+
+def above(low: float, default: Any = MISSING, factory=None, length: Optional[int] = None):
+    return _ranged(Range(low, low_open=True, length=length), default, factory)
 
 
 def within(
-    low: float, high: float, default: Any = MISSING, factory=None, low_open: bool = False, high_open: bool = False
+    low: float,
+    high: float,
+    default: Any = MISSING,
+    factory=None,
+    low_open: bool = False,
+    high_open: bool = False,
+    length: Optional[int] = None,
 ):
-    return _ranged(Range(low, high, low_open, high_open), default, factory)
+    return _ranged(Range(low, high, low_open, high_open, length), default, factory)
+
+
+def finite(default: Any = MISSING, factory=None, length: Optional[int] = None):
+    return _ranged(Range(length=length), default, factory)
 
 
 def _ranged(allowed: Range, default: Any, factory):
@@ -66,7 +87,7 @@ class DetectionDataConfig:
 
     # training: the short side is resized to a whole number drawn uniformly from [min, max] before the
     # data.crop_size² random crop (min >= data.crop_size)
-    train_short_side: List[int] = at_least(1, factory=lambda: [256, 320])
+    train_short_side: List[int] = at_least(1, factory=lambda: [256, 320], length=2)
     # training RoIs: the ground truth plus person detections scoring at least this (labelled from the ground truth
     # they overlap with IoU >= 0.9, else negatives)
     train_score: float = within(0, 1, default=0.8)
@@ -100,15 +121,15 @@ class DataConfig:
     reference_fps: float = above(0, default=30.0)
     sampling: str = "random"  # clips at sampling_rate; SSv2 takes segments
     crop_size: int = at_least(1, default=224)
-    train_crop_area: List[float] = within(0, 1, factory=lambda: [0.5, 1.0], low_open=True)
-    train_crop_aspect: List[float] = above(0, factory=lambda: [0.75, 4.0 / 3.0])
+    train_crop_area: List[float] = within(0, 1, factory=lambda: [0.5, 1.0], low_open=True, length=2)
+    train_crop_aspect: List[float] = above(0, factory=lambda: [0.75, 4.0 / 3.0], length=2)
     test_short_side: int = at_least(1, default=256)
     test_clips: int = at_least(1, default=10)  # temporal views at test time (tools/test.py)
     test_crops: int = 1  # spatial crops per temporal view
     val_clips: int = at_least(1, default=1)  # temporal views of the validation pass during training (centre crop)
     flip: bool = True  # off for SSv2: its labels are directional
-    mean: List[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
-    std: List[float] = above(0, factory=lambda: [0.225, 0.225, 0.225])
+    mean: List[float] = finite(factory=lambda: [0.45, 0.45, 0.45], length=3)  # per colour channel
+    std: List[float] = above(0, factory=lambda: [0.225, 0.225, 0.225], length=3)
     repeated_sampling: int = at_least(1, default=1)  # clips drawn from one decoded video
     num_workers: int = at_least(0, default=8)  # loader processes per rank
     shuffle_buffer: int = at_least(0, default=1000)  # samples
@@ -177,7 +198,7 @@ class OptimConfig:
     warmup_start_lr: float = at_least(0, default=1e-6)
     min_lr: float = at_least(0, default=1e-6)
     weight_decay: float = at_least(0, default=0.05)
-    betas: List[float] = within(0, 1, factory=lambda: [0.9, 0.999], high_open=True)
+    betas: List[float] = within(0, 1, factory=lambda: [0.9, 0.999], high_open=True, length=2)
     eps: float = above(0, default=1e-8)
     layer_decay: float = within(0, 1, default=1.0, low_open=True)  # 1.0 = off
     clip_grad: float = at_least(0, default=0.02)  # L2 norm; 0 = off
@@ -191,7 +212,7 @@ class TrainConfig:
     micro_batch_size: int = at_least(1, default=4)  # clips per device per forward
     zero_stage: int = 2
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    seed: int = at_least(0, default=0)
+    seed: int = within(0, 2**32 - 1, default=0)  # NumPy and torch seeds are 32-bit
     output_dir: str = "outputs/run"
     checkpoint_every: int = at_least(1, default=1000)  # steps; also at every epoch end
     keep_last: int = at_least(0, default=3)
@@ -226,10 +247,12 @@ def range_problems(section: Any, prefix: str = "") -> list[str]:
             problems += range_problems(value, f"{key}.")
         elif RANGE in spec.metadata:
             allowed = spec.metadata[RANGE]
-            if not all(allowed.contains(item) for item in (value if isinstance(value, list) else [value])):
-                problems.append(
-                    f"key '{key}' is {value!r}; expected {'each ' if isinstance(value, list) else ''}{allowed}"
-                )
+            is_list = isinstance(value, (list, tuple))
+            items = list(value) if is_list else [value]
+            if allowed.length is not None and len(items) != allowed.length:
+                problems.append(f"key '{key}' is {items!r}; expected {allowed.length} values")
+            elif not all(allowed.contains(item) for item in items):
+                problems.append(f"key '{key}' is {value!r}; expected {'each ' if is_list else ''}{allowed}")
     return problems
 
 

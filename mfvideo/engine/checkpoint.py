@@ -13,6 +13,7 @@ data positions and RNG streams do not carry over to another world size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,13 +22,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from mfvideo.common.fileio import write_atomic
+from mfvideo.engine.safe_load import UnsafeCheckpoint, refusing_pickled_code
+from mfvideo.engine.universal import REFUSED_EXIT_CODE
 
 log = logging.getLogger(__name__)
 LATEST = "latest"
@@ -97,6 +100,27 @@ def _free_space(directory: Path) -> str:
         return f"free space unknown: {err}"
 
 
+@contextlib.contextmanager
+def _deferred_write_errors(engine) -> Iterator[list]:
+    """DeepSpeed's file writes inside the block keep going past a failed one, its error kept in the list yielded:
+    DeepSpeed's save ends in a barrier, which a rank that raised mid-save would leave every other rank waiting at."""
+    deferred: list = []
+    write = engine.checkpoint_engine.save
+
+    def save_or_defer(state_dict, path):
+        try:
+            return write(state_dict, path)
+        except (OSError, RuntimeError) as err:
+            deferred.append(err)
+            return None
+
+    engine.checkpoint_engine.save = save_or_defer
+    try:
+        yield deferred
+    finally:
+        engine.checkpoint_engine.save = write
+
+
 def save(
     engine,
     directory: Path,
@@ -108,17 +132,28 @@ def save(
     best: bool = False,
 ) -> None:
     """Collective: every rank must call it. Returns once `latest` (and with `best`, `best`) names the new
-    checkpoint; raises CheckpointWriteError when this rank cannot write its part."""
+    checkpoint; when any rank cannot write its part, every rank raises CheckpointWriteError with the failing ranks'
+    messages (the ranks exchange their outcome, so none waits for a rank that gave up)."""
     tag = tag_for(step)
+    error = None
     try:
-        engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+        with _deferred_write_errors(engine) as deferred:
+            engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+        if deferred:
+            raise deferred[0]
         torch.save(rank_state, directory / tag / f"rank_{dist.get_rank()}.pt")
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError("unexpected pos …")
-        raise CheckpointWriteError(
+        error = (
             f"cannot write checkpoint {directory / tag} on rank {dist.get_rank()} ({_free_space(directory)}): "
-            f"{type(err).__name__}: {err}; the last complete checkpoint is {latest_tag(directory) or 'none yet'}"
-        ) from err
-    dist.barrier()
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        )
+    errors: list = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    failed = [message for message in errors if message]
+    if failed:
+        raise CheckpointWriteError(
+            f"{'; '.join(failed)}; the last complete checkpoint is {latest_tag(directory) or 'none yet'}"
+        )
     if dist.get_rank() == 0:
         (directory / tag / LAYOUT).write_text(json.dumps(layout, indent=1))
         for path in (directory / tag).rglob("*"):
@@ -186,7 +221,7 @@ def convert_to_universal(checkpoint_dir: Path) -> Path:
     command = [
         sys.executable,
         "-m",
-        "deepspeed.checkpoint.ds_to_universal",
+        "mfvideo.engine.universal",
         "--input_folder",
         str(checkpoint_dir),
         "--output_folder",
@@ -199,6 +234,8 @@ def convert_to_universal(checkpoint_dir: Path) -> Path:
     ]
     log.info("converting %s to a universal checkpoint: %s", checkpoint_dir, " ".join(command))
     done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode == REFUSED_EXIT_CODE:
+        raise UnsafeCheckpoint(done.stderr.strip().splitlines()[-1])
     if done.returncode != 0:
         raise RuntimeError(
             f"converting {checkpoint_dir} to a universal checkpoint failed (exit {done.returncode}):\n"
@@ -222,26 +259,28 @@ def load(engine, directory: Path, universal: bool = False) -> tuple[dict, dict |
             if debris.is_dir() and debris.name > tag:
                 log.warning("removing incomplete checkpoint %s (newer than %s)", debris, tag)
                 shutil.rmtree(debris, ignore_errors=True)
-    failure = [None]
+    failure: list = [None]
     if universal and dist.get_rank() == 0:
         try:
             convert_to_universal(directory / tag)
-        except (OSError, RuntimeError) as err:
-            failure = [str(err)]
+        except (OSError, RuntimeError, UnsafeCheckpoint) as err:
+            failure = [(isinstance(err, UnsafeCheckpoint), str(err))]
     if universal:
         dist.broadcast_object_list(failure, src=0)  # every rank stops with rank 0's reason, none waits forever
         if failure[0] is not None:
-            raise RuntimeError(failure[0])
+            refused, reason = failure[0]
+            raise (UnsafeCheckpoint if refused else RuntimeError)(reason)
     dist.barrier()
-    if universal:
+    with refusing_pickled_code():  # DeepSpeed's own loads included
+        if universal:
+            _, client_state = engine.load_checkpoint(
+                str(directory / tag), tag=UNIVERSAL, load_optimizer_states=True, load_lr_scheduler_states=False
+            )
+            log.info("resumed from %s (universal checkpoint)", directory / tag / UNIVERSAL)
+            return client_state, None
         _, client_state = engine.load_checkpoint(
-            str(directory / tag), tag=UNIVERSAL, load_optimizer_states=True, load_lr_scheduler_states=False
+            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
         )
-        log.info("resumed from %s (universal checkpoint)", directory / tag / UNIVERSAL)
-        return client_state, None
-    _, client_state = engine.load_checkpoint(
-        str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
-    )
     rank_file = directory / tag / f"rank_{dist.get_rank()}.pt"
     if not rank_file.is_file():
         raise RuntimeError(

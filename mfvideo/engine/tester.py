@@ -18,9 +18,11 @@ from mfvideo.common.log import setup_logging
 from mfvideo.config import Recipe, recipe_to_yaml, save_recipe
 from mfvideo.engine.distributed import DistInfo, init_distributed
 from mfvideo.engine.evaluate import evaluate
-from mfvideo.engine.trainer import Validation, uses_bf16
+from mfvideo.engine.trainer import Validation, run_folder_lock, uses_bf16
 
 log = logging.getLogger("mfvideo.test")
+
+TEST_LOCK_FILE = "test.lock"
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,15 @@ def run_multiview_test(recipe: Recipe, parts: TestParts, local_rank: int | None 
     info = init_distributed(local_rank)
     setup_logging(rank=info.rank, world_size=info.world_size)
     out_dir = Path(recipe.train.output_dir) / "test"
+    with run_folder_lock(out_dir, info, TEST_LOCK_FILE):  # one test at a time writes this folder
+        return _test(recipe, parts, info, out_dir)
+
+
+def _test(recipe: Recipe, parts: TestParts, info: DistInfo, out_dir: Path) -> dict:
+    model = parts.model()  # weights that do not fit stop the test before anything is written
     if info.is_main:
         log.info("resolved recipe:\n%s", recipe_to_yaml(recipe))
         save_recipe(recipe, out_dir)
-    model = parts.model()
     model.to(info.device)
     loader, new_evaluator = parts.evaluation(recipe.train.micro_batch_size, info)
     log.info(

@@ -8,6 +8,7 @@ settings only: batch sizes, optimizer, schedule, checkpoints, logging.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mfvideo.common.fileio import LockHeld, hold_lock
 from mfvideo.common.log import setup_logging
 from mfvideo.common.preemption import REQUEUE_EXIT_CODE, PreemptionWatch
 from mfvideo.config import BatchSplit, Recipe, derive_batch_split, recipe_to_yaml, save_recipe
@@ -29,6 +31,7 @@ from mfvideo.engine.distributed import DistInfo, init_distributed
 from mfvideo.engine.evaluate import evaluate
 from mfvideo.engine.monitor import Monitor, plot_loss
 from mfvideo.engine.optim import CosineSchedule, apply_lr, param_groups, schedule_for
+from mfvideo.engine.safe_load import refusing_pickled_code
 from mfvideo.engine.window_sums import WindowSums
 
 log = logging.getLogger("mfvideo.train")
@@ -56,6 +59,9 @@ class TrainingParts:
     probe: Callable[[int, DistInfo], Optional[Probe]] = _nothing
     # plain values written beside the weights of every exported model (`export_weights`), which adds the step
     record: Mapping[str, Any] = field(default_factory=dict)
+
+
+LOCK_FILE = "train.lock"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -235,6 +241,26 @@ def saved_world_size(ckpt_dir: Path) -> Optional[int]:
     return None if layout is None else layout[checkpoint.WORLD_SIZE]
 
 
+# ZeRO stages whose checkpoints DeepSpeed resumes on another world size with their optimizer state intact. Measured
+# with DeepSpeed 0.19 (tests/test_engine.py): a ZeRO-2 run resumed 2→1 through its universal checkpoint follows the
+# uninterrupted run to 1e-7; a ZeRO-3 one matches at the first step after the resume and is off by 1e-3 from the
+# next on, as Adam's moments would be if they had been lost.
+RESHARDABLE_ZERO_STAGES = (1, 2)
+
+
+def world_change_problems(recipe: Recipe, ckpt_dir: Path, world_size: int) -> list[str]:
+    """A resume that would continue wrongly on `world_size` processes: a ZeRO-3 checkpoint of another world size."""
+    saved = saved_world_size(ckpt_dir)
+    if saved is None or saved == world_size or recipe.train.zero_stage in RESHARDABLE_ZERO_STAGES:
+        return []
+    return [
+        f"train.zero_stage={recipe.train.zero_stage}: the checkpoint in {ckpt_dir} was written by {saved} processes "
+        f"and {world_size} run now; DeepSpeed resumes ZeRO-3 on another number of processes without its optimizer "
+        f"state, so the run would not continue as it was: resume it with {saved} processes (ZeRO-1 and ZeRO-2 "
+        f"checkpoints resume on any number)"
+    ]
+
+
 def resume(engine, ckpt_dir: Path, loader, seed: int, rank: int, world_changed: bool = False) -> Progress:
     """Restore the latest complete checkpoint (weights, optimizer, progress, RNG streams, data position) or start
     fresh; either way the loader is set to the epoch that runs next.
@@ -337,9 +363,38 @@ def train(recipe: Recipe, parts: TrainingParts, local_rank: int | None = None) -
 def _train(recipe: Recipe, parts: TrainingParts, local_rank: Optional[int], preemption: PreemptionWatch) -> Path:
     info = init_distributed(local_rank)
     setup_logging(rank=info.rank, world_size=info.world_size)
+    with run_folder_lock(Path(recipe.train.output_dir), info):
+        return _train_owning_the_folder(recipe, parts, info, preemption)
+
+
+class RunFolderBusy(RuntimeError):
+    """Another job holds the run folder; the message names its host, pid and start time."""
+
+
+@contextmanager
+def run_folder_lock(output_dir: Path, info: DistInfo, lock_file: str = LOCK_FILE) -> Iterator[None]:
+    """One job per folder for the whole run: rank 0 holds `<output_dir>/<lock_file>` (a kernel lock, released when
+    the job dies, even by SIGKILL) and every rank learns rank 0's verdict, so all stop with `RunFolderBusy` naming
+    the holder before anything is written, or all go on."""
+    with contextlib.ExitStack() as held:
+        verdict: list = [None]
+        if info.is_main:
+            try:
+                held.enter_context(hold_lock(output_dir / lock_file, f"folder {output_dir}"))
+            except LockHeld as err:
+                verdict = [str(err)]
+        dist.broadcast_object_list(verdict, src=0)
+        if verdict[0] is not None:
+            raise RunFolderBusy(verdict[0])
+        yield
+
+
+def _train_owning_the_folder(recipe: Recipe, parts: TrainingParts, info: DistInfo, preemption: PreemptionWatch) -> Path:
     split = derive_batch_split(recipe.train, info.world_size)
     output_dir = Path(recipe.train.output_dir)
     ckpt_dir = output_dir / "checkpoints"
+    torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
+    model = parts.model()  # loads model.init: weights that do not fit stop the run before anything is written
     if info.is_main:
         log.info("resolved recipe:\n%s", recipe_to_yaml(recipe))
         save_recipe(recipe, output_dir)
@@ -350,9 +405,6 @@ def _train(recipe: Recipe, parts: TrainingParts, local_rank: Optional[int], pree
             split.accumulation_steps,
             split.world_size,
         )
-
-    torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
-    model = parts.model()
     loader = parts.loader(split.micro_batch_size, info)
     steps_per_epoch = len(loader) // split.accumulation_steps
     if steps_per_epoch == 0:
@@ -462,7 +514,8 @@ def export_weights(
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag = tag or checkpoint.latest_tag(ckpt_dir)
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    with refusing_pickled_code():
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     meta = {"recipe": recipe_to_yaml(recipe), **record, "step": checkpoint.step_of(tag)}
     torch.save({"model": {name: tensor.float() for name, tensor in state.items()}, "meta": meta}, path)
     log.info("weights exported to %s", path)

@@ -75,6 +75,11 @@ class LoadReport:
         return "; ".join(parts)
 
 
+class CheckpointMismatch(ValueError):
+    """Weights that cannot go into the model: unreadable as tensors, tensors missing or of another shape; the message
+    names the file and the tensors."""
+
+
 def read_checkpoint(path: Union[str, Path]) -> StateDict:
     """Tensors of a checkpoint file; refuses pickled objects other than tensors and plain containers."""
     try:
@@ -82,7 +87,7 @@ def read_checkpoint(path: Union[str, Path]) -> StateDict:
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint not found: {path}") from None
     except Exception as e:  # unpickling refused or corrupt file: say which file
-        raise ValueError(f"cannot read checkpoint {path} as tensors only: {e}") from e
+        raise CheckpointMismatch(f"cannot read checkpoint {path} as tensors only: {e}") from e
     return unwrap_state_dict(obj, str(path))
 
 
@@ -147,7 +152,7 @@ def fit_tensor(key: str, value: torch.Tensor, target: torch.Tensor) -> Tuple[tor
         return value, False
     if REL_POS_KEY.search(key) and value.dim() == 2 and value.shape[1] == target.shape[1]:
         return resize_rel_pos(value.float(), target.shape[0]).to(target.dtype), True
-    raise ValueError(
+    raise CheckpointMismatch(
         f"{key}: checkpoint shape {tuple(value.shape)} does not fit the model's {tuple(target.shape)} "
         "(another arch? torchvision and supervised MViTv2 weights need model.dim_mul_in_att=true, "
         "MaskFeat ones false)"
@@ -192,10 +197,15 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], allowed_missing: T
     silent partial load. Classification from a pretraining checkpoint: `mask_token` and `pred_head.*` are
     unexpected (dropped) and `head.*` is missing — the intended outcome with allowed_missing=("head.",); from a
     classifier of another class count, its `head.proj` is replaced (left at init) and the rest of the head loads."""
-    report = load_state(model, read_checkpoint(path), replaceable=allowed_missing)
+    try:
+        report = load_state(model, read_checkpoint(path), replaceable=allowed_missing)
+    except CheckpointMismatch as err:
+        if str(path) in str(err):
+            raise
+        raise CheckpointMismatch(f"checkpoint {path}: {err}") from None
     missing = [key for key in report.missing if not key.startswith(allowed_missing)]
     if missing:
-        raise ValueError(
+        raise CheckpointMismatch(
             f"checkpoint {path} does not fit the model: {len(missing)} of its "
             f"{len(model.state_dict())} tensors are missing ({', '.join(missing[:8])}"
             f"{' …' if len(missing) > 8 else ''}); {report.summary()}"

@@ -74,8 +74,8 @@ def detections_file(split: str) -> str:
 class Action:
     id: int
     name: str
-    group: str        # the pbtxt's label_type
-    evaluated: bool   # in the ActivityNet-style subset
+    group: str  # the pbtxt's label_type
+    evaluated: bool  # in the ActivityNet-style subset
 
 
 _WALK_TOWARD = "walk toward (another actor)"
@@ -98,23 +98,23 @@ _SIZES = {None: 0.55, "grow": 0.3, "shrink": 0.15}
 _ACTOR_COUNTS = {1: 0.25, 2: 0.4, 3: 0.35}
 _SHAPES = ("disc", "ellipse", "square")  # centrally symmetric: a box's centre is the actor's, whatever its angle
 _REACH = {"disc": 1.0, "ellipse": 1.0, "square": SQUARE_HALF_SIDE * np.sqrt(2)}  # farthest pixel / radius
-_RADIUS = (0.10, 0.15)          # radius at mid-movie, times the short side
-_SIZE_RATIO = (1.6, 2.2)        # radius at the end / at the start, for grow (its inverse for shrink)
-_TRAVEL = (0.45, 0.8)           # a walker's distance over the movie, times the width it has room for
-_TURN_SPEED = (0.6, 1.2)        # radians per second
-_STRIPE_PERIOD = 0.7            # times the radius
-_STRIPE_SHADE = 0.75            # the darker stripes' brightness
-_BRIGHTEST = (200.0, 255.0)     # an actor's strongest channel: >= 200 * 0.75 = 150 on either stripe
-_BACKGROUND_SCALE = 0.45        # the demo background (<= 255) dimmed to <= 115
-_CASTING_ATTEMPTS = 20          # draws of a whole cast before trying one actor fewer
-_FRAMES_PER_CHUNK = 64          # frames drawn in one vectorised step (bounds memory for long movies)
+_RADIUS = (0.10, 0.15)  # radius at mid-movie, times the short side
+_SIZE_RATIO = (1.6, 2.2)  # radius at the end / at the start, for grow (its inverse for shrink)
+_TRAVEL = (0.45, 0.8)  # a walker's distance over the movie, times the width it has room for
+_TURN_SPEED = (0.6, 1.2)  # radians per second
+_STRIPE_PERIOD = 0.7  # times the radius
+_STRIPE_SHADE = 0.75  # the darker stripes' brightness
+_BRIGHTEST = (200.0, 255.0)  # an actor's strongest channel: >= 200 * 0.75 = 150 on either stripe
+_BACKGROUND_SCALE = 0.45  # the demo background (<= 255) dimmed to <= 115
+_CASTING_ATTEMPTS = 20  # draws of a whole cast before trying one actor fewer
+_FRAMES_PER_CHUNK = 64  # frames drawn in one vectorised step (bounds memory for long movies)
 
-_KEYFRAME_MARGIN = 2            # seconds without keyframes at each end of a movie
-_EXCLUDE_EVERY = 4              # one keyframe excluded in the first of every this many movies of a split
-_CONFIDENT = 0.8                # the detection score AVA recipes keep proposals from
-_MISSED, _WEAK = 0.08, 0.10     # chance an actor is not detected / detected below _CONFIDENT
+_KEYFRAME_MARGIN = 2  # seconds without keyframes at each end of a movie
+_EXCLUDE_EVERY = 4  # one keyframe excluded in the first of every this many movies of a split
+_CONFIDENT = 0.8  # the detection score AVA recipes keep proposals from
+_MISSED, _WEAK = 0.08, 0.10  # chance an actor is not detected / detected below _CONFIDENT
 _LOW_FALSE, _HIGH_FALSE = 0.6, 0.1  # chance per keyframe of a false positive below / at or above _CONFIDENT
-_JITTER = 0.04                  # detection box noise, times the box's width or height
+_JITTER = 0.04  # detection box noise, times the box's width or height
 # Score ranges (written with 3 decimals, so the weak ones stay below _CONFIDENT): detected actors, weakly detected
 # ones, false positives below and at or above _CONFIDENT.
 _HIT_SCORES, _WEAK_SCORES = (0.82, 0.999), (0.3, 0.79)
@@ -123,8 +123,8 @@ _LOW_FALSE_SCORES, _HIGH_FALSE_SCORES = (0.02, 0.5), (_CONFIDENT, 0.95)
 
 @dataclass(frozen=True)
 class DemoAvaSpec:
-    num_movies: int = 40             # train + val
-    val_movies: int | None = None    # default: a fifth of num_movies, at least 1
+    num_movies: int = 40  # train + val
+    val_movies: int | None = None  # default: a fifth of num_movies, at least 1
     seconds: int = 10
     width: int = 128
     height: int = 96
@@ -137,8 +137,9 @@ class DemoAvaSpec:
                 raise SourceError(f"demo-ava {option} must be {allowed}, got {value}")
 
         check(2 <= self.num_movies <= 10000, "--num-movies", "in 2..10000 (train and val)", self.num_movies)
-        check(1 <= self.num_val_movies < self.num_movies, "--val-movies", f"in 1..{self.num_movies - 1}",
-              self.val_movies)
+        check(
+            1 <= self.num_val_movies < self.num_movies, "--val-movies", f"in 1..{self.num_movies - 1}", self.val_movies
+        )
         check(5 <= self.seconds <= 900, "--seconds", "in 5..900 (keyframes from 2 to seconds - 2)", self.seconds)
         for option, value in (("--width", self.width), ("--height", self.height)):
             check(48 <= value <= 1024 and value % 2 == 0, option, "even and in 48..1024", value)
@@ -170,12 +171,12 @@ class _Actor:
     size: str | None
     y: float
     x_start: float
-    x_speed: float        # pixels per second
+    x_speed: float  # pixels per second
     angle_start: float
-    turn_speed: float     # radians per second, > 0 clockwise on screen
+    turn_speed: float  # radians per second, > 0 clockwise on screen
     radius_mid: float
-    size_ratio: float     # radius at the end / at the start
-    reach: float          # the farthest the shape gets from its centre over the movie, pixels
+    size_ratio: float  # radius at the end / at the start
+    reach: float  # the farthest the shape gets from its centre over the movie, pixels
 
     def at(self, times: np.ndarray, seconds: int) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
         """Centre x, centre y, angle and radius at `times` (seconds)."""
@@ -187,8 +188,9 @@ class _Actor:
         names = [self.pose, self.turn, self.size]
         if self.x_speed != 0:
             x = self.x_start + self.x_speed * time
-            ahead = [other for other in others
-                     if np.sign(other.x_start + other.x_speed * time - x) == np.sign(self.x_speed)]
+            ahead = [
+                other for other in others if np.sign(other.x_start + other.x_speed * time - x) == np.sign(self.x_speed)
+            ]
             names.append(_WALK_TOWARD if ahead else None)
         return sorted(_ACTION_ID[name] for name in names if name is not None)
 
@@ -215,17 +217,29 @@ def _draw_actor(rng: np.random.Generator, person_id: int, spec: DemoAvaSpec) -> 
         x_speed = travel / spec.seconds if pose == "walk right" else -travel / spec.seconds
         x_start = start if pose == "walk right" else start + travel
     turn_speed = {None: 0.0, "turn clockwise": 1.0, "turn counterclockwise": -1.0}[turn] * rng.uniform(*_TURN_SPEED)
-    return _Actor(person_id=person_id, shape=shape, colour=vivid_colour(rng, _BRIGHTEST), pose=pose, turn=turn,
-                  size=size, y=rng.uniform(margin, spec.height - margin), x_start=x_start, x_speed=x_speed,
-                  angle_start=rng.uniform(0, 2 * np.pi), turn_speed=turn_speed, radius_mid=radius_mid,
-                  size_ratio=size_ratio, reach=reach)
+    return _Actor(
+        person_id=person_id,
+        shape=shape,
+        colour=vivid_colour(rng, _BRIGHTEST),
+        pose=pose,
+        turn=turn,
+        size=size,
+        y=rng.uniform(margin, spec.height - margin),
+        x_start=x_start,
+        x_speed=x_speed,
+        angle_start=rng.uniform(0, 2 * np.pi),
+        turn_speed=turn_speed,
+        radius_mid=radius_mid,
+        size_ratio=size_ratio,
+        reach=reach,
+    )
 
 
 def _apart(actors: list[_Actor], seconds: int) -> bool:
     """No two actors pass each other horizontally, and their centres stay half their reaches apart in x (x moves
     linearly, so the first and last frames decide)."""
     for i, first in enumerate(actors):
-        for second in actors[i + 1:]:
+        for second in actors[i + 1 :]:
             gap = [first.x_start + first.x_speed * t - second.x_start - second.x_speed * t for t in (0, seconds)]
             if gap[0] * gap[1] <= 0 or min(abs(g) for g in gap) < (first.reach + second.reach) / 2:
                 return False
@@ -257,8 +271,10 @@ def _make_movie(spec: DemoAvaSpec, index: int) -> _Movie:
 
 
 def _grid(spec: DemoAvaSpec) -> tuple[np.ndarray, np.ndarray]:
-    return (np.arange(spec.width, dtype=np.float64)[None, None, :],
-            np.arange(spec.height, dtype=np.float64)[None, :, None])
+    return (
+        np.arange(spec.width, dtype=np.float64)[None, None, :],
+        np.arange(spec.height, dtype=np.float64)[None, :, None],
+    )
 
 
 def _frames(movie: _Movie, spec: DemoAvaSpec) -> Iterator[np.ndarray]:
@@ -293,8 +309,9 @@ def _boxes(movie: _Movie, spec: DemoAvaSpec) -> dict[int, np.ndarray]:
         columns, rows = mask.any(axis=1), mask.any(axis=2)
         x1, y1 = columns.argmax(axis=1), rows.argmax(axis=1)
         x2, y2 = spec.width - columns[:, ::-1].argmax(axis=1), spec.height - rows[:, ::-1].argmax(axis=1)
-        boxes[actor.person_id] = np.stack([x1 / spec.width, y1 / spec.height, x2 / spec.width,
-                                           y2 / spec.height], axis=1)
+        boxes[actor.person_id] = np.stack(
+            [x1 / spec.width, y1 / spec.height, x2 / spec.width, y2 / spec.height], axis=1
+        )
     return boxes
 
 
@@ -321,7 +338,7 @@ class _SplitRows:
     excluded: list[str] = field(default_factory=list)
     detections: list[str] = field(default_factory=list)
     movies: int = 0
-    keyframes: int = 0   # annotated (excluded ones left out)
+    keyframes: int = 0  # annotated (excluded ones left out)
     boxes: int = 0
 
 
@@ -344,8 +361,9 @@ def _annotate(movie: _Movie, spec: DemoAvaSpec, rows: _SplitRows) -> None:
             box = boxes[actor.person_id][k]
             if second != excluded:
                 others = [other for other in movie.actors if other is not actor]
-                rows.annotations.extend(f"{where},{_box_text(box)},{action},{actor.person_id}"
-                                        for action in actor.actions(others, second))
+                rows.annotations.extend(
+                    f"{where},{_box_text(box)},{action},{actor.person_id}" for action in actor.actions(others, second)
+                )
             chance = rng.random()
             if chance >= _MISSED:
                 score = rng.uniform(*(_WEAK_SCORES if chance < _MISSED + _WEAK else _HIT_SCORES))
@@ -358,22 +376,22 @@ def _annotate(movie: _Movie, spec: DemoAvaSpec, rows: _SplitRows) -> None:
 
 
 def _action_lists() -> dict[str, str]:
-    full = "".join(f'label {{\n  name: "{a.name}"\n  label_id: {a.id}\n  label_type: {a.group}\n}}\n'
-                   for a in ACTIONS)
+    full = "".join(f'label {{\n  name: "{a.name}"\n  label_id: {a.id}\n  label_type: {a.group}\n}}\n' for a in ACTIONS)
     # The official subset has no label_type: the evaluator then groups by AVA's id ranges, which the demo's ids do
     # not follow, so its subset states each action's group.
-    evaluated = "".join(f'item {{\n  name: "{a.name}"\n  id: {a.id}\n  label_type: {a.group}\n}}\n'
-                        for a in ACTIONS if a.evaluated)
+    evaluated = "".join(
+        f'item {{\n  name: "{a.name}"\n  id: {a.id}\n  label_type: {a.group}\n}}\n' for a in ACTIONS if a.evaluated
+    )
     return {FULL_ACTION_LIST: full, EVALUATED_ACTION_LIST: evaluated}
 
 
 @dataclass(frozen=True)
 class DemoAvaSummary:
-    movies: dict[str, int]       # split -> movies
-    keyframes: dict[str, int]    # split -> annotated keyframes (excluded ones left out)
-    boxes: dict[str, int]        # split -> ground-truth boxes
-    excluded: dict[str, int]     # split -> excluded keyframes
-    detections: dict[str, int]   # split -> detection rows
+    movies: dict[str, int]  # split -> movies
+    keyframes: dict[str, int]  # split -> annotated keyframes (excluded ones left out)
+    boxes: dict[str, int]  # split -> ground-truth boxes
+    excluded: dict[str, int]  # split -> excluded keyframes
+    detections: dict[str, int]  # split -> detection rows
 
 
 def _lines(rows: list[str]) -> bytes:
@@ -387,8 +405,10 @@ def write_demo_ava(spec: DemoAvaSpec, out: Path) -> DemoAvaSummary:
     wanted = {spec.video_id(index) + ".mp4" for index in range(spec.num_movies)}
     strays = sorted(p.name for p in movies_dir.glob("*.mp4") if p.name not in wanted) if movies_dir.is_dir() else []
     if strays:
-        raise FileExistsError(f"{movies_dir} holds movies this dataset does not make ({strays[0]}, {len(strays)} in "
-                              f"all): write it to an empty --out")
+        raise FileExistsError(
+            f"{movies_dir} holds movies this dataset does not make ({strays[0]}, {len(strays)} in "
+            f"all): write it to an empty --out"
+        )
     movies_dir.mkdir(parents=True, exist_ok=True)
     rows = {split: _SplitRows() for split in SPLITS}
     for index in range(spec.num_movies):
@@ -403,7 +423,10 @@ def write_demo_ava(spec: DemoAvaSpec, out: Path) -> DemoAvaSummary:
         write_atomic(out / annotations_file(split), _lines(rows[split].annotations))
         write_atomic(out / excluded_file(split), _lines(rows[split].excluded))
         write_atomic(out / detections_file(split), _lines(rows[split].detections))
-    return DemoAvaSummary(movies={s: rows[s].movies for s in SPLITS},
-                          keyframes={s: rows[s].keyframes for s in SPLITS}, boxes={s: rows[s].boxes for s in SPLITS},
-                          excluded={s: len(rows[s].excluded) for s in SPLITS},
-                          detections={s: len(rows[s].detections) for s in SPLITS})
+    return DemoAvaSummary(
+        movies={s: rows[s].movies for s in SPLITS},
+        keyframes={s: rows[s].keyframes for s in SPLITS},
+        boxes={s: rows[s].boxes for s in SPLITS},
+        excluded={s: len(rows[s].excluded) for s in SPLITS},
+        detections={s: len(rows[s].detections) for s in SPLITS},
+    )

@@ -42,11 +42,12 @@ def shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, centre_x, centre_y, a
     """Pixels covered by `shape` ("disc", "ellipse" or a `polygon` shape) centred at (centre_x, centre_y), turned
     by `angle` radians, of size `radius`; scalars give one H×W mask, arrays of T values a T×H×W one."""
     centre_x, centre_y, angle, radius = np.broadcast_arrays(
-        *(np.asarray(value, dtype=np.float64) for value in (centre_x, centre_y, angle, radius)))
+        *(np.asarray(value, dtype=np.float64) for value in (centre_x, centre_y, angle, radius))
+    )
     per_frame = [value[..., None, None] for value in (centre_x, centre_y, angle, radius)]
     if shape == "disc":
         x, y, _, r = per_frame
-        return (xx - x) ** 2 + (yy - y) ** 2 <= r ** 2
+        return (xx - x) ** 2 + (yy - y) ** 2 <= r**2
     if shape == "ellipse":
         along, across = local_coordinates(xx, yy, *per_frame[:3])
         r = per_frame[3]

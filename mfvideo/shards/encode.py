@@ -5,9 +5,10 @@ frames always give the same bytes: shard determinism rests on this.
 
 The frame types follow one fixed pattern, I or P then three B-frames that no other frame references (`bframes=3`,
 `b-adapt=0`, `b-pyramid=none`): a decoder can skip every B-frame a clip does not show (mfvideo.data.decode), so a
-16×4 clip decodes about a quarter of the frames from the keyframe on, plus its own. x264's macroblock-tree rate control is
-off (`mbtree=0`): in the x264 build PyAV ships, with B-frames it made repeated encodes of identical frames differ
-(heap-dependent; up to a third of encodes of decoded frames, found by hashing repeats), and without it they never did.
+16×4 clip decodes about a quarter of the frames from the keyframe on, plus its own. x264's macroblock-tree rate
+control is off (`mbtree=0`): in the x264 build PyAV ships, with B-frames it made repeated encodes of identical
+frames differ (heap-dependent; up to a third of encodes of decoded frames, found by hashing repeats), and without it
+they never did.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ class VideoInfo:
     duration: float  # seconds, num_frames / fps
 
     def as_json(self) -> dict:
-        return {"fps": self.fps, "num_frames": self.num_frames, "width": self.width, "height": self.height,
-                "duration": self.duration}
+        return {
+            "fps": self.fps,
+            "num_frames": self.num_frames,
+            "width": self.width,
+            "height": self.height,
+            "duration": self.duration,
+        }
 
 
 def _open(source: str | bytes) -> av.container.InputContainer:
@@ -66,8 +72,13 @@ def _frame_rate(stream: av.video.stream.VideoStream) -> Fraction:
 def _info(rate: Fraction, num_frames: int, width: int, height: int) -> VideoInfo:
     if num_frames <= 0:
         raise VideoError("no frames")
-    return VideoInfo(fps=round(float(rate), 6), num_frames=num_frames, width=width, height=height,
-                     duration=round(num_frames / float(rate), 6))
+    return VideoInfo(
+        fps=round(float(rate), 6),
+        num_frames=num_frames,
+        width=width,
+        height=height,
+        duration=round(num_frames / float(rate), 6),
+    )
 
 
 def probe_video(data: bytes) -> VideoInfo:
@@ -105,22 +116,25 @@ class H264Writer:
         self.rate = Fraction(rate)
         self.width, self.height = width, height
         self.buffer = io.BytesIO()
-        self.container = av.open(self.buffer, mode="w", format="mp4",
-                                 options={"fflags": "+bitexact"})
+        self.container = av.open(self.buffer, mode="w", format="mp4", options={"fflags": "+bitexact"})
         self.stream = self.container.add_stream("libx264", rate=self.rate)
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         self.stream.codec_context.flags |= av.codec.context.Flags.bitexact
         self.stream.codec_context.thread_count = 1
         keyint = max(1, round(self.rate))
-        self.stream.options = {"preset": X264_PRESET, "crf": str(X264_CRF),
-                               "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:mbtree=0:"
-                                              f"bframes={X264_BFRAMES}:b-adapt=0:b-pyramid=none"}
+        self.stream.options = {
+            "preset": X264_PRESET,
+            "crf": str(X264_CRF),
+            "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:mbtree=0:"
+            f"bframes={X264_BFRAMES}:b-adapt=0:b-pyramid=none",
+        }
         self.num_frames = 0
         self.to_yuv = VideoReformatter()  # one scaler for all frames: setting one up costs more than converting
 
     def add(self, frame: av.VideoFrame) -> None:
-        frame = self.to_yuv.reformat(frame, width=self.width, height=self.height, format="yuv420p",
-                                     interpolation="AREA", threads=1)
+        frame = self.to_yuv.reformat(
+            frame, width=self.width, height=self.height, format="yuv420p", interpolation="AREA", threads=1
+        )
         frame.pts, frame.time_base = self.num_frames, 1 / self.rate
         self.container.mux(self.stream.encode(frame))
         self.num_frames += 1
@@ -131,8 +145,9 @@ class H264Writer:
         return self.buffer.getvalue(), _info(self.rate, self.num_frames, self.width, self.height)
 
 
-def encode_frames(frames: Iterable[av.VideoFrame], rate: Fraction | int, short_side: int | None,
-                  empty: str) -> tuple[bytes, VideoInfo]:
+def encode_frames(
+    frames: Iterable[av.VideoFrame], rate: Fraction | int, short_side: int | None, empty: str
+) -> tuple[bytes, VideoInfo]:
     """H.264 MP4 of `frames`, sized from the first (short side scaled to `short_side`); VideoError(empty) if none."""
     writer = None
     for frame in frames:
@@ -162,8 +177,7 @@ def reencode_video(source: str | bytes, short_side: int | None) -> tuple[bytes, 
     with _open(source) as container:
         stream = _video_stream(container)
         stream.thread_count = 1
-        return encode_frames(_decoded_frames(container, stream), _frame_rate(stream), short_side,
-                             "no decodable frame")
+        return encode_frames(_decoded_frames(container, stream), _frame_rate(stream), short_side, "no decodable frame")
 
 
 @dataclass(frozen=True)
@@ -171,7 +185,7 @@ class Cut:
     data: bytes
     info: VideoInfo
     start: float  # movie time (s) of the cut's first frame
-    last: float   # and of its last
+    last: float  # and of its last
 
 
 def cut_video(path: str, start: float, end: float, short_side: int | None) -> Cut:

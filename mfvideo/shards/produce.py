@@ -46,8 +46,9 @@ def _produce_clip(item: Item, options: EncodeOptions) -> tuple[str, bytes, dict]
     keyframe = item.params["keyframe"]
     half_frame = 0.5 / cut.info.fps
     if not cut.start - half_frame <= keyframe <= cut.last + half_frame:
-        raise VideoError(f"keyframe {keyframe} s is outside the movie: the frames around it run from {cut.start} s "
-                         f"to {cut.last} s")
+        raise VideoError(
+            f"keyframe {keyframe} s is outside the movie: the frames around it run from {cut.start} s to {cut.last} s"
+        )
     return "mp4", cut.data, {**cut.info.as_json(), "keyframe_sec": round(keyframe - cut.start, 6)}
 
 
@@ -75,7 +76,10 @@ def _produce_demo(item: Item, options: EncodeOptions) -> tuple[str, bytes, dict]
 
 
 _PRODUCERS: dict[str, Callable[[Item, EncodeOptions], tuple[str, bytes, dict]]] = {
-    "video": _produce_video, "clip": _produce_clip, "image": _produce_image, "demo": _produce_demo,
+    "video": _produce_video,
+    "clip": _produce_clip,
+    "image": _produce_image,
+    "demo": _produce_demo,
 }
 
 
@@ -87,7 +91,6 @@ def produce(item: Item, key: str, source: str, options: EncodeOptions) -> Sample
         return Reject(item.id, item.path, str(err))
     except Exception as err:  # noqa: BLE001 -- one odd file must not stop a days-long job; the reason names it
         return Reject(item.id, item.path, f"{type(err).__name__}: {err}")
-    meta = {"id": item.id, "label": item.label, "label_name": item.label_name, "source": source,
-            **info, **item.extra}
+    meta = {"id": item.id, "label": item.label, "label_name": item.label_name, "source": source, **info, **item.extra}
     payload = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     return Sample(key, {ext: media, "json": payload})

@@ -32,9 +32,9 @@ from typing import Any, Iterable, Iterator, Protocol
 
 from tqdm import tqdm
 
+from mfvideo.common.fileio import PathEscape, fsync_dir, hold_lock, inside, plain_name, write_atomic
 from mfvideo.shards.items import EncodeOptions, Item, ItemList, Reject, Sample, assign_keys
 from mfvideo.shards.produce import produce
-from mfvideo.common.fileio import fsync_dir, hold_lock, write_atomic
 
 FORMAT_VERSION = 1
 _PARTIAL_DIR = ".partial"
@@ -81,17 +81,19 @@ class Part:
 
 @dataclass(frozen=True)
 class ShardOptions:
-    out: Path                        # the split's directory, e.g. shards/k400/train
-    name: str | None = None          # shard file prefix; default: basename of `out`
-    max_count: int = 1000            # items per block; a block's samples fill one shard
-    max_size: int = 1 << 30          # bytes of members per shard (a larger single sample gets a shard alone)
-    short_side: int | None = None    # re-encode to H.264 with this short side; None copies the original bytes
+    out: Path  # the split's directory, e.g. shards/k400/train
+    name: str | None = None  # shard file prefix; default: basename of `out`
+    max_count: int = 1000  # items per block; a block's samples fill one shard
+    max_size: int = 1 << 30  # bytes of members per shard (a larger single sample gets a shard alone)
+    short_side: int | None = None  # re-encode to H.264 with this short side; None copies the original bytes
     workers: int = 1
-    overwrite: bool = False          # delete an existing, different output instead of refusing
+    overwrite: bool = False  # delete an existing, different output instead of refusing
     progress: bool = True
-    part: Part | None = None         # write only this part, under out/.parts/ (then merge_parts)
+    part: Part | None = None  # write only this part, under out/.parts/ (then merge_parts)
 
     def __post_init__(self) -> None:
+        if self.name is not None:
+            plain_name(self.name, "--name")  # shards are written as <out>/<name>-NNNNNN.tar
         for name in ("max_count", "max_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ShardOptions.{name} must be >= 1, got {getattr(self, name)}")
@@ -107,8 +109,8 @@ class ShardRecord:
     num_samples: int
     bytes: int
     sha256: str
-    next_item: int                   # first item index not covered by this shard
-    rejects: list[dict]              # rejects among the items this shard covers
+    next_item: int  # first item index not covered by this shard
+    rejects: list[dict]  # rejects among the items this shard covers
 
 
 @dataclass(frozen=True)
@@ -217,8 +219,14 @@ class _ShardSequence:
 
     def close_shard(self, next_item: int) -> None:
         size, sha = self.open.finalize()
-        record = ShardRecord(file=self.open.final.name, num_samples=self.open.num_samples, bytes=size,
-                             sha256=sha, next_item=next_item, rejects=self.pending_rejects)
+        record = ShardRecord(
+            file=self.open.final.name,
+            num_samples=self.open.num_samples,
+            bytes=size,
+            sha256=sha,
+            next_item=next_item,
+            rejects=self.pending_rejects,
+        )
         write_atomic(self.directory / _PARTIAL_DIR / (record.file + ".json"), _json_bytes(dataclasses.asdict(record)))
         self.records.append(record)
         self.open, self.pending_rejects = None, []
@@ -248,8 +256,14 @@ def _shard_entry(record: ShardRecord) -> dict:
 
 def created_with(source: Source, options: ShardOptions) -> dict:
     """Every argument that shapes the output (not --out, --workers or --overwrite, which do not)."""
-    args = {"source": source.name, "source_args": dataclasses.asdict(source), "name": options.shard_name,
-            "max_count": options.max_count, "max_size": options.max_size, "short_side": options.short_side}
+    args = {
+        "source": source.name,
+        "source_args": dataclasses.asdict(source),
+        "name": options.shard_name,
+        "max_count": options.max_count,
+        "max_size": options.max_size,
+        "short_side": options.short_side,
+    }
     return json.loads(json.dumps(args, default=str))  # paths as strings, as they read back from JSON
 
 
@@ -260,8 +274,10 @@ def _load_records(directory: Path, fingerprint: dict) -> list[ShardRecord]:
     if not args_file.exists():
         return []
     if json.loads(args_file.read_text()) != fingerprint:
-        raise OutputMismatch(f"{directory} holds an unfinished run with other arguments "
-                             f"(see {args_file}); pass --overwrite or choose another --out")
+        raise OutputMismatch(
+            f"{directory} holds an unfinished run with other arguments "
+            f"(see {args_file}); pass --overwrite or choose another --out"
+        )
     records = []
     while True:
         record_file = partial / f"{fingerprint['name']}-{len(records):06d}.tar.json"
@@ -306,15 +322,17 @@ def _existing_manifest(directory: Path, fingerprint: dict) -> dict | None:
     for shard in manifest["shards"]:
         shard_path = directory / shard["file"]
         if not shard_path.exists() or file_sha256(shard_path) != shard["sha256"]:
-            raise OutputMismatch(f"{shard_path} is missing or does not match its sha256 in {path}; "
-                                 f"pass --overwrite to rebuild")
+            raise OutputMismatch(
+                f"{shard_path} is missing or does not match its sha256 in {path}; pass --overwrite to rebuild"
+            )
     return manifest
 
 
 def _finished(directory: Path, manifest: dict) -> Summary:
     rejects = (directory / "rejects.jsonl").read_text().count("\n")
-    log.info("%s is already complete: %d samples in %d shards", directory, manifest["num_samples"],
-             len(manifest["shards"]))
+    log.info(
+        "%s is already complete: %d samples in %d shards", directory, manifest["num_samples"], len(manifest["shards"])
+    )
     return Summary(directory, manifest["num_samples"], len(manifest["shards"]), rejects, len(manifest["shards"]))
 
 
@@ -343,8 +361,9 @@ def _results(tasks: list[tuple[Item, str]], source_name: str, encode: EncodeOpti
 
 
 def _progress(results: Iterable, total: int, initial: int, enabled: bool) -> Iterable:
-    return tqdm(results, total=total, initial=initial, unit="item", disable=not enabled, smoothing=0.1,
-                dynamic_ncols=True)
+    return tqdm(
+        results, total=total, initial=initial, unit="item", disable=not enabled, smoothing=0.1, dynamic_ncols=True
+    )
 
 
 def make_shards(source: Source, options: ShardOptions) -> Summary:
@@ -388,11 +407,17 @@ def _write(source: Source, options: ShardOptions, directory: Path, fingerprint: 
     start = records[-1].next_item if records else share.start
     resumed = len(records)
     if records:
-        log.info("resuming %s: %d finished shards kept, restarting at item %d of %d..%d",
-                 directory, len(records), start, share.start, share.stop - 1)
+        log.info(
+            "resuming %s: %d finished shards kept, restarting at item %d of %d..%d",
+            directory,
+            len(records),
+            start,
+            share.start,
+            share.stop - 1,
+        )
 
     shards = _ShardSequence(options, directory, records)
-    tasks = list(zip(listing.items, keys))[start:share.stop]
+    tasks = list(zip(listing.items, keys))[start : share.stop]
     encode = EncodeOptions(short_side=options.short_side)
     try:
         results = _results(tasks, source.name, encode, options.workers)
@@ -408,12 +433,16 @@ def _write(source: Source, options: ShardOptions, directory: Path, fingerprint: 
     first_part = options.part is None or options.part.index == 0
     listed = [reject.as_json() for reject in listing.rejects] if first_part else []
     rejects = listed + [reject for record in shards.records for reject in record.rejects] + shards.pending_rejects
-    write_atomic(directory / "rejects.jsonl",
-                 b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in rejects))
+    write_atomic(directory / "rejects.jsonl", b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in rejects))
     manifest = _manifest(fingerprint, listing.classes, [_shard_entry(r) for r in shards.records])
     if options.part is not None:
-        manifest["part"] = {"index": options.part.index, "count": options.part.count, "first_item": share.start,
-                            "end_item": share.stop, "num_items": len(listing.items)}
+        manifest["part"] = {
+            "index": options.part.index,
+            "count": options.part.count,
+            "first_item": share.start,
+            "end_item": share.stop,
+            "num_items": len(listing.items),
+        }
     write_atomic(directory / "manifest.json", _json_bytes(manifest))
     shutil.rmtree(directory / _PARTIAL_DIR)
     return Summary(directory, manifest["num_samples"], len(shards.records), len(rejects), resumed)
@@ -441,15 +470,32 @@ def _finished_parts(out: Path) -> list[tuple[Part, Path, dict]]:
     expected_first = 0
     for part, folder, manifest in found:
         if manifest["created_with"] != found[0][2]["created_with"]:
-            raise MergeError(f"part {part} ({folder}) was made with other arguments than part {found[0][0]}; "
-                             f"run it again with the same arguments and --overwrite")
+            raise MergeError(
+                f"part {part} ({folder}) was made with other arguments than part {found[0][0]}; "
+                f"run it again with the same arguments and --overwrite"
+            )
         if manifest["part"]["first_item"] != expected_first:
-            raise MergeError(f"part {part} ({folder}) starts at item {manifest['part']['first_item']}, expected "
-                             f"{expected_first}: the parts list different items; run them again")
+            raise MergeError(
+                f"part {part} ({folder}) starts at item {manifest['part']['first_item']}, expected "
+                f"{expected_first}: the parts list different items; run them again"
+            )
         expected_first = manifest["part"]["end_item"]
     if expected_first != found[-1][2]["part"]["num_items"]:
         raise MergeError(f"the parts of {out} end at item {expected_first} of {found[-1][2]['part']['num_items']}")
     return found
+
+
+def _check_part_names(parts: list, name: str) -> None:
+    """MergeError naming the manifest and field of the first name in the parts' manifests that would put a file
+    outside its folder: the shard prefix (`created_with.name`) and each shard's `file`."""
+    try:
+        plain_name(name, f"{parts[0][1] / 'manifest.json'} field 'created_with.name'")
+        for _, folder, manifest in parts:
+            for number, entry in enumerate(manifest["shards"]):
+                field = f"{folder / 'manifest.json'} field 'shards[{number}].file'"
+                inside(folder, plain_name(entry["file"], field), field)
+    except PathEscape as err:
+        raise MergeError(f"{err}; nothing was moved") from None
 
 
 def merge_parts(out: Path, overwrite: bool = False) -> Summary:
@@ -469,23 +515,29 @@ def merge_parts(out: Path, overwrite: bool = False) -> Summary:
             part_locks.enter_context(hold_lock(folder / _LOCK_FILE, f"part {part} of {out}"))
         fingerprint = parts[0][2]["created_with"]
         name = fingerprint["name"]
+        _check_part_names(parts, name)  # names from the parts' manifests: nothing may move outside `out`
         if overwrite:
             _clear_output(out, name)
         existing = out / "manifest.json"
         if existing.exists() and json.loads(existing.read_text()).get("created_with") != fingerprint:
-            raise OutputMismatch(f"{existing} was made with other arguments than the parts; pass --overwrite to "
-                                 f"replace it")
+            raise OutputMismatch(
+                f"{existing} was made with other arguments than the parts; pass --overwrite to replace it"
+            )
         if (out / _PARTIAL_DIR).exists():
-            raise MergeError(f"{out} holds an unfinished one-machine run ({out / _PARTIAL_DIR}); finish it, or "
-                             f"merge with --overwrite to replace it")
+            raise MergeError(
+                f"{out} holds an unfinished one-machine run ({out / _PARTIAL_DIR}); finish it, or "
+                f"merge with --overwrite to replace it"
+            )
         moves, shards = [], []
         for part, folder, manifest in parts:
             for entry in manifest["shards"]:
                 source, target = folder / entry["file"], out / f"{name}-{len(shards):06d}.tar"
                 where = source if source.exists() else target  # already moved by an interrupted merge
                 if not where.exists() or where.stat().st_size != entry["bytes"]:
-                    raise MergeError(f"shard {entry['file']} of part {part} is missing or not {entry['bytes']} bytes "
-                                     f"(looked at {source} and {target}); run part {part} again with --overwrite")
+                    raise MergeError(
+                        f"shard {entry['file']} of part {part} is missing or not {entry['bytes']} bytes "
+                        f"(looked at {source} and {target}); run part {part} again with --overwrite"
+                    )
                 moves.append((source, target))
                 shards.append({**entry, "file": target.name})
         for source, target in moves:

@@ -18,21 +18,28 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 
-from mfvideo.common.ava_files import (AvaFormatError, BadRow, LabelMap, read_annotations, read_excluded, read_label_map,
-                               read_person_detections)
+from mfvideo.common.ava_files import (
+    AvaFormatError,
+    BadRow,
+    LabelMap,
+    read_annotations,
+    read_excluded,
+    read_label_map,
+    read_person_detections,
+)
 from mfvideo.shards.items import Item, ItemList, Reject
 from mfvideo.shards.sources.common import SourceError, index_files
 
 
 @dataclass(frozen=True)
 class AvaSource:
-    action_list: str                   # ava_action_list_v2.2(.._for_activitynet_2019).pbtxt
-    movies: str                        # folder of <video_id>.<ext>
-    annotations: str | None = None     # video_id,timestamp,x1,y1,x2,y2,action_id,person_id
-    excluded: str | None = None        # video_id,timestamp rows to leave out
-    detections: str | None = None      # video_id,timestamp,x1,y1,x2,y2,action_id(unused),score
+    action_list: str  # ava_action_list_v2.2(.._for_activitynet_2019).pbtxt
+    movies: str  # folder of <video_id>.<ext>
+    annotations: str | None = None  # video_id,timestamp,x1,y1,x2,y2,action_id,person_id
+    excluded: str | None = None  # video_id,timestamp rows to leave out
+    detections: str | None = None  # video_id,timestamp,x1,y1,x2,y2,action_id(unused),score
     min_detection_score: float = 0.0
-    half_span: float = 1.5             # seconds each side of the keyframe (16x4 frames at 30 fps need 1.07)
+    half_span: float = 1.5  # seconds each side of the keyframe (16x4 frames at 30 fps need 1.07)
 
     name = "ava"
 
@@ -60,10 +67,13 @@ class AvaSource:
         items = []
         for video_id, timestamp in sorted((set(boxes) | set(detections)) - excluded):
             people = boxes.get((video_id, timestamp), {})
-            extra = {"video_id": video_id, "timestamp": timestamp,
-                     "boxes": [list(box) for box, _ in people],
-                     "labels": [sorted(labels) for labels in people.values()],
-                     "person_ids": [person for _, person in people]}
+            extra = {
+                "video_id": video_id,
+                "timestamp": timestamp,
+                "boxes": [list(box) for box, _ in people],
+                "labels": [sorted(labels) for labels in people.values()],
+                "person_ids": [person for _, person in people],
+            }
             if self.detections:
                 found = detections.get((video_id, timestamp), [])
                 extra["det_boxes"] = [list(box) for box, _ in found]

@@ -24,10 +24,11 @@ def read_text(path: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
+        line = data[: err.start].count(b"\n") + 1
         column = err.start - data.rfind(b"\n", 0, err.start)
-        raise SourceError(f"{path}:{line}: byte {data[err.start]:#04x} at column {column} is not UTF-8; save the "
-                          f"file as UTF-8") from None
+        raise SourceError(
+            f"{path}:{line}: byte {data[err.start]:#04x} at column {column} is not UTF-8; save the file as UTF-8"
+        ) from None
 
 
 def csv_rows(path: str) -> list[tuple[str, list[str]]]:

@@ -18,8 +18,16 @@ from mfvideo.shards.encode import VideoInfo, encode_rgb_frames
 from mfvideo.shards.items import Item, ItemList
 from mfvideo.shards.sources.common import SourceError
 
-MOTIONS = ("move_right", "move_left", "move_down", "move_up", "rotate_clockwise", "rotate_counterclockwise",
-           "grow", "shrink")
+MOTIONS = (
+    "move_right",
+    "move_left",
+    "move_down",
+    "move_up",
+    "rotate_clockwise",
+    "rotate_counterclockwise",
+    "grow",
+    "shrink",
+)
 _SHAPES = ("triangle", "bar", "square", "disc")  # rotations use the first two: their turn is visible
 BACKGROUNDS = ("textured", "flat")  # a gradient with faint static blobs, or one colour
 
@@ -27,9 +35,9 @@ BACKGROUNDS = ("textured", "flat")  # a gradient with faint static blobs, or one
 @dataclass(frozen=True)
 class DemoSource:
     num_videos: int = 200
-    num_motions: int = 4            # the first N of MOTIONS
-    num_shapes: int = 0             # 0: any shape, the class is the motion; N: the class is (one of N shapes, motion)
-    background: str = "textured"    # one of BACKGROUNDS
+    num_motions: int = 4  # the first N of MOTIONS
+    num_shapes: int = 0  # 0: any shape, the class is the motion; N: the class is (one of N shapes, motion)
+    background: str = "textured"  # one of BACKGROUNDS
     width: int = 112
     height: int = 112
     min_frames: int = 32
@@ -43,14 +51,18 @@ class DemoSource:
         if not 2 <= self.num_motions <= len(MOTIONS):
             raise SourceError(f"demo num_motions must be in 2..{len(MOTIONS)}, got {self.num_motions}")
         if self.num_shapes and not (2 <= self.num_shapes <= len(_SHAPES) and self.num_motions <= 4):
-            raise SourceError(f"demo num_shapes must be 0 or 2..{len(_SHAPES)} with at most 4 motions (a disc's "
-                              f"turn is invisible), got {self.num_shapes} shapes and {self.num_motions} motions")
+            raise SourceError(
+                f"demo num_shapes must be 0 or 2..{len(_SHAPES)} with at most 4 motions (a disc's "
+                f"turn is invisible), got {self.num_shapes} shapes and {self.num_motions} motions"
+            )
         if self.background not in BACKGROUNDS:
             raise SourceError(f"demo background must be one of {BACKGROUNDS}, got {self.background!r}")
         if self.width % 2 or self.height % 2 or min(self.width, self.height) < 16:
             raise SourceError(f"demo width/height must be even and >= 16, got {self.width}x{self.height}")
         if not 1 <= self.min_frames <= self.max_frames:
-            raise SourceError(f"demo frames need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
+            raise SourceError(
+                f"demo frames need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}"
+            )
         if self.num_videos < 1:
             raise SourceError(f"demo num_videos must be >= 1, got {self.num_videos}")
 
@@ -59,13 +71,27 @@ class DemoSource:
         items = []
         for index, label in enumerate(self._labels(len(classes))):
             shape = _SHAPES[label // self.num_motions] if self.num_shapes else None
-            params = {"seed": self.seed, "index": index, "motion": MOTIONS[label % self.num_motions],
-                      "width": self.width, "height": self.height, "min_frames": self.min_frames,
-                      "max_frames": self.max_frames, "fps": self.fps}
+            params = {
+                "seed": self.seed,
+                "index": index,
+                "motion": MOTIONS[label % self.num_motions],
+                "width": self.width,
+                "height": self.height,
+                "min_frames": self.min_frames,
+                "max_frames": self.max_frames,
+                "fps": self.fps,
+            }
             if self.num_shapes or self.background != "textured":  # the original set's items stay as they were
                 params.update(shape=shape, background=self.background)
-            items.append(Item(id=f"demo{self.seed}_{index:06d}", kind="demo", label=label,
-                              label_name=classes[label], params=params))
+            items.append(
+                Item(
+                    id=f"demo{self.seed}_{index:06d}",
+                    kind="demo",
+                    label=label,
+                    label_name=classes[label],
+                    params=params,
+                )
+            )
         return ItemList(items=items, classes=classes)
 
     def _labels(self, num_classes: int) -> list[int]:
@@ -76,8 +102,9 @@ class DemoSource:
         before stay byte for byte the same."""
         if self.num_shapes:
             blocks = -(-self.num_videos // num_classes)
-            order = np.concatenate([np.random.default_rng([self.seed, 0x5EED, block]).permutation(num_classes)
-                                    for block in range(blocks)])
+            order = np.concatenate(
+                [np.random.default_rng([self.seed, 0x5EED, block]).permutation(num_classes) for block in range(blocks)]
+            )
             return [int(label) for label in order[: self.num_videos]]
         order = np.random.default_rng([self.seed, 0x5EED]).permutation(self.num_videos)
         return [int(position % num_classes) for position in order]
@@ -119,9 +146,18 @@ def _trajectory(motion: str, rng: np.random.Generator, num_frames: int, size: fl
     return x, y, angle, scale, radius
 
 
-def render_demo_video(seed: int, index: int, motion: str, width: int, height: int, min_frames: int,
-                      max_frames: int, fps: int, shape: str | None = None,
-                      background: str = "textured") -> tuple[bytes, VideoInfo]:
+def render_demo_video(
+    seed: int,
+    index: int,
+    motion: str,
+    width: int,
+    height: int,
+    min_frames: int,
+    max_frames: int,
+    fps: int,
+    shape: str | None = None,
+    background: str = "textured",
+) -> tuple[bytes, VideoInfo]:
     """`shape` None: drawn at random (the same draw as always, so the original set is unchanged)."""
     rng = np.random.default_rng([seed, index])
     num_frames = int(rng.integers(min_frames, max_frames + 1))

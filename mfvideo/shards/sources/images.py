@@ -14,7 +14,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 @dataclass(frozen=True)
 class ImageFolderSource:
     root: str
-    class_map: str | None = None    # default: sorted sub-folder names
+    class_map: str | None = None  # default: sorted sub-folder names
 
     name = "images"
 
@@ -30,6 +30,7 @@ class ImageFolderSource:
                 raise SourceError(f"class {name!r} has no folder {folder}")
             for directory, stem, file in walk_files(folder, IMAGE_EXTENSIONS):
                 relative = os.path.relpath(os.path.join(directory, stem), self.root)
-                items.append(Item(id=relative, kind="image", label=label, label_name=name,
-                                  path=os.path.join(directory, file)))
+                items.append(
+                    Item(id=relative, kind="image", label=label, label_name=name, path=os.path.join(directory, file))
+                )
         return ItemList(items=items, classes=classes)

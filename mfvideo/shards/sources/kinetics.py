@@ -10,20 +10,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from mfvideo.shards.items import Item, ItemList
-from mfvideo.shards.sources.common import (SourceError, csv_rows, index_files, label_index, load_class_map,
-                                           read_text)
+from mfvideo.common.fileio import PathEscape, plain_name
+from mfvideo.shards.items import Item, ItemList, Reject
+from mfvideo.shards.sources.common import SourceError, csv_rows, index_files, label_index, load_class_map, read_text
 
 _REQUIRED = ("youtube_id", "time_start", "time_end")
 
 
 @dataclass(frozen=True)
 class KineticsSource:
-    videos: str                     # folder of videos: flat or in class folders
-    csv: str | None = None          # label,youtube_id,time_start,time_end,split[,is_cc]
-    list_file: str | None = None    # lines "path label" (path relative to `videos`; label a name or an int)
+    videos: str  # folder of videos: flat or in class folders
+    csv: str | None = None  # label,youtube_id,time_start,time_end,split[,is_cc]
+    list_file: str | None = None  # lines "path label" (path relative to `videos`; label a name or an int)
     class_map: str | None = None
-    unlabelled: bool = False        # the CSV has no label column, on purpose (a test split)
+    unlabelled: bool = False  # the CSV has no label column, on purpose (a test split)
 
     name = "kinetics"
 
@@ -46,8 +46,10 @@ class KineticsSource:
         if missing:
             raise SourceError(f"{self.csv}: needs columns {', '.join(_REQUIRED)}; found {', '.join(columns)}")
         if "label" not in columns and not self.unlabelled:
-            raise SourceError(f"{self.csv}: no 'label' column (found {', '.join(columns)}), so every label would be "
-                              f"-1; for an unlabelled split (a test split) pass --unlabelled")
+            raise SourceError(
+                f"{self.csv}: no 'label' column (found {', '.join(columns)}), so every label would be "
+                f"-1; for an unlabelled split (a test split) pass --unlabelled"
+            )
         if "label" in columns and self.unlabelled:
             raise SourceError(f"{self.csv}: has a 'label' column but --unlabelled was given; drop --unlabelled")
         records = []
@@ -66,19 +68,25 @@ class KineticsSource:
         names = sorted({record.get("label", "") for _, record in records} - {""})
         classes = load_class_map(self.class_map) if self.class_map else names
         files = index_files(self.videos)
-        items = []
+        items, rejects = [], []
         for where, record in records:
+            try:
+                plain_name(record["youtube_id"], f"{where}: youtube_id")
+            except PathEscape as err:  # an id that is a path would shard a file outside the videos folder
+                rejects.append(Reject(record["youtube_id"], None, str(err)))
+                continue
             try:
                 start, end = int(float(record["time_start"])), int(float(record["time_end"]))
             except ValueError:
-                raise SourceError(f"{where}: bad time_start/time_end {record['time_start']!r}, "
-                                  f"{record['time_end']!r}") from None
+                raise SourceError(
+                    f"{where}: bad time_start/time_end {record['time_start']!r}, {record['time_end']!r}"
+                ) from None
             clip_id = f"{record['youtube_id']}_{start:06d}_{end:06d}"
             path = files.get(clip_id) or files.get(record["youtube_id"]) or os.path.join(self.videos, clip_id + ".mp4")
             label_name = record.get("label", "")
             label = label_index(classes, label_name, where) if label_name else -1
             items.append(Item(id=clip_id, kind="video", label=label, label_name=label_name, path=path))
-        return ItemList(items=items, classes=classes)
+        return ItemList(items=items, classes=classes, rejects=rejects)
 
     def _from_list(self) -> ItemList:
         entries = []
@@ -101,7 +109,13 @@ class KineticsSource:
             label = int(label_text) if numeric else label_index(classes, label_text, where)
             if not -1 <= label < len(classes):
                 raise SourceError(f"{where}: label {label} outside 0..{len(classes) - 1}")
-            items.append(Item(id=os.path.splitext(path)[0], kind="video", label=label,
-                              label_name=classes[label] if label >= 0 else "",
-                              path=path if os.path.isabs(path) else os.path.join(self.videos, path)))
+            items.append(
+                Item(
+                    id=os.path.splitext(path)[0],
+                    kind="video",
+                    label=label,
+                    label_name=classes[label] if label >= 0 else "",
+                    path=path if os.path.isabs(path) else os.path.join(self.videos, path),
+                )
+            )
         return ItemList(items=items, classes=classes)
