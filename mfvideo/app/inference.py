@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mfvideo.config import Recipe, load_recipe, recipe_from_text, recipe_to_yaml
-from mfvideo.data.collate import ROIS, Collate
+from mfvideo.data.collate import Collate
 from mfvideo.data.decode import IMAGE_EXTENSIONS, DecodedMedia, DecodeError, open_media
 from mfvideo.data.loader import Batching
 from mfvideo.data.tarstream import RawSample
@@ -38,7 +38,6 @@ from mfvideo.evaluation.classification import video_scores
 from mfvideo.models.checkpoint import load_state, unwrap_state_dict
 from mfvideo.tasks import Views, build_model, classify, task_of
 from mfvideo.tasks.common import split_classes, temporal
-from mfvideo.tasks.detect import TEST_PAD_MULTIPLE
 
 log = logging.getLogger("mfvideo.inference")
 
@@ -163,10 +162,10 @@ class LoadedModel:
     """A model with its recipe and record, in eval mode on `device`: `predict` and `features` on video files."""
 
     def __init__(self, model: torch.nn.Module, recipe: Recipe, record: dict, device: torch.device, path: str):
-        self.model, self.recipe, self.record, self.device, self.path = model, recipe, record, device, path
+        self.model, self.recipe, self.record, self.path = model, recipe, record, path
         self.task = task_of(recipe)
         self.class_names = list(record.get("class_names") or [])
-        self.autocast_dtype = torch.bfloat16 if device.type == "cuda" and uses_bf16(recipe) else None
+        self.to(device)
 
     def __repr__(self) -> str:
         return (
@@ -225,6 +224,7 @@ class LoadedModel:
         batching = self.feature_batching(views) if features else self.class_batching(views)
         clips = batching.clip_maker(media, None, sample)
         size = batch_size or self.recipe.train.micro_batch_size
+        # video and key only: the slice's collate also asks for labels, which a user's file does not have
         batches = (Collate()([(sample, clip) for clip in clips[i : i + size]]) for i in range(0, len(clips), size))
         order = torch.tensor([clip.view for clip in clips]).argsort()
         return media, batches, batching.device_steps, order
@@ -298,7 +298,7 @@ class LoadedModel:
             }
             keyframe = RawSample(sample.key, {**sample.parts, "json": json.dumps(meta).encode()}, sample.shard, 0, 0)
             (clip,) = batching.clip_maker(media, None, keyframe)
-            batch = Collate((ROIS,), TEST_PAD_MULTIPLE)([(keyframe, clip)])
+            batch = batching.collate([(keyframe, clip)])
             ((_, out),) = self.run(iter([batch]), batching.device_steps, self.model)
             scores = out["scores"].to("cpu", torch.float32)
             for box, row in zip(clip.boxes.normalised.tolist(), scores):
@@ -307,12 +307,11 @@ class LoadedModel:
                 results.append(BoxPrediction(str(video), int(timestamp), tuple(box), actions))
         return results
 
-    def keyframe_frames(self, video: str | Path, timestamp: float) -> tuple[np.ndarray, float]:
+    def keyframe_frames(self, media: DecodedMedia, timestamp: float) -> np.ndarray:
         """Every frame from the first to the last of the clip centred on `timestamp` (uint8 T×H×W×3, the file's
-        own size) and the file's frame rate: the stretch of video a detection clip samples, for drawing."""
-        media, _ = read_media(video)
+        own size): the stretch of video a detection clip samples, for drawing."""
         indices = temporal(self.recipe.data).centred(media, float(timestamp))
-        return media.frames(np.arange(indices.min(), indices.max() + 1)).numpy(), media.fps
+        return media.frames(np.arange(indices.min(), indices.max() + 1)).numpy()
 
 
 def load_model(

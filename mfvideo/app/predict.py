@@ -26,7 +26,15 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from mfvideo.app.inference import BoxPrediction, CheckpointError, LoadedModel, NotAVideo, Prediction, load_model
+from mfvideo.app.inference import (
+    BoxPrediction,
+    CheckpointError,
+    LoadedModel,
+    NotAVideo,
+    Prediction,
+    load_model,
+    read_media,
+)
 from mfvideo.common.fileio import write_atomic
 from mfvideo.common.log import setup_logging
 from mfvideo.data.shardlist import list_shards
@@ -140,9 +148,10 @@ def render(loaded: LoadedModel, video: Path, predictions: list[BoxPrediction], o
         font = ImageFont.load_default(size=FONT_SIZE)
     except TypeError:  # Pillow before 10.1: one bitmap size
         font = ImageFont.load_default()
-    frames, rate = [], 30.0
+    media, _ = read_media(video)  # decoded once for every keyframe
+    frames = []
     for timestamp in sorted(by_time):
-        clip, rate = loaded.keyframe_frames(video, timestamp)
+        clip = loaded.keyframe_frames(media, timestamp)
         scale = max(1, math.ceil(RENDER_SHORT_SIDE / min(clip.shape[1:3])))
         height, width = clip.shape[1] * scale // 2 * 2, clip.shape[2] * scale // 2 * 2  # H.264 wants even sides
         for frame in clip:
@@ -158,7 +167,7 @@ def render(loaded: LoadedModel, video: Path, predictions: list[BoxPrediction], o
                 left = max(0, min(x1 + 2, width - draw.textlength(text, font=font) - 2))  # kept inside the frame
                 draw.text((left, above if above >= 0 else y2 + 2), text, fill=colour, font=font)
             frames.append(np.asarray(image))
-    data, _ = encode_rgb_frames(frames, round(rate) or 30)
+    data, _ = encode_rgb_frames(frames, round(media.fps) or 30)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out_path, data)
@@ -217,7 +226,7 @@ def run_predict(
         try:
             if detect:
                 result = (
-                    loaded.predict(path, box_table_of.get(path.stem) or {}, top_k=options.top_k)
+                    loaded.predict(path, box_table_of[path.stem], top_k=options.top_k)
                     if path.stem in box_table_of
                     else []
                 )
