@@ -14,6 +14,33 @@ python=${PYTHON:-python3}
 stamp="$venv/.mfvideo-setup"
 want=$(cat pyproject.toml tools/dev.sh | sha256sum | cut -c1-16)
 
+# data.decoder=torchcodec loads the system's FFmpeg (shared libraries, major version 4 to 9) and a torchcodec build made
+# for the installed torch. FFmpeg comes from apt where this runs as root (Debian 12: FFmpeg 5.1); elsewhere it is
+# reported and torchcodec's tests skip, saying why. PyPI's torchcodec builds from 0.14 on link CUDA's torch, so the
+# CPU wheel torch==2.13.0 takes torchcodec 0.13.0 (its CPU build); another torch needs TORCHCODEC_SPEC (for CUDA,
+# e.g. the build from PyTorch's own index for that torch and CUDA version).
+torchcodec_setup() {
+  if ! ldconfig -p 2>/dev/null | grep -q "libavcodec\.so\."; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "[dev] installing FFmpeg's shared libraries for torchcodec (apt-get install ffmpeg)"
+      { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg; } \
+        >/dev/null || echo "[dev] apt-get could not install ffmpeg: data.decoder=torchcodec will not run here"
+    else
+      echo "[dev] no FFmpeg shared libraries and no root apt-get: install FFmpeg 4-9 for data.decoder=torchcodec"
+    fi
+  fi
+  local torch_version spec=${TORCHCODEC_SPEC:-}
+  torch_version=$("$venv/bin/python" -c "import torch; print(torch.__version__)")
+  if [ -z "$spec" ]; then
+    case "$torch_version" in
+      2.13.0+cpu) spec=torchcodec==0.13.0 ;;
+      *) echo "[dev] no torchcodec build known for torch $torch_version: set TORCHCODEC_SPEC to install one"; return 0 ;;
+    esac
+  fi
+  "${pip[@]}" ${TORCHCODEC_INDEX_URL:+--index-url "$TORCHCODEC_INDEX_URL"} "$spec" \
+    || echo "[dev] could not install $spec: data.decoder=torchcodec will not run here"
+}
+
 setup() {
   if [ ! -x "$venv/bin/python" ]; then
     if "$python" -c "import torch" 2>/dev/null; then
@@ -39,6 +66,7 @@ setup() {
   "${pip[@]}" "setuptools>=68" wheel numpy
   echo "[dev] installing mfvideo and its dependencies"
   DS_BUILD_OPS=0 "${pip[@]}" --no-build-isolation -e ".[test]"
+  torchcodec_setup
   echo "$want" >"$stamp"
 }
 

@@ -150,12 +150,12 @@ def _digest(digest, frames: np.ndarray) -> None:
 
 
 def decode_with_video_media(videos: list[bytes], clips: list[list[int]]) -> DecodeRun:
-    from mfvideo.data.decode import VideoMedia
+    from mfvideo.data.decode import PyAVMedia
 
     digest, decoded, cpu = hashlib.sha256(), 0, 0.0
     for data, clip in zip(videos, clips):
         start = time.process_time()
-        media = VideoMedia(data)
+        media = PyAVMedia(data)
         frames = media.frames(np.array(clip))
         cpu += time.process_time() - start
         decoded += media.frames_decoded

@@ -131,6 +131,9 @@ class DataConfig:
     mean: List[float] = finite(factory=lambda: [0.45, 0.45, 0.45], length=3)  # per colour channel
     std: List[float] = above(0, factory=lambda: [0.225, 0.225, 0.225], length=3)
     repeated_sampling: int = at_least(1, default=1)  # clips drawn from one decoded video
+    decoder: str = "pyav"  # video decoder in the workers (mfvideo.data.decode; docs/data.md compares them)
+    # where videos decode: cuda = NVDEC through torchcodec, the workers ship the bytes and the crops run on the GPU
+    decode_device: str = "cpu"
     num_workers: int = at_least(0, default=8)  # loader processes per rank
     shuffle_buffer: int = at_least(0, default=1000)  # samples
     # stop when more than this fraction of samples fails to decode

@@ -1,29 +1,36 @@
-"""Decode the frames a clip needs, straight from a sample's bytes.
+"""Decode the frames a clip needs, straight from a sample's bytes, with one of three decoders (`DECODERS`, the
+recipe's `data.decoder`). Every decoder opens one reader per sample where it is used (inside the loader worker,
+never before a fork), single-threaded (one core per worker), and returns frame i as the i-th frame in presentation
+order, converted to RGB by FFmpeg's scaler with the same settings: on the CPU the three return the same pixels, bit
+for bit (tests/test_decoders.py checks H.264 with and without B-pyramids, VP9 and MPEG-4 shards).
 
-Videos (`mp4`, `webm`) go through PyAV (FFmpeg): one container per sample, opened where it is used (inside the
-loader worker, never before a fork), single-threaded (one core per worker), and only as much of the stream as the
-requested frames need. Frame i is the i-th frame in presentation order (packets sorted by pts, read once when the
-media is opened), and frames are converted to RGB by FFmpeg's scaler exactly as decord 0.6 did: the loader returns
-the same pixels decord's `get_batch` returned for the same indices.
-
-What makes it cheaper than decoding every frame from the last keyframe on: a non-reference frame (H.264 `nal_ref_idc`
-0, e.g. the B-frames `make_shards` writes between its reference frames) is needed by no other frame, so one that the
-clip does not show is skipped by the decoder (`skip_frame`, set per packet: `NONREF` for packets not requested,
-`DEFAULT` for requested ones). Reference frames on the way are decoded, so every requested frame decodes exactly as in
-a full decode. With three non-reference B-frames between reference frames this decodes about a quarter of the
-frames from the keyframe to the clip's last frame, plus the clip's own frames. While FFmpeg probes the stream on
-opening, non-reference frames are skipped as well (it would otherwise decode up to 7 frames just to open the file).
+- `pyav` (PyAV, FFmpeg; the default, the fastest measured: docs/benchmarks.md "data"): only as much of the stream
+  as the requested frames need. A non-reference frame (H.264 `nal_ref_idc` 0, e.g. the B-frames `make_shards`
+  writes between its reference frames) is needed by no other frame, so one that the clip does not show is skipped by
+  the decoder (`skip_frame`, set per packet: `NONREF` for packets not requested, `DEFAULT` for requested ones).
+  Reference frames on the way are decoded, so every requested frame decodes exactly as in a full decode. With three
+  non-reference B-frames between reference frames this decodes about a quarter of the frames from the keyframe to
+  the clip's last frame, plus the clip's own frames. While FFmpeg probes the stream on opening, non-reference frames
+  are skipped as well (it would otherwise decode up to 7 frames just to open the file).
+- `decord` (decord 0.6.0's `VideoReader.get_batch`): the design's decoder. The maintained fork decord2 (same import
+  name) installs too, but its 3.4.0 returns four-channel frames and fails `get_batch` at some widths (96 and 144
+  pixels among them, the demo's videos included), so the project installs decord 0.6.0.
+- `torchcodec` (PyTorch's decoder, `VideoDecoder` with exact seeking): on the CPU here; with `data.decode_device:
+  cuda` NVIDIA's hardware decoder (NVDEC) decodes on the GPU instead, and the workers only plan the clips
+  (`mfvideo.data.device_decode`). torchcodec loads the system's FFmpeg libraries (major versions 4 to 9) and must
+  be built for the installed torch.
 
 Images (`jpg`) are single-frame videos: Pillow decodes them (Pillow is already a dependency of matplotlib), and every
-requested index maps to frame 0.
+requested index maps to frame 0, whatever the decoder.
 
 Container metadata can claim more frames than really decode, so the frame count used for sampling is the smaller of
-the packets found and the `num_frames` the shard writer recorded, and indices are clamped to it. Any decoder error
-becomes `DecodeError`, which the stream counts as a failed sample.
+the frames the decoder counts and the `num_frames` the shard writer recorded, and indices are clamped to it. Any
+decoder error becomes `DecodeError`, which the stream counts as a failed sample.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 from typing import Protocol
@@ -35,6 +42,15 @@ from av.video.reformatter import VideoReformatter
 
 VIDEO_EXTENSIONS = ("mp4", "webm")
 IMAGE_EXTENSIONS = ("jpg",)
+DECODERS = ("pyav", "decord", "torchcodec")
+DECODE_DEVICES = ("cpu", "cuda")  # cuda: torchcodec only (NVDEC)
+# What to install for each decoder, for the error that names a missing one.
+INSTALLS = {
+    "pyav": "pip install av",
+    "decord": "pip install decord==0.6.0",
+    "torchcodec": "pip install torchcodec (a build for the installed torch: tools/dev.sh picks it) and FFmpeg's shared "
+    "libraries, major version 4 to 9 (Debian: apt-get install ffmpeg)",
+}
 
 
 class DecodeError(RuntimeError):
@@ -51,7 +67,7 @@ class DecodedMedia(Protocol):
         """uint8 T×H×W×3 for the given frame indices (clamped to the decodable range)."""
 
 
-class VideoMedia:
+class PyAVMedia:
     """`frames_decoded` counts the frames the decoder has produced (requested ones and the reference frames on the
     way; skipped non-reference frames are not produced); the data benchmark reports it per clip."""
 
@@ -116,6 +132,90 @@ class VideoMedia:
         raise DecodeError(f"{len(missing)} of {len(slots)} requested frames never decoded (pts {sorted(missing)[:4]})")
 
 
+class DecordMedia:
+    """decord's `VideoReader` from the bytes, one thread; frames through `get_batch`, handed to torch by DLPack.
+
+    decord (0.6.0 and decord2 3.4.0 alike) returns the wrong frames of MPEG-4 Part 2 video with B-frames after a
+    seek (frame i + 1 or i + 2 for frame i), so such a sample is refused (a `DecodeError`, skipped and counted)
+    rather than decoded wrong: PyAV tells the codec and whether it has B-frames from the headers, in under a
+    millisecond."""
+
+    def __init__(self, data: bytes, recorded_num_frames: int = 0):
+        import decord
+
+        _refuse_mpeg4_with_b_frames(data)
+        try:
+            self._reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+            counted = len(self._reader)
+            fps = float(self._reader.get_avg_fps())
+        except decord.DECORDError as err:
+            raise DecodeError(f"cannot open video: {_first_line(err)}") from err
+        self._error = decord.DECORDError
+        self.num_frames = _frame_count(counted, recorded_num_frames)
+        self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+
+    def frames(self, indices: np.ndarray) -> torch.Tensor:
+        from torch.utils.dlpack import from_dlpack
+
+        safe = np.clip(np.asarray(indices, dtype=np.int64), 0, self.num_frames - 1)
+        try:
+            return from_dlpack(self._reader.get_batch(safe.tolist()).to_dlpack())
+        except self._error as err:
+            raise DecodeError(f"cannot decode frames {safe.min()}..{safe.max()}: {_first_line(err)}") from err
+
+
+class TorchCodecMedia:
+    """torchcodec's `VideoDecoder` from the bytes with exact seeking (the frame index is the presentation order, as
+    the other decoders count), one FFmpeg thread, frames as N×H×W×C."""
+
+    def __init__(self, data: bytes, recorded_num_frames: int = 0):
+        from torchcodec.decoders import VideoDecoder
+
+        try:
+            self._decoder = VideoDecoder(data, dimension_order="NHWC", num_ffmpeg_threads=1, device="cpu")
+            metadata = self._decoder.metadata
+        except (RuntimeError, ValueError) as err:
+            raise DecodeError(f"cannot open video: {_first_line(err)}") from err
+        self.num_frames = _frame_count(metadata.num_frames or 0, recorded_num_frames)
+        # The header's rate, as the other decoders read it (`average_fps` divides by the duration: WebM's
+        # millisecond timestamps make that 30.0075 for 30 fps).
+        fps = float(metadata.average_fps_from_header or metadata.average_fps or 0.0)
+        self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+
+    def frames(self, indices: np.ndarray) -> torch.Tensor:
+        safe = np.clip(np.asarray(indices, dtype=np.int64), 0, self.num_frames - 1)
+        try:
+            return self._decoder.get_frames_at(safe.tolist()).data
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise DecodeError(f"cannot decode frames {safe.min()}..{safe.max()}: {_first_line(err)}") from err
+
+
+def _refuse_mpeg4_with_b_frames(data: bytes) -> None:
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            streams = container.streams.video
+            codec = streams[0].codec_context if streams else None
+    except av.FFmpegError as err:
+        raise DecodeError(f"cannot open video: {err}") from err
+    if codec is not None and codec.name == "mpeg4" and codec.has_b_frames:
+        raise DecodeError(
+            "decord returns the wrong frames of MPEG-4 Part 2 video with B-frames; decode these shards with "
+            "data.decoder=pyav or torchcodec, or re-encode them (make_shards --short-side)"
+        )
+
+
+def _frame_count(counted: int, recorded: int) -> int:
+    count = min(counted, recorded) if recorded > 0 else counted
+    if count <= 0:
+        raise DecodeError(f"video has no frames (decoder counts {counted}, shard records {recorded})")
+    return count
+
+
+def _first_line(err: Exception) -> str:
+    """decord and torchcodec put C++ stack traces after the message."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 class ImageMedia:
     def __init__(self, data: bytes):
         from PIL import Image
@@ -132,10 +232,43 @@ class ImageMedia:
         return self._frame.unsqueeze(0).expand(len(indices), -1, -1, -1)
 
 
-def open_media(data: bytes, extension: str, recorded_num_frames: int = 0) -> DecodedMedia:
-    """Open a sample's media bytes by their extension (`mp4`, `webm` or `jpg`)."""
+_VIDEO_READERS = {"pyav": PyAVMedia, "decord": DecordMedia, "torchcodec": TorchCodecMedia}
+_MODULES = {"pyav": "av", "decord": "decord", "torchcodec": "torchcodec.decoders"}
+
+
+class DecoderUnavailable(RuntimeError):
+    """The decoder a recipe names cannot run here; the message says what to install."""
+
+
+def check_decoder(decoder: str, device: str = "cpu") -> None:
+    """Raise `DecoderUnavailable` (naming `data.decoder` or `data.decode_device`, the reason and what to install)
+    unless `decoder` imports here and can decode on `device`; before any work, in the process that starts it."""
+    if decoder not in DECODERS:
+        raise DecoderUnavailable(f"data.decoder={decoder!r}: must be one of {DECODERS}")
+    if device not in DECODE_DEVICES:
+        raise DecoderUnavailable(f"data.decode_device={device!r}: must be one of {DECODE_DEVICES}")
+    try:
+        importlib.import_module(_MODULES[decoder])
+    except Exception as err:  # a missing package, or a build whose shared libraries do not load (torchcodec)
+        raise DecoderUnavailable(
+            f"data.decoder={decoder!r} is not importable here ({type(err).__name__}: {_first_line(err)}); "
+            f"install it: {INSTALLS[decoder]}"
+        ) from err
+    if device == "cuda":
+        if decoder != "torchcodec":
+            raise DecoderUnavailable(
+                f"data.decode_device='cuda' needs data.decoder='torchcodec' (NVDEC), got {decoder!r}"
+            )
+        if not torch.cuda.is_available():
+            raise DecoderUnavailable(
+                "data.decode_device='cuda': no CUDA device here; decode on the CPU (data.decode_device=cpu)"
+            )
+
+
+def open_media(data: bytes, extension: str, recorded_num_frames: int = 0, decoder: str = "pyav") -> DecodedMedia:
+    """Open a sample's media bytes by their extension (`mp4`, `webm` or `jpg`), videos with `decoder` (DECODERS)."""
     if extension in VIDEO_EXTENSIONS:
-        return VideoMedia(data, recorded_num_frames)
+        return _VIDEO_READERS[decoder](data, recorded_num_frames)
     if extension in IMAGE_EXTENSIONS:
         return ImageMedia(data)
     raise DecodeError(

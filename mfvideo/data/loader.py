@@ -142,6 +142,7 @@ def build_train_loader(
         placement,
         TrainOrder(seed, data_cfg.shuffle_buffer),
         data_cfg.max_failure_fraction,
+        data_cfg.decoder,
     )
     return StreamLoader(stream, placement.num_workers, batching.device_steps, seed)
 
@@ -152,6 +153,13 @@ def build_test_loader(
     """Test loader over `split`: every video once over all ranks, in shard order (slots short of data repeat
     views), its clips as `batching.clip_maker` makes them."""
     stream = ClipStream(
-        split, batching.clip_maker, batching.collate, micro_batch_size, placement, None, data_cfg.max_failure_fraction
+        split,
+        batching.clip_maker,
+        batching.collate,
+        micro_batch_size,
+        placement,
+        None,
+        data_cfg.max_failure_fraction,
+        data_cfg.decoder,
     )
     return StreamLoader(stream, placement.num_workers, batching.device_steps)

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from mfvideo.config.schema import Recipe
 from mfvideo.data.boxes import TEST_BOX_SOURCES
 from mfvideo.data.clips import SAMPLING_MODES
+from mfvideo.data.decode import DECODE_DEVICES, DECODERS, DecoderUnavailable, check_decoder
 from mfvideo.data.loader import read_policy
 from mfvideo.data.shardlist import list_shards
 from mfvideo.data.transforms import CROP_COUNTS
@@ -22,6 +23,8 @@ from mfvideo.targets.masks import MASK_MODES
 from mfvideo.tasks import TASKS
 
 CHOICES = {
+    "data.decode_device": DECODE_DEVICES,
+    "data.decoder": DECODERS,
     "data.detection.test_boxes": TEST_BOX_SOURCES,
     "data.sampling": SAMPLING_MODES,
     "data.test_crops": CROP_COUNTS,
@@ -48,11 +51,15 @@ def choice_problems(recipe: Recipe) -> list[str]:
 def recipe_problems(recipe: Recipe) -> list[str]:
     """Everything wrong with `recipe` for its task, each naming its key: a value outside its allowed set (then
     nothing else is checked, the task being unknown or its rules unable to read the value), the task's own rules,
-    `model.init` not a file and `data.train` not readable."""
+    a decoder that cannot run here, `model.init` not a file and `data.train` not readable."""
     problems = choice_problems(recipe)
     if problems:
         return problems
     problems = TASKS[recipe.model.task].rules(recipe)
+    try:
+        check_decoder(recipe.data.decoder, recipe.data.decode_device)
+    except DecoderUnavailable as err:
+        problems.append(str(err))
     if recipe.model.init and not Path(recipe.model.init).is_file():
         problems.append(f"model.init={recipe.model.init!r}: no such checkpoint file")
     try:
