@@ -5,7 +5,6 @@ work, naming the key and what to install. The NVDEC comparison runs on a GPU onl
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from dataclasses import dataclass
@@ -220,13 +219,13 @@ def test_nvdec_frames_match_the_cpu_frames_within_the_colour_conversion(shard_ki
     """NVDEC's frames against the CPU's for the same indices. The GPU converts YUV to RGB with its own kernel (its
     own rounding and chroma upsampling), so they differ a little: mean absolute difference under 1.5 and maximum
     under 40 of 255 (H.264 from make_shards)."""
-    from torchcodec.decoders import VideoDecoder
+    from mfvideo.data.decode import TorchCodecMedia
 
     for key, extension, data, recorded in _samples(shard_kinds["make_shards"]):
         indices = np.arange(0, min(recorded, 32), 3)
         cpu = open_media(data, extension, recorded, "pyav").frames(indices).to(torch.int16)
-        decoder = VideoDecoder(io.BytesIO(data), dimension_order="NHWC", device="cuda")
-        gpu = decoder.get_frames_at(indices.tolist()).data.cpu().to(torch.int16)
-        difference = (gpu - cpu).abs().float()
+        gpu_frames = TorchCodecMedia(data, recorded, "cuda").frames(indices)
+        assert gpu_frames.is_cuda
+        difference = (gpu_frames.cpu().to(torch.int16) - cpu).abs().float()
         print(f"{key}: NVDEC − CPU mean {difference.mean():.3f}, max {difference.max():.0f}")
         assert difference.mean() < 1.5 and difference.max() < 40, key

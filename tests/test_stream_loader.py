@@ -189,11 +189,11 @@ def test_resume_restores_the_shuffle_buffer_without_decoding_consumed_samples(un
     state = copy.deepcopy(loader.state_dict())
     expected = [b["key"] for b in batches]
 
-    import mfvideo.data.stream as stream_module
+    import mfvideo.data.decode as decode_module
 
     opened = []
-    real_open = stream_module.open_media
-    monkeypatch.setattr(stream_module, "open_media", lambda *a: opened.append(1) or real_open(*a))
+    real_open = decode_module.open_media
+    monkeypatch.setattr(decode_module, "open_media", lambda *a: opened.append(1) or real_open(*a))
     resumed = train_loader(cfg, mask_cfg("none"), 4, 0, 1, seed=3)
     resumed.load_state_dict(state)
     assert [b["key"] for b in resumed] == expected

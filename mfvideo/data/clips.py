@@ -36,9 +36,15 @@ from mfvideo.data.boxes import (
     eval_rois,
     training_rois,
 )
-from mfvideo.data.decode import DecodedMedia
+from mfvideo.data.decode import DecodedMedia, EncodedVideo
 from mfvideo.data.tarstream import RawSample
-from mfvideo.data.transforms import DetectionEvalTransform, DetectionTrainTransform, EvalTransform, TrainTransform
+from mfvideo.data.transforms import (
+    ClipGeometry,
+    DetectionEvalTransform,
+    DetectionTrainTransform,
+    EvalTransform,
+    TrainTransform,
+)
 
 SAMPLING_MODES = ("random", "segment")
 
@@ -52,13 +58,27 @@ class ClipBoxes:
     normalised: torch.Tensor  # float32 R×4, the RoIs normalised to the keyframe's full frame (as the AVA CSV has them)
 
 
+@dataclass(frozen=True)
+class FramePlan:
+    """A clip to be decoded on the device (`mfvideo.data.device_decode`): its video's compressed bytes, the frames
+    to decode (the union over the video's clips, shared by them), the positions of this clip's frames in them (None:
+    all) and its geometry."""
+
+    data: bytes
+    num_frames: int  # of the video, as the worker counted them
+    frames: np.ndarray
+    positions: Optional[np.ndarray]
+    geometry: ClipGeometry
+
+
 @dataclass
 class Clip:
-    video: torch.Tensor  # uint8 T×C×H×W, cropped and resized
+    video: Optional[torch.Tensor]  # uint8 T×C×H×W, cropped and resized; None when the device decodes (`plan`)
     frame_indices: np.ndarray  # the decoded frames it shows (debugging and tests)
     view: int
     mask: Optional[np.ndarray] = None
     boxes: Optional[ClipBoxes] = None
+    plan: Optional[FramePlan] = None
 
 
 @dataclass(frozen=True)
@@ -105,15 +125,26 @@ class ClipMaker(Protocol):
     def __call__(self, media: DecodedMedia, rng: np.random.Generator, sample: RawSample) -> list[Clip]: ...
 
 
+def _union(clip_indices: list[np.ndarray]) -> tuple[np.ndarray, list[Optional[np.ndarray]]]:
+    """The union of the clips' frames, and per clip the positions of its frames in it (None when the clip is the
+    whole union, which saves a copy)."""
+    union, positions = sampling.frame_union(clip_indices)
+    whole = np.arange(len(union))
+    return union, [None if np.array_equal(p, whole) else p for p in positions]
+
+
 def decode_clips(
     media: DecodedMedia, clip_indices: list[np.ndarray]
 ) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
     """Decode the union of the clips' frames once: uint8 T×H×W×C, and per clip the positions of its frames in it
-    (None when the clip is the whole decoded run, which saves a copy)."""
-    union, positions = sampling.frame_union(clip_indices)
-    frames = media.frames(union)
-    whole = np.arange(len(union))
-    return frames, [None if np.array_equal(p, whole) else torch.from_numpy(p) for p in positions]
+    (None when the clip is the whole decoded run)."""
+    union, positions = _union(clip_indices)
+    return media.frames(union), [None if p is None else torch.from_numpy(p) for p in positions]
+
+
+def _planned(media: EncodedVideo, clip_indices: list[np.ndarray], geometries: list[ClipGeometry]) -> list[FramePlan]:
+    union, positions = _union(clip_indices)
+    return [FramePlan(media.data, media.num_frames, union, p, g) for p, g in zip(positions, geometries)]
 
 
 class TrainClips:
@@ -137,6 +168,8 @@ class TrainClips:
 
     def __call__(self, media: DecodedMedia, rng: np.random.Generator, sample: Optional[RawSample] = None) -> list[Clip]:
         indices = [self.temporal.train(media, rng) for _ in range(self.repeats)]
+        if isinstance(media, EncodedVideo):
+            return self._planned(media, indices, rng)
         frames, positions = decode_clips(media, indices)
         clips = []
         for view, (clip_positions, frame_indices) in enumerate(zip(positions, indices)):
@@ -144,6 +177,18 @@ class TrainClips:
             mask = self.mask_generator(rng) if self.mask_generator is not None else None
             clips.append(Clip(video, frame_indices, view, mask))
         return clips
+
+    def _planned(self, media: EncodedVideo, indices: list[np.ndarray], rng: np.random.Generator) -> list[Clip]:
+        """The same draws in the same order as from decoded frames (per clip: crop, flip, mask), pixels left to the
+        device."""
+        if self.transform.rand_augment is not None:
+            raise ValueError("RandAugment runs on decoded clips in the workers: it cannot follow decoding on a device")
+        geometries, masks = [], []
+        for _ in indices:
+            geometries.append(self.transform.geometry(media.height, media.width, rng))
+            masks.append(self.mask_generator(rng) if self.mask_generator is not None else None)
+        plans = _planned(media, indices, geometries)
+        return [Clip(None, i, view, mask, plan=plan) for view, (i, mask, plan) in enumerate(zip(indices, masks, plans))]
 
 
 class EvalClips:
@@ -160,6 +205,11 @@ class EvalClips:
 
     def __call__(self, media: DecodedMedia, rng: np.random.Generator, sample: Optional[RawSample] = None) -> list[Clip]:
         indices = self.temporal.test(media, self.num_clips)
+        if isinstance(media, EncodedVideo):
+            geometries = self.transform.geometries(media.height, media.width)
+            crops = len(geometries)
+            plans = _planned(media, [i for i in indices for _ in geometries], geometries * len(indices))
+            return [Clip(None, indices[view // crops], view, plan=plan) for view, plan in enumerate(plans)]
         frames, positions = decode_clips(media, indices)
         clips = []
         for temporal_view, (clip_positions, frame_indices) in enumerate(zip(positions, indices)):

@@ -1,7 +1,8 @@
 """Batches made from clips and the metadata of their samples: the last step inside a loader worker.
 
 Every batch has `video` (uint8 B×C×T×H×W in shared memory, see `pack_clips`) and `key` (list[str], the samples'
-keys). A task asks for more as `Field`s (the keys, their dtypes and shapes: `mfvideo.data.fields`):
+keys); when the device decodes, `frame_plans` (the clips' compressed videos, frames and crops) instead of `video`.
+A task asks for more as `Field`s (the keys, their dtypes and shapes: `mfvideo.data.fields`):
 
 - `LABELS` (`label`): a labelled field over an unlabelled sample (label −1, e.g. a test split) is an error naming
   the sample: such shards cannot train or score a classifier.
@@ -113,10 +114,11 @@ class Collate:
         self.pad_multiple = pad_multiple
 
     def __call__(self, items: Sequence[Item]) -> dict[str, Any]:
-        batch: dict[str, Any] = {
-            fields.VIDEO.name: pack_clips([clip.video for _, clip in items], self.pad_multiple),
-            fields.SAMPLE_KEY.name: [sample.key for sample, _ in items],
-        }
+        batch: dict[str, Any] = {fields.SAMPLE_KEY.name: [sample.key for sample, _ in items]}
+        if all(clip.plan is not None for _, clip in items):  # the device decodes: plans instead of pixels
+            batch[fields.FRAME_PLANS.name] = [clip.plan for _, clip in items]
+        else:
+            batch[fields.VIDEO.name] = pack_clips([clip.video for _, clip in items], self.pad_multiple)
         for field in self.fields:
             batch.update(field.collect(items))
         return batch

@@ -32,13 +32,17 @@ from __future__ import annotations
 
 import importlib
 import io
+import logging
 import math
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Optional, Protocol
 
 import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
+
+logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = ("mp4", "webm")
 IMAGE_EXTENSIONS = ("jpg",)
@@ -166,13 +170,14 @@ class DecordMedia:
 
 class TorchCodecMedia:
     """torchcodec's `VideoDecoder` from the bytes with exact seeking (the frame index is the presentation order, as
-    the other decoders count), one FFmpeg thread, frames as N×H×W×C."""
+    the other decoders count), one FFmpeg thread, frames as N×H×W×C on `device` (cuda: NVDEC)."""
 
-    def __init__(self, data: bytes, recorded_num_frames: int = 0):
+    def __init__(self, data: bytes, recorded_num_frames: int = 0, device: str = "cpu"):
         from torchcodec.decoders import VideoDecoder
 
         try:
-            self._decoder = VideoDecoder(data, dimension_order="NHWC", num_ffmpeg_threads=1, device="cpu")
+            self._decoder = VideoDecoder(data, dimension_order="NHWC", num_ffmpeg_threads=1, device=device)
+            self._device = device
             metadata = self._decoder.metadata
         except (RuntimeError, ValueError) as err:
             raise DecodeError(f"cannot open video: {_first_line(err)}") from err
@@ -185,9 +190,25 @@ class TorchCodecMedia:
     def frames(self, indices: np.ndarray) -> torch.Tensor:
         safe = np.clip(np.asarray(indices, dtype=np.int64), 0, self.num_frames - 1)
         try:
-            return self._decoder.get_frames_at(safe.tolist()).data
+            frames = self._decoder.get_frames_at(safe.tolist()).data
         except (RuntimeError, ValueError, IndexError) as err:
             raise DecodeError(f"cannot decode frames {safe.min()}..{safe.max()}: {_first_line(err)}") from err
+        if self._device != "cpu":
+            _log_cpu_fallback_once(self._decoder)
+        return frames
+
+
+_cpu_fallback_logged = False
+
+
+def _log_cpu_fallback_once(decoder) -> None:
+    """torchcodec decodes on the CPU where NVDEC cannot (a codec or size the GPU does not support) and says so only
+    when asked: ask after each GPU decode, and log the first fallback with its reason."""
+    global _cpu_fallback_logged
+    status = getattr(decoder, "cpu_fallback", None)
+    if status and not _cpu_fallback_logged:
+        _cpu_fallback_logged = True
+        logger.warning("NVDEC could not decode a video, torchcodec decoded it on the CPU: %s", status)
 
 
 def _refuse_mpeg4_with_b_frames(data: bytes) -> None:
@@ -214,6 +235,33 @@ def _frame_count(counted: int, recorded: int) -> int:
 def _first_line(err: Exception) -> str:
     """decord and torchcodec put C++ stack traces after the message."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+class EncodedVideo:
+    """A video left compressed, for the training process to decode on its device (`Decoding.device`): what a clip
+    maker needs to plan the clips (frame count, rate, frame size) from the container's headers, without decoding.
+    The frame count is the recorded one, else the packets counted (as `PyAVMedia` counts them)."""
+
+    def __init__(self, data: bytes, recorded_num_frames: int = 0):
+        try:
+            with av.open(io.BytesIO(data)) as container:
+                if not container.streams.video:
+                    raise DecodeError("cannot open video: no video stream")
+                stream = container.streams.video[0]
+                self.height, self.width = stream.codec_context.height, stream.codec_context.width
+                rate = stream.average_rate
+                counted = recorded_num_frames
+                if counted <= 0:
+                    counted = sum(1 for packet in container.demux(stream) if packet.pts is not None)
+        except av.FFmpegError as err:
+            raise DecodeError(f"cannot open video: {err}") from err
+        self.data = data
+        self.num_frames = _frame_count(counted, recorded_num_frames)
+        fps = float(rate) if rate else 0.0
+        self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+
+    def frames(self, indices: np.ndarray) -> torch.Tensor:
+        raise DecodeError("this video decodes on the device (data.decode_device), not in the loader worker")
 
 
 class ImageMedia:
@@ -274,3 +322,31 @@ def open_media(data: bytes, extension: str, recorded_num_frames: int = 0, decode
     raise DecodeError(
         f"unsupported media extension {extension!r} (expected one of {VIDEO_EXTENSIONS + IMAGE_EXTENSIONS})"
     )
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How a loader decodes: with `decoder` in its workers (`device` None), or, with `device` set, in the training
+    process on that device with torchcodec (cuda: NVDEC) while the workers only plan the clips (`EncodedVideo`,
+    `mfvideo.data.device_decode`). The recipe's `data.decoder` and `data.decode_device` (cuda: the device)."""
+
+    decoder: str = "pyav"
+    device: Optional[str] = None
+
+    def __post_init__(self):
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.device is not None and self.decoder != "torchcodec":
+            raise ValueError(f"decoding on a device needs the torchcodec decoder, got {self.decoder!r}")
+
+    @classmethod
+    def of(cls, data_cfg) -> "Decoding":
+        return cls(data_cfg.decoder, None if data_cfg.decode_device == "cpu" else data_cfg.decode_device)
+
+    def open(self, data: bytes, extension: str, recorded_num_frames: int = 0) -> DecodedMedia:
+        """The sample's media as the worker sees it: decoded frames, or an `EncodedVideo` when the device decodes."""
+        if self.device is None:
+            return open_media(data, extension, recorded_num_frames, self.decoder)
+        if extension not in VIDEO_EXTENSIONS:
+            raise DecodeError(f"{extension!r} samples decode in the workers only: set data.decode_device=cpu")
+        return EncodedVideo(data, recorded_num_frames)

@@ -48,6 +48,13 @@ BOX_LABELS = Key("box_labels", torch.float32, "R×A", "multi-hot action ids (col
 BOX_NORM = Key("box_norm", torch.float32, "R×4", "the RoI normalised to its keyframe's full frame (AVA CSV form)")
 VIDEO_ID = Key("video_id", None, "B", "each clip's keyframe: its video id")
 TIMESTAMP = Key("timestamp", torch.int64, "B", "each clip's keyframe: its second")
+FRAME_PLANS = Key(
+    "frame_plans",
+    None,
+    "B",
+    "when the device decodes (data.decode_device): each clip's compressed video, frames and crop, in place of `video` "
+    "until the device step decodes them (mfvideo.data.device_decode)",
+)
 VIDEO_SIZE = Key("video_size", None, "B", "each clip's own [height, width] in `video` (the rest is padding)")
 
 

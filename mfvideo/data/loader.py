@@ -5,7 +5,9 @@ clips into a batch (both in the workers), and the steps that run on every batch 
 (normalising the video, and whatever the task adds: keeping the uint8 pixels, mixing). `iter(loader)` yields the
 batch dicts the collate made, changed by those steps (`mfvideo.data.fields` declares every key), every tensor on
 the current CUDA device when CUDA is available (set the device before iterating), else on the CPU. A device step
-gets a generator drawn from (seed, epoch, rank, batch number): resumed runs see the same draws.
+gets a generator drawn from (seed, epoch, rank, batch number): resumed runs see the same draws. Videos decode in the
+workers with `data.decoder`, or on the device (`data.decode_device`, `mfvideo.data.device_decode`), where decoding
+is the first device step.
 
 `len(loader)` is the batches per epoch, the same on every rank. The loader is a torchdata `StatefulDataLoader`; its
 `state_dict()` is `{"epoch": e, "batches": batches yielded this epoch, "loader": <StatefulDataLoader state with each
@@ -29,6 +31,8 @@ from mfvideo.common.read_policy import ReadPolicy
 from mfvideo.data import fields
 from mfvideo.data.clips import ClipMaker
 from mfvideo.data.collate import Collate
+from mfvideo.data.decode import Decoding
+from mfvideo.data.device_decode import DeviceDecoding
 from mfvideo.data.stream import ClipStream, Placement, ShardSplit, TrainOrder
 from mfvideo.data.transforms import Normalise
 
@@ -128,6 +132,13 @@ def read_policy(data_cfg) -> ReadPolicy:
     return ReadPolicy(data_cfg.read_timeout, data_cfg.read_retries, data_cfg.read_backoff)
 
 
+def _device_steps(decoding: Decoding, batching: Batching) -> tuple[BatchStep, ...]:
+    """The batching's device steps, after decoding on the device when it decodes (`data.decode_device`)."""
+    if decoding.device is None:
+        return batching.device_steps
+    return (DeviceDecoding(decoding.device), *batching.device_steps)
+
+
 def build_train_loader(
     data_cfg, batching: Batching, micro_batch_size: int, placement: Placement, seed: int
 ) -> StreamLoader:
@@ -142,9 +153,9 @@ def build_train_loader(
         placement,
         TrainOrder(seed, data_cfg.shuffle_buffer),
         data_cfg.max_failure_fraction,
-        data_cfg.decoder,
+        Decoding.of(data_cfg),
     )
-    return StreamLoader(stream, placement.num_workers, batching.device_steps, seed)
+    return StreamLoader(stream, placement.num_workers, _device_steps(stream.decoding, batching), seed)
 
 
 def build_test_loader(
@@ -160,6 +171,6 @@ def build_test_loader(
         placement,
         None,
         data_cfg.max_failure_fraction,
-        data_cfg.decoder,
+        Decoding.of(data_cfg),
     )
-    return StreamLoader(stream, placement.num_workers, batching.device_steps)
+    return StreamLoader(stream, placement.num_workers, _device_steps(stream.decoding, batching))

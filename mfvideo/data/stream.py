@@ -39,7 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mfvideo.data.clips import Clip, ClipMaker
 from mfvideo.data.collate import Collate
-from mfvideo.data.decode import DECODERS, DecodeError, open_media
+from mfvideo.data.decode import DecodeError, Decoding
 from mfvideo.data.shardio import ReadPolicy
 from mfvideo.data.shardlist import (
     SlotPlan,
@@ -116,10 +116,8 @@ class ClipStream(IterableDataset):
         placement: Placement,
         order: Optional[TrainOrder] = None,
         max_failure_fraction: float = 0.0,
-        decoder: str = "pyav",
+        decoding: Decoding = Decoding(),
     ):
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if not 0 <= placement.rank < placement.world_size:
             raise ValueError(f"rank {placement.rank} outside world size {placement.world_size}")
         if batch_size < 1:
@@ -137,7 +135,7 @@ class ClipStream(IterableDataset):
         self.seed = order.seed if order is not None else 0
         self.shuffle_buffer = order.shuffle_buffer if order is not None else 0
         self.max_failure_fraction = max_failure_fraction
-        self.decoder = decoder
+        self.decoding = decoding
         self.epoch = 0
         self._resume: Optional[dict] = None
         self._cursor: Optional[_Cursor] = None
@@ -279,7 +277,7 @@ class ClipStream(IterableDataset):
         try:
             meta = sample.meta
             extension, data = sample.media
-            media = open_media(data, extension, int(meta.get("num_frames", 0)), self.decoder)
+            media = self.decoding.open(data, extension, int(meta.get("num_frames", 0)))
             rng = np.random.default_rng([self.seed, self.epoch, sample.index, sample.cycle])
             return self.clip_maker(media, rng, sample)
         except (DecodeError, KeyError, ValueError) as err:

@@ -131,6 +131,22 @@ def resize_box(
     return clip
 
 
+@dataclass(frozen=True)
+class ClipGeometry:
+    """Where a clip's pixels come from: a crop box in source pixels, the output (height, width) and a horizontal
+    flip. Drawn in the worker; applied there to decoded frames, or on the device when the device decodes
+    (`mfvideo.data.device_decode`): the same torch operations on the same frames give the same clip."""
+
+    box: CropBox
+    size: tuple[int, int]
+    flip: bool
+
+    def apply(self, frames: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """uint8 T×H×W×C frames (those at `positions`, default all) → the uint8 T×C×height×width clip."""
+        clip = resize_box(frames, self.box, self.size, positions)
+        return clip.flip(-1) if self.flip else clip
+
+
 # A box keeps its label only where enough of the person is in view: a quarter of the box is where most of a body
 # (and the action) can still be seen; less, and the label describes pixels the model does not get.
 MIN_VISIBLE_FRACTION = 0.25
@@ -221,13 +237,15 @@ class TrainTransform:
         self.flip = flip
         self.rand_augment = rand_augment
 
+    def geometry(self, height: int, width: int, rng: np.random.Generator) -> ClipGeometry:
+        """The crop and flip of one clip of a height×width video (drawn in that order)."""
+        box = random_resized_crop_box(height, width, self.area_range, self.aspect_range, rng)
+        return ClipGeometry(box, (self.crop_size, self.crop_size), bool(self.flip and rng.uniform() < 0.5))
+
     def __call__(
         self, frames: torch.Tensor, rng: np.random.Generator, positions: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        box = random_resized_crop_box(frames.shape[1], frames.shape[2], self.area_range, self.aspect_range, rng)
-        clip = resize_box(frames, box, self.crop_size, positions)
-        if self.flip and rng.uniform() < 0.5:
-            clip = clip.flip(-1)
+        clip = self.geometry(frames.shape[1], frames.shape[2], rng).apply(frames, positions)
         if self.rand_augment is not None:
             clip = self.rand_augment(clip, rng)
         return clip
@@ -243,9 +261,12 @@ class EvalTransform:
         self.short_side = short_side
         self.num_crops = num_crops
 
+    def geometries(self, height: int, width: int) -> list[ClipGeometry]:
+        boxes = eval_crop_boxes(height, width, self.short_side, self.crop_size, self.num_crops)
+        return [ClipGeometry(box, (self.crop_size, self.crop_size), False) for box in boxes]
+
     def __call__(self, frames: torch.Tensor, positions: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
-        boxes = eval_crop_boxes(frames.shape[1], frames.shape[2], self.short_side, self.crop_size, self.num_crops)
-        return [resize_box(frames, box, self.crop_size, positions) for box in boxes]
+        return [geometry.apply(frames, positions) for geometry in self.geometries(frames.shape[1], frames.shape[2])]
 
 
 class DetectionTrainTransform:

@@ -90,6 +90,11 @@ def rules(recipe: Recipe) -> list[str]:
     problems = []
     if recipe.mask.mode != "none":
         problems.append(f"mask.mode={recipe.mask.mode!r}: fine-tuning sees whole clips; set mask.mode=none")
+    if recipe.augment.rand_augment and recipe.data.decode_device != "cpu":
+        problems.append(
+            f"data.decode_device={recipe.data.decode_device!r}: RandAugment ({recipe.augment.rand_augment!r}) runs "
+            "on decoded clips in the workers; set data.decode_device=cpu or augment.rand_augment=''"
+        )
     if recipe.model.num_classes < 2:
         problems.append(f"model.num_classes={recipe.model.num_classes}: classification needs at least 2 classes")
     return problems + labelled_split_problems(recipe, "classes") + no_probe(recipe)

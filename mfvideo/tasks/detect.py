@@ -81,6 +81,11 @@ def rules(recipe: Recipe) -> list[str]:
     ]
     if recipe.mask.mode != "none":
         problems.append(f"mask.mode={recipe.mask.mode!r}: detection sees whole clips; set mask.mode=none")
+    if data.decode_device != "cpu":
+        problems.append(
+            f"data.decode_device={data.decode_device!r}: detection's boxes move with crops made in the workers; "
+            "set data.decode_device=cpu"
+        )
     problems += [
         f"data.{key}={getattr(data, key)}: detection tests one full-frame clip per keyframe; set it to 1"
         for key in ("test_clips", "test_crops", "val_clips")
