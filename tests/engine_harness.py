@@ -5,7 +5,8 @@ Launched by tests under torchrun / plain python: `python tests/engine_harness.py
 Sample i of an epoch is a fixed random clip with a cube mask (pretraining) or a label it shows (classification),
 drawn from (seed, epoch, i), and optimizer step s always covers samples [s·G, (s+1)·G) whatever the world size and
 accumulation; the task's batch augmentation (mixup, CutMix, erasing) draws from the micro-batch's first sample
-index. So runs with different numbers of processes must produce the same per-step losses.
+index. So runs with different numbers of processes must produce the same per-step losses. Batches go to the current
+CUDA device where there is one, as the loader's do (then the trainer runs on the GPU over NCCL: tests/test_gpu.py).
 `harness.nan_steps=[...]` makes the loss of those optimizer steps (1-based) non-finite, to exercise the skipping logic.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from mfvideo.app.run import training_parts
 from mfvideo.config import load_recipe_or_exit
@@ -80,6 +82,9 @@ class SyntheticClips:
             batch["key"] = [f"s{first + k}" for k in range(self.micro)]
             if self.augment is not None:
                 batch = self.augment(batch, np.random.default_rng([self.seed, self.epoch, first]))
+            if torch.cuda.is_available():  # where the loader puts its batches (mfvideo.data.loader.StreamLoader)
+                device = torch.device("cuda", torch.cuda.current_device())
+                batch = {name: value.to(device) if torch.is_tensor(value) else value for name, value in batch.items()}
             self.position += 1
             yield batch
 
@@ -127,6 +132,8 @@ def main() -> None:
             parts, model=model, loader=lambda micro, info: SyntheticClips(recipe, micro, info.rank, info.world_size)
         ),
     )
+    # what the run ran on, for the tests that must know (tests/test_gpu.py): the process group outlives train()
+    print(f"harness: process group backend {dist.get_backend()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

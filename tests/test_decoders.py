@@ -215,6 +215,7 @@ def test_a_recipe_naming_a_decoder_that_cannot_run_exits_2_before_any_work(tmp_p
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="NVDEC needs a CUDA device")
+@pytest.mark.skipif("torchcodec" in UNAVAILABLE, reason="torchcodec (a CUDA build for this torch) not importable")
 def test_nvdec_frames_match_the_cpu_frames_within_the_colour_conversion(shard_kinds):
     """NVDEC's frames against the CPU's for the same indices. The GPU converts YUV to RGB with its own kernel (its
     own rounding and chroma upsampling), so they differ a little: mean absolute difference under 1.5 and maximum
@@ -229,3 +230,35 @@ def test_nvdec_frames_match_the_cpu_frames_within_the_colour_conversion(shard_ki
         difference = (gpu_frames.cpu().to(torch.int16) - cpu).abs().float()
         print(f"{key}: NVDEC − CPU mean {difference.mean():.3f}, max {difference.max():.0f}")
         assert difference.mean() < 1.5 and difference.max() < 40, key
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="NVDEC needs a CUDA device")
+@pytest.mark.skipif("torchcodec" in UNAVAILABLE, reason="torchcodec (a CUDA build for this torch) not importable")
+def test_the_loader_decoding_on_the_gpu_gives_the_workers_clips_within_the_colour_conversion(shard_kinds):
+    """data.decode_device=cuda: the same clips (keys, masks) as decoding in the workers, pixels within NVDEC's colour
+    conversion (mean absolute difference under 1.5 of 255), every batch on the GPU."""
+    from mfvideo.tasks import pretrain
+
+    def batches(device: str) -> list[dict]:
+        data = OmegaConf.structured(
+            DataConfig(
+                train=str(shard_kinds["make_shards"]),
+                num_frames=4,
+                sampling_rate=2,
+                crop_size=64,
+                repeated_sampling=2,
+                num_workers=0,
+                shuffle_buffer=2,
+                decoder="torchcodec",
+                decode_device=device,
+            )
+        )
+        recipe = OmegaConf.create({"data": data, "mask": OmegaConf.structured(MaskConfig(min_units=1))})
+        return list(build_train_loader(data, pretrain.train_batching(recipe), 2, Placement(), seed=3))
+
+    for on_gpu, in_workers in zip(batches("cuda"), batches("cpu"), strict=True):
+        assert on_gpu["key"] == in_workers["key"] and torch.equal(on_gpu["mask"].cpu(), in_workers["mask"].cpu())
+        assert on_gpu["pixels"].is_cuda
+        difference = (on_gpu["pixels"].to(torch.int16) - in_workers["pixels"].to(on_gpu["pixels"].device)).abs()
+        assert difference.float().mean() < 1.5

@@ -66,6 +66,25 @@ def main() -> None:
         "on CPU, mvit_s 16 224 256 on GPU)",
     )
 
+    gpu = sub.add_parser(
+        "gpu",
+        help="on CUDA: MaskFeat MViT-S/L clips/s and MFU in bf16, checkpointing, torch.compile, attention kernels, "
+        "the HOG share, detection and fine-tuning steps, worker cores per GPU",
+    )
+    gpu.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per measurement")
+    gpu.add_argument(
+        "--cpu-clips-per-core",
+        type=float,
+        default=None,
+        help="training clips one loader worker core makes per second, for the worker cores a GPU needs (default: "
+        "the data section's PyAV rate, mfvideo.benchmarks.gpu.CPU_CLIPS_PER_CORE_SECOND)",
+    )
+    gpu.add_argument(
+        "--skip-compile", action="store_true", help="leave out torch.compile (its compiling takes minutes)"
+    )
+    gpu.add_argument("--loader-videos", type=int, default=96, help="synthetic videos for the loader rows")
+    gpu.add_argument("--loader-seconds", type=float, default=4.0, help="their length")
+
     args = parser.parse_args()
     # Imported after parsing so `--help` stays instant and each benchmark loads only its own stage.
     if args.which == "shards":
@@ -76,6 +95,8 @@ def main() -> None:
         from mfvideo.benchmarks.finetune import run
     elif args.which == "detect":
         from mfvideo.benchmarks.detect import run
+    elif args.which == "gpu":
+        from mfvideo.benchmarks.gpu import run
     else:
         from mfvideo.benchmarks.model import run
     run(args)

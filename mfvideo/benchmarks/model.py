@@ -23,7 +23,15 @@ from mfvideo.targets.masks import build_mask_generator, mask_grid
 from mfvideo.tasks import build_model
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, for model-FLOPs utilisation.
-PEAK_BF16_FLOPS = {"H100 SXM": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12, "H200": 989.4e12, "A100": 312.0e12}
+# Matched in this order against the device's name (an H100 SXM reports itself as "NVIDIA H100 80GB HBM3").
+PEAK_BF16_FLOPS = {
+    "H100 SXM": 989.4e12,
+    "H100 PCIe": 756.0e12,
+    "H100 NVL": 835.5e12,
+    "H100": 989.4e12,
+    "H200": 989.4e12,
+    "A100": 312.0e12,
+}
 
 
 def synchronize(device: torch.device) -> None:
