@@ -99,18 +99,19 @@ def test_a_video_the_device_cannot_decode_loses_its_clips_and_the_rest_stay_alig
     url = sorted(shards.glob("*.tar"))[0]
     key, parts = next(iter(iter_shard(str(url))))
     geometry = ClipGeometry(CropBox(0, 0, 16, 16), (8, 8), flip=True)
-    good = FramePlan(parts["mp4"], 8, np.arange(4), None, geometry)
-    bad = FramePlan(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4, 8, np.arange(4), None, geometry)
+    good = FramePlan(parts["mp4"], 8, (64, 80), np.arange(4), None, geometry)
+    bad = FramePlan(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4, 8, (64, 80), np.arange(4), None, geometry)
+    turned = FramePlan(parts["mp4"], 8, (80, 64), np.arange(4), None, geometry)  # headers and frames disagree
     batch = {
-        fields.SAMPLE_KEY.name: ["a", "broken", "c"],
-        fields.LABEL.name: torch.tensor([3, 4, 5]),
-        fields.MASK.name: torch.zeros(3, 2, 2, 2, dtype=torch.bool),
-        fields.FRAME_PLANS.name: [good, bad, good],
+        fields.SAMPLE_KEY.name: ["a", "broken", "c", "turned"],
+        fields.LABEL.name: torch.tensor([3, 4, 5, 6]),
+        fields.MASK.name: torch.zeros(4, 2, 2, 2, dtype=torch.bool),
+        fields.FRAME_PLANS.name: [good, bad, good, turned],
     }
     step = DeviceDecoding("cpu")
     out = step(batch, np.random.default_rng(0))
     assert out["key"] == ["a", "c"] and out["label"].tolist() == [3, 5] and out["mask"].shape[0] == 2
-    assert out["video"].shape == (2, 3, 4, 8, 8) and out["video"].dtype == torch.uint8 and step.failures == 1
+    assert out["video"].shape == (2, 3, 4, 8, 8) and out["video"].dtype == torch.uint8 and step.failures == 2
     assert fields.FRAME_PLANS.name not in out
     with pytest.raises(DecodeError, match="no clip of the batch decoded"):
         step({fields.SAMPLE_KEY.name: ["broken"], fields.FRAME_PLANS.name: [bad]}, np.random.default_rng(0))

@@ -393,7 +393,8 @@ def test_sigkill_mid_epoch_on_the_gpu_then_resume_gives_the_uninterrupted_losses
     On the CPU that holds to 1e-6 (tests/test_train_demo.py). On the GPU, kernels that add with atomics (the HOG
     target's scatter into cells, the backward of the relative-position lookups and of max pooling) sum in a varying
     order, so two uninterrupted runs may part by rounding that bf16 and Adam amplify. The resumed run is held to
-    what a second uninterrupted run shows (×10, at least 1e-6 relative), and that spread must stay under 1e-3: a
+    what a second uninterrupted run shows (×10, at least 1e-4 relative: two runs that happen to agree say little of
+    the atomics' spread), and that spread must stay under 1e-3: a
     resume that lost the data position, the masks' random stream or the optimizer's moments moves losses by 1e-3 to
     percents."""
     first = train_to_end(demo_recipe, tmp_path / "uninterrupted")
@@ -414,4 +415,4 @@ def test_sigkill_mid_epoch_on_the_gpu_then_resume_gives_the_uninterrupted_losses
 
     resumed = run_to_success(train_command(demo_recipe, out))
     assert "resumed from" in resumed.stderr
-    assert losses_by_step(out) == pytest.approx(expected, rel=max(1e-6, 10 * spread), abs=0)
+    assert losses_by_step(out) == pytest.approx(expected, rel=max(1e-4, 10 * spread), abs=0)

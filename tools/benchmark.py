@@ -76,14 +76,15 @@ def main() -> None:
         "--cpu-clips-per-core",
         type=float,
         default=None,
-        help="training clips one loader worker core makes per second, for the worker cores a GPU needs (default: "
-        "the data section's PyAV rate, mfvideo.benchmarks.gpu.CPU_CLIPS_PER_CORE_SECOND)",
+        help="training clips one loader worker core makes per second at ×4 repeated sampling, for the worker cores a "
+        "GPU needs (default: the data section's PyAV rate, mfvideo.benchmarks.gpu.CPU_CLIPS_PER_CORE_SECOND)",
     )
     gpu.add_argument(
         "--skip-compile", action="store_true", help="leave out torch.compile (its compiling takes minutes)"
     )
-    gpu.add_argument("--loader-videos", type=int, default=96, help="synthetic videos for the loader rows")
+    gpu.add_argument("--loader-videos", type=int, default=48, help="synthetic videos for the loader rows")
     gpu.add_argument("--loader-seconds", type=float, default=4.0, help="their length")
+    gpu.add_argument("--loader-copies", type=int, default=8, help="times each video is in the loader's shards")
 
     args = parser.parse_args()
     # Imported after parsing so `--help` stays instant and each benchmark loads only its own stage.

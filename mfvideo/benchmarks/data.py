@@ -81,7 +81,7 @@ def _encode(frames: list[np.ndarray], encoding: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class _FilesSource:
+class BenchFiles:
     """`make_shards` source over videos already on disk (copied into the shards as they are)."""
 
     paths: tuple[str, ...]
@@ -116,7 +116,7 @@ def make_benchmark_videos(
         for index, data in enumerate(datas):
             paths.append(str(sources / f"video{index:03d}.mp4"))
             Path(paths[-1]).write_bytes(data)
-        make_shards(_FilesSource(tuple(paths)), ShardOptions(out=directory / encoding, max_count=2, progress=False))
+        make_shards(BenchFiles(tuple(paths)), ShardOptions(out=directory / encoding, max_count=2, progress=False))
     return videos
 
 

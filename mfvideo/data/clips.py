@@ -66,6 +66,7 @@ class FramePlan:
 
     data: bytes
     num_frames: int  # of the video, as the worker counted them
+    frame_size: tuple[int, int]  # (height, width) the geometry was drawn for, from the headers
     frames: np.ndarray
     positions: Optional[np.ndarray]
     geometry: ClipGeometry
@@ -144,7 +145,8 @@ def decode_clips(
 
 def _planned(media: EncodedVideo, clip_indices: list[np.ndarray], geometries: list[ClipGeometry]) -> list[FramePlan]:
     union, positions = _union(clip_indices)
-    return [FramePlan(media.data, media.num_frames, union, p, g) for p, g in zip(positions, geometries)]
+    size = (media.height, media.width)
+    return [FramePlan(media.data, media.num_frames, size, union, p, g) for p, g in zip(positions, geometries)]
 
 
 class TrainClips:

@@ -179,6 +179,8 @@ class TorchCodecMedia:
             self._decoder = VideoDecoder(data, dimension_order="NHWC", num_ffmpeg_threads=1, device=device)
             self._device = device
             metadata = self._decoder.metadata
+        except torch.cuda.OutOfMemoryError:
+            raise
         except (RuntimeError, ValueError) as err:
             raise DecodeError(f"cannot open video: {_first_line(err)}") from err
         self.num_frames = _frame_count(metadata.num_frames or 0, recorded_num_frames)
@@ -191,6 +193,8 @@ class TorchCodecMedia:
         safe = np.clip(np.asarray(indices, dtype=np.int64), 0, self.num_frames - 1)
         try:
             frames = self._decoder.get_frames_at(safe.tolist()).data
+        except torch.cuda.OutOfMemoryError:
+            raise  # the device's memory, not the video
         except (RuntimeError, ValueError, IndexError) as err:
             raise DecodeError(f"cannot decode frames {safe.min()}..{safe.max()}: {_first_line(err)}") from err
         if self._device != "cpu":
@@ -240,7 +244,7 @@ def _first_line(err: Exception) -> str:
 class EncodedVideo:
     """A video left compressed, for the training process to decode on its device (`Decoding.device`): what a clip
     maker needs to plan the clips (frame count, rate, frame size) from the container's headers, without decoding.
-    The frame count is the recorded one, else the packets counted (as `PyAVMedia` counts them)."""
+    The frame count is the smaller of the packets counted and the recorded one, as `PyAVMedia` counts it."""
 
     def __init__(self, data: bytes, recorded_num_frames: int = 0):
         try:
@@ -250,9 +254,8 @@ class EncodedVideo:
                 stream = container.streams.video[0]
                 self.height, self.width = stream.codec_context.height, stream.codec_context.width
                 rate = stream.average_rate
-                counted = recorded_num_frames
-                if counted <= 0:
-                    counted = sum(1 for packet in container.demux(stream) if packet.pts is not None)
+                # counted as PyAVMedia counts them, so that the clips drawn are the workers' own
+                counted = sum(1 for packet in container.demux(stream) if packet.pts is not None)
         except av.FFmpegError as err:
             raise DecodeError(f"cannot open video: {err}") from err
         self.data = data
@@ -311,6 +314,29 @@ def check_decoder(decoder: str, device: str = "cpu") -> None:
             raise DecoderUnavailable(
                 "data.decode_device='cuda': no CUDA device here; decode on the CPU (data.decode_device=cpu)"
             )
+        problem = _nvdec_problem()
+        if problem:
+            raise DecoderUnavailable(
+                f"data.decode_device='cuda': torchcodec cannot decode on this GPU ({problem}); install the torchcodec "
+                "build for this torch and CUDA version (PyTorch's own wheel index), or set data.decode_device=cpu"
+            )
+
+
+def _nvdec_problem() -> Optional[str]:
+    """Why torchcodec cannot decode H.264 on the current GPU, or None: a CPU-only build imports and only fails, or
+    quietly decodes on the CPU, when asked to decode. Probed on a tiny video made here."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for index in range(2):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 60 * index, np.uint8))))
+        container.mux(stream.encode(None))
+    try:
+        frames = TorchCodecMedia(buffer.getvalue(), 0, f"cuda:{torch.cuda.current_device()}").frames(np.arange(2))
+    except Exception as err:  # the build's own error: a CPU-only build, a driver without NVDEC, ...
+        return f"{type(err).__name__}: {_first_line(err)}"
+    return None if frames.is_cuda else "its frames came back on the CPU"
 
 
 def open_media(data: bytes, extension: str, recorded_num_frames: int = 0, decoder: str = "pyav") -> DecodedMedia:

@@ -126,16 +126,20 @@ def resize_box(
     if positions is not None:
         region = region.index_select(0, positions)  # a row-wise copy; advanced indexing is ~10× slower here
     clip = region.permute(0, 3, 1, 2)
-    if (box.height, box.width) != out_size:
-        clip = F.interpolate(clip, size=out_size, mode="bilinear", align_corners=False)
-    return clip
+    if (box.height, box.width) == out_size:
+        return clip
+    if clip.is_cuda:  # CUDA has no uint8 bilinear kernel: float, rounded back (within 1 of the CPU's fixed point)
+        resized = F.interpolate(clip.float(), size=out_size, mode="bilinear", align_corners=False)
+        return resized.round_().clamp_(0, 255).to(torch.uint8)
+    return F.interpolate(clip, size=out_size, mode="bilinear", align_corners=False)
 
 
 @dataclass(frozen=True)
 class ClipGeometry:
     """Where a clip's pixels come from: a crop box in source pixels, the output (height, width) and a horizontal
     flip. Drawn in the worker; applied there to decoded frames, or on the device when the device decodes
-    (`mfvideo.data.device_decode`): the same torch operations on the same frames give the same clip."""
+    (`mfvideo.data.device_decode`): the same frames give the same clip on the CPU, and within one grey level of it on
+    a GPU (`resize_box`)."""
 
     box: CropBox
     size: tuple[int, int]
