@@ -301,9 +301,14 @@ def check_decoder(decoder: str, device: str = "cpu") -> None:
     try:
         importlib.import_module(_MODULES[decoder])
     except Exception as err:  # a missing package, or a build whose shared libraries do not load (torchcodec)
+        reason = f"{type(err).__name__}: {_first_line(err)}"
+        if "libtorchcodec" in str(err):  # its message is a page of tracebacks, one per FFmpeg version tried
+            reason = (
+                "its libraries do not load: no FFmpeg 4 to 9 shared libraries, or a build for another torch than "
+                f"{torch.__version__}"
+            )
         raise DecoderUnavailable(
-            f"data.decoder={decoder!r} is not importable here ({type(err).__name__}: {_first_line(err)}); "
-            f"install it: {INSTALLS[decoder]}"
+            f"data.decoder={decoder!r} is not importable here ({reason}); install it: {INSTALLS[decoder]}"
         ) from err
     if device == "cuda":
         if decoder != "torchcodec":
