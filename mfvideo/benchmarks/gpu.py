@@ -49,10 +49,10 @@ MICRO_BATCHES = {"mvit_s": (8, 16, 32, 64), "mvit_l": (4, 8, 16)}
 DETECT_MICRO_BATCH, DETECT_ROIS, DETECT_TEST_SHORT_SIDE = 8, 4, 256  # recipes/ava_mvit_s_ft.yaml
 FINETUNE_MICRO_BATCH = 8  # recipes/k400_mvit_s_ft.yaml
 # One loader worker core's training clips per second at ×4 repeated sampling (16×4 clips at 224, shards as make_shards
-# writes them), from the data section of docs/benchmarks.md (b) on the 2-core CPU machine: decoding with PyAV in the
+# writes them), from the data section of docs/benchmarks.md (b) at commit c6af2d7 on the 2-core CPU machine: PyAV in the
 # worker, and only planning the clips when NVDEC decodes. `--cpu-clips-per-core` replaces the first.
-CPU_CLIPS_PER_CORE_SECOND = 47.0
-PLANNING_CLIPS_PER_CORE_SECOND = 414.3
+CPU_CLIPS_PER_CORE_SECOND = 48.7
+PLANNING_CLIPS_PER_CORE_SECOND = 429.6
 NVDEC_CORES_TARGET = 8
 
 CUDA = torch.device("cuda")
