@@ -355,6 +355,19 @@ def test_extract_writes_the_same_features_on_one_and_two_processes(demo_splits, 
     assert all(row["label"] == labels[row["key"]] and row["shard"].endswith(".tar") for row in rows)
 
 
+def test_extract_refuses_a_decoder_that_cannot_run_here_before_any_work(demo_splits, finetuned, tmp_path):
+    from mfvideo.app.extract import extract_features
+
+    with pytest.raises(ValueError, match="data.decode_device='cuda' needs data.decoder='torchcodec'"):
+        extract_features(
+            finetuned / "model.pt",
+            str(demo_splits / "val"),
+            tmp_path / "out",
+            overrides=["data.decoder=pyav", "data.decode_device=cuda"],
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_video_shorter_than_a_clip_is_sampled_as_the_test_samples_it_and_said(finetuned, tmp_path):
     from mfvideo.shards.encode import encode_rgb_frames
 

@@ -27,6 +27,7 @@ from mfvideo.app.inference import CheckpointError, load_model
 from mfvideo.common.fileio import write_atomic
 from mfvideo.common.log import setup_logging
 from mfvideo.data.collate import SOURCES, VIEWS, Collate
+from mfvideo.data.decode import check_decoder
 from mfvideo.data.loader import build_test_loader, read_policy
 from mfvideo.data.stream import Placement, ShardSplit
 from mfvideo.engine.distributed import init_distributed
@@ -54,6 +55,8 @@ def extract_features(
     loaded = load_model(checkpoint, recipe, overrides, device="cpu")
     if not hasattr(loaded.model, "features"):
         raise CheckpointError(f"{checkpoint}: its {loaded.recipe.model.task} model has no pooled features")
+    # The recipe's decoder is the training machine's choice: say before any work if it cannot run here.
+    check_decoder(loaded.recipe.data.decoder, loaded.recipe.data.decode_device)
     info = init_distributed(local_rank)
     setup_logging(rank=info.rank, world_size=info.world_size)
     out_dir = Path(out_dir)

@@ -287,8 +287,8 @@ _VIDEO_READERS = {"pyav": PyAVMedia, "decord": DecordMedia, "torchcodec": TorchC
 _MODULES = {"pyav": "av", "decord": "decord", "torchcodec": "torchcodec.decoders"}
 
 
-class DecoderUnavailable(RuntimeError):
-    """The decoder a recipe names cannot run here; the message says what to install."""
+class DecoderUnavailable(ValueError):
+    """The decoder a recipe names cannot run here (a bad value for this machine); the message says what to install."""
 
 
 def check_decoder(decoder: str, device: str = "cpu") -> None:
