@@ -147,10 +147,30 @@ def test_every_decoder_returns_the_same_frames_bit_for_bit(shard_kinds, kind):
         assert not torch.equal(reference[-2], reference[-4])
 
 
+def _pretraining_batches(shard_kinds, decoder: str, decode_device: str = "cpu") -> list[dict]:
+    """One epoch of the pretraining loader over the make_shards shards (4×2 clips at 64², ×2 repeated sampling)."""
+    from mfvideo.tasks import pretrain
+
+    data = OmegaConf.structured(
+        DataConfig(
+            train=str(shard_kinds["make_shards"]),
+            num_frames=4,
+            sampling_rate=2,
+            crop_size=64,
+            repeated_sampling=2,
+            num_workers=0,
+            shuffle_buffer=2,
+            decoder=decoder,
+            decode_device=decode_device,
+        )
+    )
+    recipe = OmegaConf.create({"data": data, "mask": OmegaConf.structured(MaskConfig(min_units=1))})
+    return list(build_train_loader(data, pretrain.train_batching(recipe), 2, Placement(), seed=3))
+
+
 @needs_all
 def test_the_training_loader_gives_the_same_batches_with_every_decoder(shard_kinds, monkeypatch):
     from mfvideo.data import decode
-    from mfvideo.tasks import pretrain
 
     opened = []
     for name, reader in decode._VIDEO_READERS.items():  # count which decoder the stream really opens videos with
@@ -158,29 +178,11 @@ def test_the_training_loader_gives_the_same_batches_with_every_decoder(shard_kin
             decode._VIDEO_READERS, name, lambda *a, name=name, reader=reader: opened.append(name) or reader(*a)
         )
 
-    def batches(decoder: str) -> list[dict]:
-        data = OmegaConf.structured(
-            DataConfig(
-                train=str(shard_kinds["make_shards"]),
-                num_frames=4,
-                sampling_rate=2,
-                crop_size=64,
-                repeated_sampling=2,
-                num_workers=0,
-                shuffle_buffer=2,
-                decoder=decoder,
-            )
-        )
-        mask = OmegaConf.structured(MaskConfig(min_units=1))
-        recipe = OmegaConf.create({"data": data, "mask": mask})
-        batching = pretrain.train_batching(recipe)
-        return list(build_train_loader(data, batching, 2, Placement(), seed=3))
-
-    reference = batches("pyav")
+    reference = _pretraining_batches(shard_kinds, "pyav")
     assert len(reference) == 6 and set(opened) == {"pyav"}
     for decoder in DECODERS[1:]:
         opened.clear()
-        got = batches(decoder)
+        got = _pretraining_batches(shard_kinds, decoder)
         assert set(opened) == {decoder}
         assert [b["key"] for b in got] == [b["key"] for b in reference]
         for ours, theirs in zip(got, reference):
@@ -253,26 +255,9 @@ def test_nvdec_frames_match_the_cpu_frames_within_the_colour_conversion(shard_ki
 def test_the_loader_decoding_on_the_gpu_gives_the_workers_clips_within_the_colour_conversion(shard_kinds):
     """data.decode_device=cuda: the same clips (keys, masks) as decoding in the workers, pixels within NVDEC's colour
     conversion and the float resize (mean absolute difference under 3 of 255), every batch on the GPU."""
-    from mfvideo.tasks import pretrain
-
-    def batches(device: str) -> list[dict]:
-        data = OmegaConf.structured(
-            DataConfig(
-                train=str(shard_kinds["make_shards"]),
-                num_frames=4,
-                sampling_rate=2,
-                crop_size=64,
-                repeated_sampling=2,
-                num_workers=0,
-                shuffle_buffer=2,
-                decoder="torchcodec",
-                decode_device=device,
-            )
-        )
-        recipe = OmegaConf.create({"data": data, "mask": OmegaConf.structured(MaskConfig(min_units=1))})
-        return list(build_train_loader(data, pretrain.train_batching(recipe), 2, Placement(), seed=3))
-
-    for on_gpu, in_workers in zip(batches("cuda"), batches("cpu"), strict=True):
+    on_gpu_batches = _pretraining_batches(shard_kinds, "torchcodec", "cuda")
+    in_worker_batches = _pretraining_batches(shard_kinds, "torchcodec", "cpu")
+    for on_gpu, in_workers in zip(on_gpu_batches, in_worker_batches, strict=True):
         assert on_gpu["key"] == in_workers["key"] and torch.equal(on_gpu["mask"].cpu(), in_workers["mask"].cpu())
         assert on_gpu["pixels"].is_cuda
         difference = (on_gpu["pixels"].to(torch.int16) - in_workers["pixels"].to(on_gpu["pixels"].device)).abs()

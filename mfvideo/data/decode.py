@@ -87,16 +87,10 @@ class PyAVMedia:
             raise DecodeError(f"cannot open video: {err}") from err
         self._pts = np.sort(np.array([pts for pts, _ in packets], dtype=np.int64))
         self._keyframes = sorted(pts for pts, key in packets if key)
-        counted = len(self._pts)
-        self.num_frames = min(counted, recorded_num_frames) if recorded_num_frames > 0 else counted
-        if self.num_frames <= 0 or not self._keyframes:
-            raise DecodeError(
-                f"video has no frames (packets: {counted}, keyframes: {len(self._keyframes)}, shard "
-                f"records {recorded_num_frames})"
-            )
-        rate = self._stream.average_rate
-        fps = float(rate) if rate else 0.0
-        self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+        self.num_frames = _frame_count(len(self._pts), recorded_num_frames)
+        if not self._keyframes:
+            raise DecodeError(f"video has no keyframe among its {len(self._pts)} packets")
+        self.fps = _known_rate(self._stream.average_rate)
         self.frames_decoded = 0
 
     def frames(self, indices: np.ndarray) -> torch.Tensor:
@@ -156,7 +150,7 @@ class DecordMedia:
             raise DecodeError(f"cannot open video: {_first_line(err)}") from err
         self._error = decord.DECORDError
         self.num_frames = _frame_count(counted, recorded_num_frames)
-        self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+        self.fps = _known_rate(fps)
 
     def frames(self, indices: np.ndarray) -> torch.Tensor:
         from torch.utils.dlpack import from_dlpack
@@ -186,8 +180,7 @@ class TorchCodecMedia:
         self.num_frames = _frame_count(metadata.num_frames or 0, recorded_num_frames)
         # The header's rate, as the other decoders read it (`average_fps` divides by the duration: WebM's
         # millisecond timestamps make that 30.0075 for 30 fps).
-        fps = float(metadata.average_fps_from_header or metadata.average_fps or 0.0)
-        self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+        self.fps = _known_rate(metadata.average_fps_from_header or metadata.average_fps)
 
     def frames(self, indices: np.ndarray) -> torch.Tensor:
         safe = np.clip(np.asarray(indices, dtype=np.int64), 0, self.num_frames - 1)
@@ -236,6 +229,12 @@ def _frame_count(counted: int, recorded: int) -> int:
     return count
 
 
+def _known_rate(rate) -> float:
+    """Frames per second as a positive finite float, 0.0 where the container gives none."""
+    fps = float(rate) if rate else 0.0
+    return fps if math.isfinite(fps) and fps > 0 else 0.0
+
+
 def _first_line(err: Exception) -> str:
     """decord and torchcodec put C++ stack traces after the message."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -260,8 +259,7 @@ class EncodedVideo:
             raise DecodeError(f"cannot open video: {err}") from err
         self.data = data
         self.num_frames = _frame_count(counted, recorded_num_frames)
-        fps = float(rate) if rate else 0.0
-        self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+        self.fps = _known_rate(rate)
 
     def frames(self, indices: np.ndarray) -> torch.Tensor:
         raise DecodeError("this video decodes on the device (data.decode_device), not in the loader worker")
@@ -330,15 +328,11 @@ def check_decoder(decoder: str, device: str = "cpu") -> None:
 def _nvdec_problem() -> Optional[str]:
     """Why torchcodec cannot decode H.264 on the current GPU, or None: a CPU-only build imports and only fails, or
     quietly decodes on the CPU, when asked to decode. Probed on a tiny video made here."""
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for index in range(2):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 60 * index, np.uint8))))
-        container.mux(stream.encode(None))
+    from mfvideo.shards.encode import encode_rgb_frames
+
+    video, _ = encode_rgb_frames([np.full((64, 64, 3), 60 * index, np.uint8) for index in range(2)], 30)
     try:
-        frames = TorchCodecMedia(buffer.getvalue(), 0, f"cuda:{torch.cuda.current_device()}").frames(np.arange(2))
+        frames = TorchCodecMedia(video, 0, f"cuda:{torch.cuda.current_device()}").frames(np.arange(2))
     except Exception as err:  # the build's own error: a CPU-only build, a driver without NVDEC, ...
         return f"{type(err).__name__}: {_first_line(err)}"
     return None if frames.is_cuda else "its frames came back on the CPU"
